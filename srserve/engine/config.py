@@ -1,0 +1,82 @@
+"""Model pair configuration: which checkpoints form the pair and where/how they run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from srserve.engine.request import RequestDefaults
+
+DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+TINY_DEFAULTS = RequestDefaults(height=64, width=64, num_frames=17, num_inference_steps=20)
+
+
+def srserve_home() -> Path:
+    """Where srserve keeps generated tiny models; `SRSERVE_HOME` overrides."""
+    return Path(os.environ.get("SRSERVE_HOME", Path.home() / ".cache" / "srserve"))
+
+
+class ModelPairConfig(BaseModel):
+    """A sketch (large) and render (small) checkpoint of one family, as local Diffusers folders."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: str = "wan2.1"
+    name: str = "wan2.1"
+    sketch_path: str
+    render_path: str
+    text_encoder_path: str | None = Field(None, description="defaults to the sketch folder")
+    vae_path: str | None = Field(None, description="defaults to the render folder")
+    device: str = "auto"
+    dtype: DTypeName = "auto"
+    vae_dtype: DTypeName = "float32"
+    text_encoder_dtype: DTypeName = "auto"
+    max_sequence_length: int = Field(512, ge=8, le=4096)
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None keeps torch's")
+    defaults: RequestDefaults = RequestDefaults()
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolve_dtype(self, name: DTypeName) -> torch.dtype:
+        """`auto` is bf16 on CUDA and float32 on CPU."""
+        if name == "auto":
+            return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
+        return _DTYPES[name]
+
+    @classmethod
+    def tiny(cls, root: str | Path | None = None, **overrides: object) -> ModelPairConfig:
+        """The embedded tiny Wan2.1 pair, written on first use (seconds, no network)."""
+        from srserve.engine.tiny import write_tiny_wan_pair
+        from srserve.engine.tiny.wan import RENDER_DIR, SKETCH_DIR
+
+        base = Path(root) if root is not None else srserve_home() / "tiny" / "wan2.1"
+        sketch, render = base / SKETCH_DIR, base / RENDER_DIR
+        if not (sketch / "model_index.json").exists() or not (render / "model_index.json").exists():
+            # Write beside and rename, so concurrent processes never load a half-written pair.
+            staging = base.with_name(f"{base.name}.tmp-{os.getpid()}")
+            write_tiny_wan_pair(staging)
+            base.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                staging.rename(base)
+            except OSError:  # another process won the race; its pair is identical
+                shutil.rmtree(staging, ignore_errors=True)
+        fields: dict[str, object] = {
+            "family": "wan2.1",
+            "name": "tiny-wan2.1",
+            "sketch_path": str(sketch),
+            "render_path": str(render),
+            "defaults": TINY_DEFAULTS,
+            "device": "cpu",
+        }
+        fields.update(overrides)
+        return cls.model_validate(fields)

@@ -1,0 +1,271 @@
+"""The SRDiffusion engine: composable stages over one sketch/render model pair. No Ray here.
+
+encode -> sketch (steps 0..k, large model) -> HandoffState -> render (steps k..N, small model)
+-> decode (VAE) -> export (mp4). Each stage can run in a different process; the handoff state
+is the only thing that crosses from sketch to render.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from srserve.engine import components
+from srserve.engine.config import ModelPairConfig
+from srserve.engine.families import EncodedPrompt, get_family
+from srserve.engine.families.wan import read_component_config
+from srserve.engine.handoff import HandoffState
+from srserve.engine.request import GenerationRequest, ResolvedRequest, resolve_request
+from srserve.engine.scheduler_state import capture, restore
+from srserve.engine.switch import SwitchDecider
+from srserve.engine.video import encode_mp4, to_uint8
+
+ProgressFn = Callable[[str, int, int], None]
+"""Called as (stage, steps_done, steps_total) after every denoising step."""
+CancelFn = Callable[[], bool]
+"""Polled at every step boundary; True stops the stage with `Cancelled`."""
+
+
+class Role(str, Enum):
+    """What a process does with a pair; each role loads only the components it needs."""
+
+    TEXT = "text"
+    SKETCH = "sketch"
+    RENDER = "render"
+    DECODE = "decode"
+
+
+ALL_ROLES = frozenset(Role)
+
+
+class Cancelled(Exception):
+    """The job was cancelled (or ran out of time) at a step boundary."""
+
+
+class MissingRoleError(RuntimeError):
+    """A stage was called on an engine that did not load the components for it."""
+
+
+@dataclass
+class GenerationResult:
+    video: bytes
+    frames: np.ndarray
+    latents: torch.Tensor
+    switch_step: int
+    num_steps: int
+    timings: dict[str, float] = field(default_factory=dict)
+    handoff_bytes: int = 0
+    switch_trace: list[float] = field(default_factory=list)
+
+
+class SRDiffusionEngine:
+    """One model pair, loaded for a subset of roles, with the stages as methods."""
+
+    def __init__(self, config: ModelPairConfig, roles: frozenset[Role] | set[Role] = ALL_ROLES) -> None:
+        self.config = config
+        self.roles = frozenset(roles)
+        self.family = get_family(config.family)
+        self.family.check_pair(config)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.device = config.resolved_device()
+        self.dtype = config.resolve_dtype(config.dtype)
+        vae_path = config.vae_path or config.render_path
+        self.vae_config: dict[str, Any] = read_component_config(vae_path, "vae") or {}
+        self._scheduler_template = self.family.load_scheduler(config.sketch_path)
+        self.sketch_model = self.render_model = self.vae = None
+        self.tokenizer = self.text_encoder = None
+        if Role.TEXT in self.roles:
+            te_path = config.text_encoder_path or config.sketch_path
+            te_dtype = config.resolve_dtype(config.text_encoder_dtype)
+            self.tokenizer, self.text_encoder = components.load_shared(
+                "text_encoder",
+                te_path,
+                te_dtype,
+                self.device,
+                lambda: self.family.load_text_encoder(te_path, te_dtype, self.device),
+            )
+        if Role.SKETCH in self.roles:
+            self.sketch_model = components.load_shared(
+                "transformer",
+                config.sketch_path,
+                self.dtype,
+                self.device,
+                lambda: self.family.load_transformer(config.sketch_path, self.dtype, self.device),
+            )
+        if Role.RENDER in self.roles:
+            self.render_model = components.load_shared(
+                "transformer",
+                config.render_path,
+                self.dtype,
+                self.device,
+                lambda: self.family.load_transformer(config.render_path, self.dtype, self.device),
+            )
+        if Role.DECODE in self.roles:
+            vae_dtype = config.resolve_dtype(config.vae_dtype)
+            self.vae = components.load_shared(
+                "vae",
+                vae_path,
+                vae_dtype,
+                self.device,
+                lambda: self.family.load_vae(vae_path, vae_dtype, self.device),
+            )
+
+    def _need(self, role: Role) -> None:
+        if role not in self.roles:
+            raise MissingRoleError(f"this engine was loaded without the {role.value!r} role")
+
+    def _new_scheduler(self, num_steps: int) -> Any:
+        sched = type(self._scheduler_template).from_config(self._scheduler_template.config)
+        sched.set_timesteps(num_steps, device=self.device)
+        return sched
+
+    def resolve(self, request: GenerationRequest) -> ResolvedRequest:
+        """Fill unset sizes from the pair's defaults and re-validate the whole request."""
+        return resolve_request(request, self.config.defaults)
+
+    def encode(self, request: ResolvedRequest) -> EncodedPrompt:
+        self._need(Role.TEXT)
+        with torch.no_grad():
+            return self.family.encode_prompt(
+                self.tokenizer, self.text_encoder, request, self.config.max_sequence_length, self.device
+            )
+
+    @torch.no_grad()
+    def sketch(
+        self,
+        request: ResolvedRequest,
+        encoded: EncodedPrompt,
+        *,
+        job_id: str = "",
+        on_step: ProgressFn | None = None,
+        cancelled: CancelFn | None = None,
+    ) -> HandoffState:
+        """Run the large model from pure noise until the switch policy hands over."""
+        num_steps = request.num_inference_steps
+        sched = self._new_scheduler(num_steps)
+        sched.set_begin_index(0)
+        timesteps = sched.timesteps
+        generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        shape = self.family.latent_shape(request, self.vae_config)
+        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+        decider = SwitchDecider(request.switch, num_steps)
+        done = 0
+        while done < num_steps and not decider.done_before(done):
+            self._need(Role.SKETCH)
+            if cancelled is not None and cancelled():
+                raise Cancelled(f"cancelled during sketch at step {done}/{num_steps}")
+            t = timesteps[done]
+            pred = self.family.predict(self.sketch_model, latents, t, encoded, request.guidance_scale)
+            latents = sched.step(pred, t, latents, return_dict=False)[0]
+            done += 1
+            if on_step is not None:
+                on_step("sketch", done, decider.max_steps)
+            if decider.observe(done - 1, pred):
+                break
+        state = HandoffState(
+            family=self.family.name,
+            request=request,
+            switch_step=done,
+            latents=latents,
+            prompt_embeds=encoded.prompt_embeds,
+            negative_prompt_embeds=encoded.negative_prompt_embeds,
+            generator_state=generator.get_state(),
+            scheduler=capture(sched),
+            timesteps=timesteps,
+            sigmas=getattr(sched, "sigmas", None),
+            job_id=job_id,
+            switch_trace=list(decider.trace),
+        )
+        return self.family.convert_handoff(state)
+
+    @torch.no_grad()
+    def render(
+        self,
+        state: HandoffState,
+        *,
+        on_step: ProgressFn | None = None,
+        cancelled: CancelFn | None = None,
+    ) -> torch.Tensor:
+        """Continue a handoff with the small model to the last step; returns final latents."""
+        if state.family != self.family.name:
+            raise ValueError(
+                f"handoff is for family {state.family!r}, this engine serves {self.family.name!r}"
+            )
+        num_steps = state.num_steps
+        sched = self._new_scheduler(num_steps)
+        if not torch.equal(sched.timesteps.cpu(), state.timesteps.cpu()):
+            raise ValueError("handoff timesteps differ from this render model's schedule")
+        restore(sched, state.scheduler, self.device)
+        generator = torch.Generator(device="cpu")
+        generator.set_state(state.generator_state)
+        encoded = EncodedPrompt(
+            state.prompt_embeds.to(self.device),
+            None if state.negative_prompt_embeds is None else state.negative_prompt_embeds.to(self.device),
+        )
+        latents = state.latents.to(self.device)
+        if state.switch_step < num_steps:
+            self._need(Role.RENDER)
+        for i in range(state.switch_step, num_steps):
+            if cancelled is not None and cancelled():
+                raise Cancelled(f"cancelled during render at step {i}/{num_steps}")
+            t = sched.timesteps[i]
+            pred = self.family.predict(self.render_model, latents, t, encoded, state.request.guidance_scale)
+            latents = sched.step(pred, t, latents, return_dict=False)[0]
+            if on_step is not None:
+                on_step("render", i + 1, num_steps)
+        return latents
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Frames as float32 [F, H, W, 3] in [0, 1]."""
+        self._need(Role.DECODE)
+        return self.family.decode(self.vae, latents)
+
+    @staticmethod
+    def export(frames: np.ndarray, fps: int) -> bytes:
+        return encode_mp4(to_uint8(frames), fps=fps)
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        on_step: ProgressFn | None = None,
+        through_bytes: bool = True,
+    ) -> GenerationResult:
+        """All stages in this process; the handoff goes through its wire format unless told not to."""
+        timings: dict[str, float] = {}
+
+        def timed(name: str, fn: Callable[[], Any]) -> Any:
+            start = time.perf_counter()
+            out = fn()
+            timings[name] = time.perf_counter() - start
+            return out
+
+        resolved = self.resolve(request)
+        encoded = timed("encode", lambda: self.encode(resolved))
+        state = timed("sketch", lambda: self.sketch(resolved, encoded, on_step=on_step))
+        nbytes = 0
+        if through_bytes:
+            blob = timed("handoff_serialize", state.to_bytes)
+            nbytes = len(blob)
+            state = timed("handoff_deserialize", lambda: HandoffState.from_bytes(blob))
+        latents = timed("render", lambda: self.render(state, on_step=on_step))
+        frames = timed("decode", lambda: self.decode(latents))
+        video = timed("export", lambda: self.export(frames, resolved.fps))
+        return GenerationResult(
+            video=video,
+            frames=frames,
+            latents=latents,
+            switch_step=state.switch_step,
+            num_steps=resolved.num_inference_steps,
+            timings=timings,
+            handoff_bytes=nbytes,
+            switch_trace=state.switch_trace,
+        )

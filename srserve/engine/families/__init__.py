@@ -1,0 +1,22 @@
+"""Registry of model families srserve can split into a sketch and a render model."""
+
+from __future__ import annotations
+
+from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily
+from srserve.engine.families.wan import WanFamily
+
+_FAMILIES: dict[str, type[ModelFamily]] = {WanFamily.name: WanFamily}
+
+
+def get_family(name: str) -> ModelFamily:
+    try:
+        return _FAMILIES[name]()
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(sorted(_FAMILIES))}") from None
+
+
+def family_names() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+__all__ = ["EncodedPrompt", "IncompatiblePairError", "ModelFamily", "family_names", "get_family"]

@@ -1,0 +1,133 @@
+"""The handoff state: everything a render worker needs to continue a sketch exactly.
+
+Wire format (version 1): one safetensors blob. Tensors are stored natively (bf16 stays bf16);
+everything else is a JSON document in the safetensors metadata under `srserve.handoff`. Parsing
+never executes code, so a blob from an untrusted client is safe to load.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from srserve.engine.request import ResolvedRequest
+from srserve.engine.scheduler_state import SchedulerSnapshot
+
+FORMAT_NAME = "srserve.handoff"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+
+class HandoffFormatError(ValueError):
+    """A handoff blob that cannot be parsed, or was written by an incompatible version."""
+
+
+@dataclass
+class HandoffState:
+    """The sketch stage's output and the render stage's input."""
+
+    family: str
+    request: ResolvedRequest
+    switch_step: int
+    latents: torch.Tensor
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None
+    generator_state: torch.Tensor
+    scheduler: SchedulerSnapshot
+    timesteps: torch.Tensor
+    sigmas: torch.Tensor | None = None
+    job_id: str = ""
+    switch_trace: list[float] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return self.request.num_inference_steps
+
+    def to_bytes(self) -> bytes:
+        tensors: dict[str, torch.Tensor] = {
+            "latents": self.latents,
+            "prompt_embeds": self.prompt_embeds,
+            "generator_state": self.generator_state,
+            "timesteps": self.timesteps,
+        }
+        if self.negative_prompt_embeds is not None:
+            tensors["negative_prompt_embeds"] = self.negative_prompt_embeds
+        if self.sigmas is not None:
+            tensors["sigmas"] = self.sigmas
+        for name, tensor in self.scheduler.tensors.items():
+            tensors[f"scheduler/{name}"] = tensor
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+        header = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "family": self.family,
+            "job_id": self.job_id,
+            "switch_step": self.switch_step,
+            "request": self.request.model_dump(mode="json"),
+            "scheduler": {"class_name": self.scheduler.class_name, "values": self.scheduler.values},
+            "switch_trace": self.switch_trace,
+            "extras": self.extras,
+        }
+        return st_save(tensors, metadata={FORMAT_NAME: json.dumps(header)})
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> HandoffState:
+        header = _read_header(blob)
+        try:
+            tensors = st_load(blob)
+        except Exception as exc:  # safetensors raises its own error types
+            raise HandoffFormatError(f"handoff tensors do not parse: {exc}") from exc
+        try:
+            sched = header["scheduler"]
+            snapshot = SchedulerSnapshot(
+                class_name=str(sched["class_name"]),
+                tensors={
+                    k.removeprefix("scheduler/"): v for k, v in tensors.items() if k.startswith("scheduler/")
+                },
+                values=dict(sched["values"]),
+            )
+            return cls(
+                family=str(header["family"]),
+                request=ResolvedRequest.model_validate(header["request"]),
+                switch_step=int(header["switch_step"]),
+                latents=tensors["latents"],
+                prompt_embeds=tensors["prompt_embeds"],
+                negative_prompt_embeds=tensors.get("negative_prompt_embeds"),
+                generator_state=tensors["generator_state"],
+                scheduler=snapshot,
+                timesteps=tensors["timesteps"],
+                sigmas=tensors.get("sigmas"),
+                job_id=str(header.get("job_id", "")),
+                switch_trace=[float(x) for x in header.get("switch_trace", [])],
+                extras=dict(header.get("extras", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise HandoffFormatError(f"handoff header is incomplete or invalid: {exc}") from exc
+
+
+def _read_header(blob: bytes) -> dict[str, Any]:
+    if not isinstance(blob, bytes | bytearray | memoryview) or len(blob) < 8:
+        raise HandoffFormatError("handoff blob is too short to be a safetensors file")
+    (size,) = struct.unpack("<Q", bytes(blob[:8]))
+    if size > MAX_HEADER_BYTES or 8 + size > len(blob):
+        raise HandoffFormatError("handoff blob has an invalid header length")
+    try:
+        raw = json.loads(bytes(blob[8 : 8 + size]))
+        meta = raw.get("__metadata__") or {}
+        header = json.loads(meta[FORMAT_NAME])
+    except (ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise HandoffFormatError("blob is not an srserve handoff (no srserve.handoff metadata)") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        raise HandoffFormatError("blob is not an srserve handoff")
+    if header.get("version") != FORMAT_VERSION:
+        raise HandoffFormatError(
+            f"handoff version {header.get('version')!r} is not supported (this srserve reads {FORMAT_VERSION})"
+        )
+    return header

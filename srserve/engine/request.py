@@ -1,0 +1,187 @@
+"""The one request model shared by the CLI, the engine and (later) the gRPC and HTTP APIs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_PROMPT_CHARS = 4000
+MAX_SEED = 2**63 - 1
+MAX_STEPS = 200
+MAX_SIDE = 2048
+MAX_FRAMES = 257
+
+
+class SwitchPolicy(BaseModel):
+    """When the sketch model hands over to the render model.
+
+    `fixed`: after `step` large-model steps, or after `round(fraction * N)` steps.
+    `adaptive`: SRDiffusion's self-difference rule with threshold `tau`, bounded by
+    `min_step`/`max_step` (defaults 10% / 60% of N, i.e. 5 / 30 of 50 steps).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["fixed", "adaptive"] = "adaptive"
+    step: Annotated[int, Field(ge=0, le=MAX_STEPS)] | None = None
+    fraction: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    tau: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
+    min_step: Annotated[int, Field(ge=0, le=MAX_STEPS)] | None = None
+    max_step: Annotated[int, Field(ge=0, le=MAX_STEPS)] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SwitchPolicy:
+        if self.kind == "fixed":
+            if (self.step is None) == (self.fraction is None):
+                raise ValueError("switch: a fixed switch needs exactly one of 'step' or 'fraction'")
+        elif self.step is not None or self.fraction is not None:
+            raise ValueError("switch: 'step'/'fraction' apply to a fixed switch only")
+        if self.min_step is not None and self.max_step is not None and self.min_step > self.max_step:
+            raise ValueError(f"switch: min_step ({self.min_step}) > max_step ({self.max_step})")
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> SwitchPolicy:
+        """Parse `fixed:10`, `fixed:0.3`, `adaptive`, `adaptive:0.01` or `adaptive:0.01:5:30`."""
+        kind, _, rest = text.strip().partition(":")
+        parts = [p for p in rest.split(":") if p] if rest else []
+        try:
+            if kind == "fixed":
+                if len(parts) != 1:
+                    raise ValueError
+                value = parts[0]
+                if "." in value:
+                    return cls(kind="fixed", fraction=float(value))
+                return cls(kind="fixed", step=int(value))
+            if kind == "adaptive":
+                if len(parts) > 3 or len(parts) == 2:
+                    raise ValueError
+                fields: dict[str, float | int] = {}
+                if parts:
+                    fields["tau"] = float(parts[0])
+                if len(parts) == 3:
+                    fields["min_step"], fields["max_step"] = int(parts[1]), int(parts[2])
+                return cls(kind="adaptive", **fields)
+        except ValueError as exc:
+            if str(exc):
+                raise
+        raise ValueError(
+            f"switch: cannot parse {text!r}; use fixed:STEP, fixed:FRACTION (e.g. fixed:0.3), "
+            "adaptive, adaptive:TAU or adaptive:TAU:MIN:MAX"
+        )
+
+    def bounds(self, num_steps: int) -> tuple[int, int]:
+        """(min, max) number of sketch steps for an adaptive switch over `num_steps` steps."""
+        lo = self.min_step if self.min_step is not None else round(0.1 * num_steps)
+        hi = self.max_step if self.max_step is not None else round(0.6 * num_steps)
+        return min(lo, num_steps), min(hi, num_steps)
+
+    def fixed_step(self, num_steps: int) -> int:
+        if self.step is not None:
+            return self.step
+        assert self.fraction is not None
+        return round(self.fraction * num_steps)
+
+    def __str__(self) -> str:
+        if self.kind == "fixed":
+            return f"fixed:{self.step if self.step is not None else self.fraction}"
+        lo = "" if self.min_step is None else f":{self.min_step}:{self.max_step}"
+        return f"adaptive:{self.tau}{lo}"
+
+
+class GenerationRequest(BaseModel):
+    """One text-to-video request. Unset sizes take the model pair's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] = ""
+    height: Annotated[int, Field(ge=16, le=MAX_SIDE)] | None = None
+    width: Annotated[int, Field(ge=16, le=MAX_SIDE)] | None = None
+    num_frames: Annotated[int, Field(ge=1, le=MAX_FRAMES)] | None = None
+    num_inference_steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
+    guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] = 5.0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    switch: SwitchPolicy = SwitchPolicy()
+    fps: Annotated[int, Field(ge=1, le=120)] = 16
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must contain non-whitespace text")
+        return value
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_16(cls, value: int | None) -> int | None:
+        if value is not None and value % 16:
+            raise ValueError(f"must be a multiple of 16, got {value}")
+        return value
+
+    @field_validator("num_frames")
+    @classmethod
+    def _four_k_plus_one(cls, value: int | None) -> int | None:
+        if value is not None and (value - 1) % 4:
+            raise ValueError(f"must be of the form 4k+1 (1, 5, 9, ..., 81), got {value}")
+        return value
+
+    @field_validator("switch", mode="before")
+    @classmethod
+    def _switch_from_text(cls, value: object) -> object:
+        return SwitchPolicy.parse(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _switch_within_steps(self) -> GenerationRequest:
+        steps = self.num_inference_steps
+        if steps is None:
+            return self
+        sw = self.switch
+        if sw.kind == "fixed" and sw.step is not None and sw.step > steps:
+            raise ValueError(f"switch: step {sw.step} is beyond num_inference_steps ({steps})")
+        if sw.kind == "adaptive" and sw.max_step is not None and sw.max_step > steps:
+            raise ValueError(f"switch: max_step {sw.max_step} is beyond num_inference_steps ({steps})")
+        return self
+
+
+class RequestDefaults(BaseModel):
+    """A model pair's default output shape, applied to fields a request leaves unset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    height: int = 480
+    width: int = 832
+    num_frames: int = 81
+    num_inference_steps: int = 50
+
+
+class ResolvedRequest(GenerationRequest):
+    """A request with every size set; what the stages and the handoff state carry."""
+
+    height: int
+    width: int
+    num_frames: int
+    num_inference_steps: int
+
+
+def resolve_request(request: GenerationRequest, defaults: RequestDefaults) -> ResolvedRequest:
+    data = request.model_dump()
+    for name in ("height", "width", "num_frames", "num_inference_steps"):
+        if data[name] is None:
+            data[name] = getattr(defaults, name)
+    return ResolvedRequest.model_validate(data)
+
+
+def describe_validation_error(exc: Exception) -> str:
+    """One line per problem, each naming its field, for CLI and API error messages."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    lines = []
+    for err in errors():
+        field = ".".join(str(p) for p in err.get("loc", ())) or "request"
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"{field}: {msg}")
+    return "; ".join(lines)
