@@ -16,9 +16,7 @@ _LOCK = threading.Lock()
 _CACHE: dict[tuple[str, str, str, str], Any] = {}
 
 
-def load_shared(
-    kind: str, path: str, dtype: torch.dtype, device: torch.device, loader: Callable[[], Any]
-) -> Any:
+def load_shared(kind: str, path: str, dtype: torch.dtype, device: torch.device, loader: Callable[[], Any]) -> Any:
     """Return the process's instance of a component, loading it on first request."""
     key = (kind, str(path), str(dtype), str(device))
     with _LOCK:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ CancelFn = Callable[[], bool]
 """Polled at every step boundary; True stops the stage with `Cancelled`."""
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """What a process does with a pair; each role loads only the components it needs."""
 
     TEXT = "text"
@@ -196,9 +196,7 @@ class SRDiffusionEngine:
     ) -> torch.Tensor:
         """Continue a handoff with the small model to the last step; returns final latents."""
         if state.family != self.family.name:
-            raise ValueError(
-                f"handoff is for family {state.family!r}, this engine serves {self.family.name!r}"
-            )
+            raise ValueError(f"handoff is for family {state.family!r}, this engine serves {self.family.name!r}")
         num_steps = state.num_steps
         sched = self._new_scheduler(num_steps)
         if not torch.equal(sched.timesteps.cpu(), state.timesteps.cpu()):

@@ -88,9 +88,7 @@ class HandoffState:
             sched = header["scheduler"]
             snapshot = SchedulerSnapshot(
                 class_name=str(sched["class_name"]),
-                tensors={
-                    k.removeprefix("scheduler/"): v for k, v in tensors.items() if k.startswith("scheduler/")
-                },
+                tensors={k.removeprefix("scheduler/"): v for k, v in tensors.items() if k.startswith("scheduler/")},
                 values=dict(sched["values"]),
             )
             return cls(

@@ -49,7 +49,7 @@ def _attributes(class_name: str) -> tuple[str, ...]:
         return STATE_ATTRIBUTES[class_name]
     except KeyError:
         known = ", ".join(sorted(STATE_ATTRIBUTES))
-        raise SchedulerStateError(f"scheduler {class_name} is not supported for handoff (known: {known})")
+        raise SchedulerStateError(f"scheduler {class_name} is not supported for handoff (known: {known})") from None
 
 
 def _pack(name: str, value: Any, tensors: dict[str, torch.Tensor]) -> Any:

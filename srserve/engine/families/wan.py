@@ -40,9 +40,7 @@ def read_component_config(folder: str, component: str) -> dict[str, Any] | None:
 def _require(folder: str, component: str) -> dict[str, Any]:
     cfg = read_component_config(folder, component)
     if cfg is None:
-        raise IncompatiblePairError(
-            f"{folder!r} has no {component}/ config; is it a Diffusers-format folder?"
-        )
+        raise IncompatiblePairError(f"{folder!r} has no {component}/ config; is it a Diffusers-format folder?")
     return cfg
 
 
@@ -98,9 +96,7 @@ class WanFamily(ModelFamily):
     def load_scheduler(self, path: str) -> Any:
         return UniPCMultistepScheduler.from_pretrained(path, subfolder="scheduler")
 
-    def _embed(
-        self, tokenizer: Any, encoder: Any, text: str, max_len: int, device: torch.device
-    ) -> torch.Tensor:
+    def _embed(self, tokenizer: Any, encoder: Any, text: str, max_len: int, device: torch.device) -> torch.Tensor:
         inputs = tokenizer(
             [prompt_clean(text)],
             padding="max_length",
@@ -175,12 +171,8 @@ class WanFamily(ModelFamily):
         cfg = vae.config
         latents = latents.to(next(vae.parameters()).device, dtype=vae.dtype)
         mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
-        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(
-            latents.device, latents.dtype
-        )
+        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
         latents = latents / inv_std + mean
         video = vae.decode(latents, return_dict=False)[0]
-        frames = VideoProcessor(vae_scale_factor=cfg.scale_factor_spatial).postprocess_video(
-            video, output_type="np"
-        )
+        frames = VideoProcessor(vae_scale_factor=cfg.scale_factor_spatial).postprocess_video(video, output_type="np")
         return np.asarray(frames[0], dtype=np.float32)
