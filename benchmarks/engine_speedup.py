@@ -1,0 +1,109 @@
+"""Engine speedup on the tiny pair: large-only, small-only and SRDiffusion (fixed, adaptive), one run.
+
+Reports each mode's end-to-end latency, its speedup over large-only, and the bound the switch
+step implies given the measured per-step costs: N*L / (k*L + (N-k)*S) for the denoising part and
+(E + N*L + D) / (E + k*L + (N-k)*S + D) end to end (E: encode, D: decode + export).
+Modes are interleaved round-robin so machine noise hits them alike; figures are medians.
+
+    python benchmarks/engine_speedup.py --out benchmarks/results/engine_speedup_tiny.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fixed", default="fixed:0.25", help="the fixed-switch SRDiffusion mode")
+    parser.add_argument("--adaptive", default="adaptive", help="the adaptive SRDiffusion mode")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    engine = SRDiffusionEngine(ModelPairConfig.tiny(num_threads=args.threads))
+    n = args.steps
+    modes = {
+        "large-only": f"fixed:{n}",
+        "small-only": "fixed:0",
+        f"srdiffusion {args.fixed}": args.fixed,
+        f"srdiffusion {args.adaptive}": args.adaptive,
+    }
+    runs: dict[str, list] = {m: [] for m in modes}
+    engine.generate(GenerationRequest(prompt="warm up", num_inference_steps=2))
+    for rep in range(args.repeats):
+        for mode, switch in modes.items():
+            req = GenerationRequest(
+                prompt="a red fox running through snow", seed=rep, num_inference_steps=n, switch=switch
+            )
+            start = time.perf_counter()
+            result = engine.generate(req)
+            runs[mode].append((time.perf_counter() - start, result))
+
+    def med(mode: str, key: str) -> float:
+        return statistics.median(r.timings.get(key, 0.0) for _, r in runs[mode])
+
+    large_step = med("large-only", "sketch") / n
+    small_step = med("small-only", "render") / n
+    overhead = statistics.median(
+        sum(v for k, v in r.timings.items() if k not in ("sketch", "render")) for _, r in runs["large-only"]
+    )
+    base = statistics.median(t for t, _ in runs["large-only"])
+    rows = []
+    for mode in modes:
+        total = statistics.median(t for t, _ in runs[mode])
+        k = statistics.median(r.switch_step for _, r in runs[mode])
+        denoise_bound = n * large_step / (k * large_step + (n - k) * small_step)
+        e2e_bound = (overhead + n * large_step) / (overhead + k * large_step + (n - k) * small_step)
+        rows.append(
+            {
+                "mode": mode,
+                "median_s": round(total, 4),
+                "switch_step_median": k,
+                "switch_steps": [r.switch_step for _, r in runs[mode]],
+                "speedup_vs_large": round(base / total, 3),
+                "bound_denoise": round(denoise_bound, 3),
+                "bound_end_to_end": round(e2e_bound, 3),
+            }
+        )
+    report = {
+        "command": "python benchmarks/engine_speedup.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out"),
+        "machine": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",
+        "steps": n,
+        "repeats": args.repeats,
+        "per_step_s": {"large": round(large_step, 5), "small": round(small_step, 5)},
+        "step_cost_ratio_small_over_large": round(small_step / large_step, 3),
+        "fixed_overhead_s": round(overhead, 4),
+        "rows": rows,
+    }
+    print(
+        f"per-step: large {large_step * 1000:.1f} ms, small {small_step * 1000:.1f} ms "
+        f"(ratio {small_step / large_step:.2f}); encode+decode+export {overhead * 1000:.0f} ms"
+    )
+    print(f"{'mode':<28}{'median s':>10}{'k':>6}{'speedup':>9}{'bound(denoise)':>16}{'bound(e2e)':>12}")
+    for r in rows:
+        print(
+            f"{r['mode']:<28}{r['median_s']:>10.3f}{r['switch_step_median']:>6}{r['speedup_vs_large']:>9.2f}"
+            f"{r['bound_denoise']:>16.2f}{r['bound_end_to_end']:>12.2f}"
+        )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The `srserve` command line."""

@@ -1,0 +1,109 @@
+"""`srserve generate`: one request through both models in this process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from srserve.cli.progress import StageBars
+from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
+from srserve.engine.families import IncompatiblePairError
+from srserve.engine.request import describe_validation_error
+
+
+def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-pair", default="tiny", help="tiny (embedded, default) or a family name, e.g. wan2.1")
+    parser.add_argument("--sketch-model", help="local Diffusers folder of the large (sketch) model")
+    parser.add_argument("--render-model", help="local Diffusers folder of the small (render) model")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def model_pair_from_args(args: argparse.Namespace) -> ModelPairConfig:
+    overrides: dict[str, object] = {}
+    if args.device:
+        overrides["device"] = args.device
+    if args.dtype:
+        overrides["dtype"] = args.dtype
+    if args.threads:
+        overrides["num_threads"] = args.threads
+    if args.model_pair == "tiny":
+        if args.sketch_model or args.render_model:
+            raise ValueError("--sketch-model/--render-model apply to a real pair, not --model-pair tiny")
+        return ModelPairConfig.tiny(**overrides)
+    if not (args.sketch_model and args.render_model):
+        raise ValueError(f"--model-pair {args.model_pair} needs --sketch-model PATH and --render-model PATH")
+    return ModelPairConfig(
+        family=args.model_pair,
+        name=args.model_pair,
+        sketch_path=args.sketch_model,
+        render_path=args.render_model,
+        **overrides,
+    )
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate one video in this process (no Ray)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="")
+    add_model_pair_arguments(p)
+    p.add_argument("--switch", default="adaptive", help="fixed:STEP, fixed:FRACTION, adaptive[:TAU[:MIN:MAX]]")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pair's)")
+    p.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: the pair's)")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--guidance-scale", type=float, default=5.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=int, default=16)
+    p.add_argument("--out", default="video.mp4", help="output mp4 path")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        request = GenerationRequest(
+            prompt=args.prompt,
+            negative_prompt=args.negative_prompt,
+            height=args.height,
+            width=args.width,
+            num_frames=args.frames,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            seed=args.seed,
+            switch=args.switch,
+            fps=args.fps,
+        )
+        config = model_pair_from_args(args)
+        engine = SRDiffusionEngine(config)
+        engine.resolve(request)
+    except ValidationError as exc:
+        print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, IncompatiblePairError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bars = StageBars(enabled=not args.no_progress)
+    try:
+        result = engine.generate(request, on_step=bars)
+    finally:
+        bars.close()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(result.video)
+    frames, height, width, _ = result.frames.shape
+    print(f"wrote {out} ({frames} frames, {width}x{height}, {len(result.video)} bytes)")
+    print(
+        f"switch step: {result.switch_step} of {result.num_steps} (sketch {result.switch_step}, "
+        f"render {result.num_steps - result.switch_step}); handoff {result.handoff_bytes} bytes"
+    )
+    total = sum(result.timings.values())
+    print("timing:")
+    for name, seconds in result.timings.items():
+        print(f"  {name:<20} {seconds * 1000:9.1f} ms")
+    print(f"  {'total':<20} {total * 1000:9.1f} ms")
+    return 0

@@ -1,0 +1,31 @@
+"""Entry point: `srserve <command>`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from srserve.cli import generate, make_tiny
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="srserve", description="SRDiffusion video generation and serving")
+    sub = parser.add_subparsers(dest="command", required=True)
+    generate.add_parser(sub)
+    make_tiny.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Loading bars for tiny local folders are noise next to srserve's own per-stage bars.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Loading a pair: compatibility checks before any weights load, shared components loaded once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from srserve.engine import GenerationRequest, ModelPairConfig, Role, SRDiffusionEngine, components
+from srserve.engine.engine import MissingRoleError
+from srserve.engine.families import IncompatiblePairError, get_family
+
+
+def _copy_with(tiny_root: Path, tmp_path: Path, component: str, **changes) -> ModelPairConfig:
+    render = tmp_path / "render"
+    shutil.copytree(tiny_root / "render", render)
+    cfg_file = render / component / ("scheduler_config.json" if component == "scheduler" else "config.json")
+    cfg = json.loads(cfg_file.read_text())
+    cfg.update(changes)
+    cfg_file.write_text(json.dumps(cfg))
+    return ModelPairConfig(sketch_path=str(tiny_root / "sketch"), render_path=str(render), device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("component", "changes", "message"),
+    [
+        ("transformer", {"in_channels": 32}, "transformer mismatch on 'in_channels'"),
+        ("transformer", {"patch_size": [1, 4, 4]}, "transformer mismatch on 'patch_size'"),
+        ("transformer", {"text_dim": 128}, "transformer mismatch on 'text_dim'"),
+        ("vae", {"z_dim": 48}, "VAE z_dim 48"),
+        ("vae", {"latents_std": [1.0] * 16}, "VAE mismatch on 'latents_std'"),
+        ("scheduler", {"flow_shift": 5.0}, "scheduler mismatch on 'flow_shift'"),
+    ],
+)
+def test_incompatible_pair_is_refused_by_name(tiny_root, tmp_path, component, changes, message) -> None:
+    config = _copy_with(tiny_root, tmp_path, component, **changes)
+    with pytest.raises(IncompatiblePairError, match=message):
+        SRDiffusionEngine(config)
+
+
+def test_missing_folder_and_unknown_family(tmp_path) -> None:
+    with pytest.raises(IncompatiblePairError, match="does not exist"):
+        SRDiffusionEngine(ModelPairConfig(sketch_path=str(tmp_path / "nope"), render_path=str(tmp_path)))
+    with pytest.raises(ValueError, match="unknown model family 'sora'"):
+        get_family("sora")
+
+
+def test_text_encoder_and_vae_load_once_per_process(tiny_config) -> None:
+    components.clear()
+    a = SRDiffusionEngine(tiny_config, roles={Role.TEXT, Role.SKETCH})
+    b = SRDiffusionEngine(tiny_config, roles={Role.TEXT, Role.RENDER, Role.DECODE})
+    c = SRDiffusionEngine(tiny_config)
+    assert a.text_encoder is b.text_encoder is c.text_encoder
+    assert b.vae is c.vae and a.vae is None
+    assert a.sketch_model is c.sketch_model and a.render_model is None
+    kinds = [key[0] for key in components.loaded_keys()]
+    assert sorted(kinds) == ["text_encoder", "transformer", "transformer", "vae"]
+
+
+def test_engine_refuses_stages_it_did_not_load(tiny_config) -> None:
+    renderer = SRDiffusionEngine(tiny_config, roles={Role.RENDER})
+    with pytest.raises(MissingRoleError, match="'text' role"):
+        renderer.encode(renderer.resolve(GenerationRequest(prompt="x")))
