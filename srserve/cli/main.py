@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from srserve.cli import generate, make_tiny
+from srserve.cli import generate, make_tiny, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,6 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     generate.add_parser(sub)
     make_tiny.add_parser(sub)
+    serve.add_parser(sub)
     return parser
 
 

@@ -54,14 +54,15 @@ class ModelPairConfig(BaseModel):
         return _DTYPES[name]
 
     @classmethod
-    def tiny(cls, root: str | Path | None = None, **overrides: object) -> ModelPairConfig:
-        """The embedded tiny Wan2.1 pair, written on first use (seconds, no network)."""
+    def tiny(cls, root: str | Path | None = None, write: bool = True, **overrides: object) -> ModelPairConfig:
+        """The embedded tiny Wan2.1 pair, written on first use (seconds, no network) unless `write` is off."""
         from srserve.engine.tiny import write_tiny_wan_pair
         from srserve.engine.tiny.wan import RENDER_DIR, SKETCH_DIR
 
         base = Path(root) if root is not None else srserve_home() / "tiny" / "wan2.1"
         sketch, render = base / SKETCH_DIR, base / RENDER_DIR
-        if not (sketch / "model_index.json").exists() or not (render / "model_index.json").exists():
+        missing = not (sketch / "model_index.json").exists() or not (render / "model_index.json").exists()
+        if write and missing:
             # Write beside and rename, so concurrent processes never load a half-written pair.
             staging = base.with_name(f"{base.name}.tmp-{os.getpid()}")
             write_tiny_wan_pair(staging)

@@ -1,0 +1,45 @@
+"""`srserve serve CONFIG.yaml`: run srserve in the foreground until Ctrl-C (then drain and stop)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from srserve.serving.config import DeployFile
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="deploy srserve on Ray Serve and serve until interrupted")
+    p.add_argument("config", help="a Serve config file such as deploy/tiny.yaml (or a bare srserve config)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local cluster)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local cluster")
+    p.add_argument("--num-gpus", type=int, default=None, help="GPUs of a local cluster (may be fake on CPU)")
+    p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to let running jobs finish")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from srserve.serving.launcher import deploy, drain_and_shutdown, ensure_ray
+
+    try:
+        spec = DeployFile.from_yaml(args.config)
+    except (OSError, ValueError) as exc:
+        print(f"error: {args.config}: {exc}", file=sys.stderr)
+        return 2
+    ensure_ray(args.address, args.num_cpus, args.num_gpus)
+    deploy(spec)
+    print(
+        f"srserve is up: HTTP http://{spec.http_host}:{spec.http_port}/v1/videos, "
+        f"gRPC {spec.http_host}:{spec.grpc_port} (srserve.v1.VideoGeneration). Ctrl-C to stop.",
+        flush=True,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("draining running jobs ...", flush=True)
+    left = drain_and_shutdown(spec.serving.app_name, args.drain_timeout)
+    print("stopped" + (f" ({left} job(s) were still running)" if left else ""), flush=True)
+    return 0

@@ -1,0 +1,58 @@
+"""Builds the srserve Ray Serve application from a ServingConfig.
+
+Deployments: Ingress (HTTP + gRPC) -> SketchWorker pool -> RenderWorker pool, a JobBoard, and
+an optional TextEncoderWorker pool. Each pool takes its own replicas/autoscaling and actor
+options (GPUs, accelerator type, custom resources) from the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from srserve.serving.config import ServingConfig
+from srserve.serving.grpc_api import GrpcApi
+from srserve.serving.http_api import app as http_app
+from srserve.serving.ingress import IngressCore
+from srserve.serving.job_board import JobBoard
+from srserve.serving.workers import render_deployment, sketch_deployment, text_deployment
+
+GRPC_SERVICER_FUNCTIONS = [
+    "srserve.serving.proto.video_pb2_grpc.add_VideoGenerationServicer_to_server",
+    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
+]
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(http_app)
+class Ingress(GrpcApi, IngressCore):
+    """HTTP (/v1/videos) and gRPC (srserve.v1) entry point; drives jobs through the pools."""
+
+    def __init__(self, config: ServingConfig, board, sketch, render, text=None) -> None:
+        pair = config.model_pair(write_tiny=False)
+        IngressCore.__init__(self, config, pair.defaults, pair.name, board, sketch, render, text)
+
+
+def build_app(config: ServingConfig) -> Application:
+    pair = config.model_pair()
+    board = JobBoard.bind(config.ingress.retain_jobs)
+    text = None
+    if config.text_encoder_placement == "pool":
+        text = text_deployment(**config.text_pool.deployment_options()).bind(pair, board)
+    sketch = sketch_deployment(**config.sketch_pool.deployment_options()).bind(
+        pair, board, config.text_encoder_placement == "sketch"
+    )
+    render = render_deployment(**config.render_pool.deployment_options()).bind(pair, board)
+    ingress = Ingress.options(
+        num_replicas=config.ingress.num_replicas,
+        ray_actor_options=dict(config.ingress.ray_actor_options),
+        max_ongoing_requests=config.ingress.max_ongoing_requests,
+    )
+    return ingress.bind(config, board, sketch, render, text)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Entry point for Serve config files (`import_path: srserve.serving.app:app_builder`)."""
+    return build_app(ServingConfig.model_validate(args or {}))

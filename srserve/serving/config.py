@@ -1,0 +1,113 @@
+"""Typed serving configuration (YAML): the model pair, the pools and the ingress."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from srserve.engine.config import ModelPairConfig
+
+
+class PoolConfig(BaseModel):
+    """One replica pool (sketch, render or text encoder): its scale and its placement."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: int | None = Field(1, ge=1)
+    autoscaling_config: dict[str, Any] | None = None
+    # Ray actor options: num_gpus / accelerator_type / resources pick the GPU kind for the pool.
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.5})
+    # >1 keeps the next requests queued inside the replica (one runs at a time behind a lock),
+    # so the GPU never waits for the router between requests.
+    max_ongoing_requests: int = Field(4, ge=1)
+    max_queued_requests: int = Field(64, ge=-1)
+    # Admission control: jobs waiting for or running in this pool, beyond which new jobs are refused.
+    max_backlog: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _scale_one_way(self) -> PoolConfig:
+        if self.autoscaling_config is not None:
+            self.num_replicas = None
+        return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "ray_actor_options": dict(self.ray_actor_options),
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
+        if self.autoscaling_config is not None:
+            opts["autoscaling_config"] = dict(self.autoscaling_config)
+        else:
+            opts["num_replicas"] = self.num_replicas
+        return opts
+
+
+class IngressConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: int = Field(1, ge=1)
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.25})
+    max_ongoing_requests: int = Field(256, ge=1)
+    default_deadline_s: float | None = Field(None, gt=0, description="per-request deadline unless the client sets one")
+    retain_jobs: int = Field(1000, ge=1, description="finished jobs (and their videos) kept for retrieval")
+    max_request_bytes: int = Field(1 << 20, ge=1024)
+
+
+class ServingConfig(BaseModel):
+    """Everything `srserve serve` needs; loaded from YAML (see deploy/tiny.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app_name: str = "srserve"
+    model: ModelPairConfig | Literal["tiny"] = "tiny"
+    text_encoder_placement: Literal["sketch", "pool"] = "sketch"
+    sketch_pool: PoolConfig = PoolConfig()
+    render_pool: PoolConfig = PoolConfig()
+    text_pool: PoolConfig = PoolConfig()
+    ingress: IngressConfig = IngressConfig()
+
+    def model_pair(self, write_tiny: bool = True) -> ModelPairConfig:
+        """The pair to load; `tiny` is written on first use unless `write_tiny` is off."""
+        if self.model == "tiny":
+            return ModelPairConfig.tiny(write=write_tiny, num_threads=1)
+        return self.model
+
+
+APP_IMPORT_PATH = "srserve.serving.app:app_builder"
+
+
+class DeployFile(BaseModel):
+    """A Ray Serve config file whose application runs srserve: the same file works with
+    `serve run FILE` and `srserve serve FILE`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 9000
+    route_prefix: str = "/"
+    serving: ServingConfig
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> DeployFile:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if "applications" not in data:  # a bare srserve config
+            return cls(serving=ServingConfig.model_validate(data))
+        apps = [a for a in data["applications"] if a.get("import_path") == APP_IMPORT_PATH]
+        if len(apps) != 1:
+            raise ValueError(f"{path}: expected exactly one application with import_path {APP_IMPORT_PATH}")
+        app = apps[0]
+        serving = ServingConfig.model_validate({"app_name": app.get("name", "srserve"), **(app.get("args") or {})})
+        http = data.get("http_options") or {}
+        grpc = data.get("grpc_options") or {}
+        return cls(
+            http_host=http.get("host", "127.0.0.1"),
+            http_port=http.get("port", 8000),
+            grpc_port=grpc.get("port", 9000),
+            route_prefix=app.get("route_prefix", "/"),
+            serving=serving,
+        )

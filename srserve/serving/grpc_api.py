@@ -1,0 +1,161 @@
+"""The srserve.v1 gRPC API as ingress methods (Serve's gRPC proxy calls them by RPC name).
+
+Errors carry standard status codes: INVALID_ARGUMENT (field named in the details),
+RESOURCE_EXHAUSTED (backpressure), NOT_FOUND, FAILED_PRECONDITION (video not ready),
+CANCELLED and DEADLINE_EXCEEDED (for a job that ended that way while streaming).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+from ray.serve.grpc_util import RayServegRPCContext
+
+from srserve.serving.errors import InvalidRequest, ServingError
+from srserve.serving.jobs import ErrorCode, JobState
+from srserve.serving.proto import video_pb2
+
+_OPTIONAL_FIELDS = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "fps")
+_TERMINAL = (JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value)
+EVENT_POLL_S = 10.0
+
+
+class StatusError(Exception):
+    """Raised after setting the status on the context, so Serve returns that status."""
+
+
+def _fail(context: RayServegRPCContext | None, code: grpc.StatusCode, details: str) -> StatusError:
+    if context is not None:
+        context.set_code(code)
+        context.set_details(details)
+    return StatusError(details)
+
+
+def _serving_fail(context: RayServegRPCContext | None, exc: ServingError) -> StatusError:
+    return _fail(context, getattr(grpc.StatusCode, exc.grpc_status), exc.message)
+
+
+def request_fields(msg: video_pb2.GenerateRequest) -> tuple[dict[str, Any], float | None]:
+    fields: dict[str, Any] = {"prompt": msg.prompt, "negative_prompt": msg.negative_prompt}
+    for name in _OPTIONAL_FIELDS:
+        if msg.HasField(name):
+            fields[name] = getattr(msg, name)
+    if msg.switch:
+        fields["switch"] = msg.switch
+    deadline = msg.deadline_s if msg.HasField("deadline_s") else None
+    if deadline is not None and deadline <= 0:
+        raise InvalidRequest("deadline_s: must be positive", param="deadline_s")
+    return fields, deadline
+
+
+def job_message(job: dict[str, Any]) -> video_pb2.Job:
+    return video_pb2.Job(
+        id=job["id"],
+        state=job["state"],
+        progress=job["progress"],
+        step=job["step"],
+        total=job["total"],
+        switch_step=-1 if job.get("switch_step") is None else job["switch_step"],
+        num_steps=job["num_steps"],
+        error_code=job.get("error_code") or "",
+        error=job.get("error") or "",
+        created_at=job["created_at"],
+        completed_at=job.get("completed_at") or 0.0,
+        video_bytes=job.get("video_bytes", 0),
+        handoff_bytes=job.get("handoff_bytes", 0),
+        timeline=job.get("timeline", {}),
+        replicas=job.get("replicas", {}),
+        request_json=json.dumps(job["request"]),
+    )
+
+
+def _terminal_status(job: dict[str, Any]) -> tuple[grpc.StatusCode, str] | None:
+    if job["state"] == JobState.CANCELLED.value:
+        return grpc.StatusCode.CANCELLED, f"job {job['id']} was cancelled"
+    if job["state"] == JobState.FAILED.value:
+        code = grpc.StatusCode.INTERNAL
+        if job.get("error_code") == ErrorCode.DEADLINE_EXCEEDED.value:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+        return code, f"job {job['id']} failed: {job.get('error') or job.get('error_code')}"
+    return None
+
+
+class GrpcApi:
+    """Mixed into the ingress; relies on IngressCore's submit/get/cancel/list/events/content."""
+
+    async def _submit_message(self, msg: video_pb2.GenerateRequest) -> dict[str, Any]:
+        fields, deadline = request_fields(msg)
+        return await self.submit(self.validate(fields), deadline)
+
+    async def Submit(self, request: video_pb2.GenerateRequest, grpc_context: RayServegRPCContext = None):
+        try:
+            return job_message(await self._submit_message(request))
+        except ServingError as exc:
+            raise _serving_fail(grpc_context, exc) from None
+
+    async def Generate(
+        self, request: video_pb2.GenerateRequest, grpc_context: RayServegRPCContext = None
+    ) -> AsyncIterator[video_pb2.GenerateEvent]:
+        try:
+            job = await self._submit_message(request)
+        except ServingError as exc:
+            raise _serving_fail(grpc_context, exc) from None
+        seq = 0
+        while True:
+            out = await self.events(job["id"], seq, EVENT_POLL_S)
+            for ev in out["events"]:
+                seq = ev["seq"]
+                yield video_pb2.GenerateEvent(
+                    progress=video_pb2.Progress(
+                        job_id=ev["job_id"],
+                        state=ev["state"],
+                        step=ev["step"],
+                        total=ev["total"],
+                        progress=ev["progress"],
+                        time=ev["time"],
+                    )
+                )
+            job = out["job"]
+            if job["state"] in _TERMINAL:
+                break
+        status = _terminal_status(job)
+        if status is not None:
+            raise _fail(grpc_context, *status)
+        video = await self.content(job["id"])
+        yield video_pb2.GenerateEvent(video=video_pb2.Video(job_id=job["id"], mp4=video, job=job_message(job)))
+
+    async def GetJob(self, request: video_pb2.JobRef, grpc_context: RayServegRPCContext = None):
+        try:
+            return job_message(await self.get(request.id))
+        except ServingError as exc:
+            raise _serving_fail(grpc_context, exc) from None
+
+    async def Cancel(self, request: video_pb2.JobRef, grpc_context: RayServegRPCContext = None):
+        try:
+            return job_message(await self.cancel(request.id))
+        except ServingError as exc:
+            raise _serving_fail(grpc_context, exc) from None
+
+    async def ListJobs(self, request: video_pb2.ListJobsRequest, grpc_context: RayServegRPCContext = None):
+        try:
+            page = await self.list(request.limit or 20, request.after or None, request.order or "desc")
+        except ServingError as exc:
+            raise _serving_fail(grpc_context, exc) from None
+        return video_pb2.ListJobsResponse(jobs=[job_message(j) for j in page["data"]], has_more=page["has_more"])
+
+    async def GetVideo(self, request: video_pb2.JobRef, grpc_context: RayServegRPCContext = None):
+        try:
+            job = await self.get(request.id)
+            return video_pb2.Video(job_id=request.id, mp4=await self.content(request.id), job=job_message(job))
+        except ServingError as exc:
+            raise _serving_fail(grpc_context, exc) from None
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context: RayServegRPCContext = None):
+        """Standard grpc.health.v1 health checking: SERVING once the app is up."""
+        if request.service not in ("", "srserve.v1.VideoGeneration"):
+            raise _fail(grpc_context, grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)

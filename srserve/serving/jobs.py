@@ -1,0 +1,121 @@
+"""Jobs: states, progress events and the per-request timeline. Plain Python, no Ray."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    ENCODING = "encoding"
+    SKETCHING = "sketching"
+    HANDED_OFF = "handed_off"
+    RENDERING = "rendering"
+    DECODING = "decoding"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+
+
+class ErrorCode(StrEnum):
+    INVALID_ARGUMENT = "invalid_argument"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CANCELLED = "cancelled"
+    INTERNAL = "internal"
+
+
+class Verdict(StrEnum):
+    """What a worker is told when it reports progress: go on, or stop at this step boundary."""
+
+    CONTINUE = "continue"
+    CANCELLED = "cancelled"
+    DEADLINE = "deadline"
+    UNKNOWN = "unknown"
+
+
+class JobStopped(Exception):
+    """A worker stopped a job because it was cancelled or ran past its deadline."""
+
+    def __init__(self, job_id: str, verdict: Verdict) -> None:
+        super().__init__(f"job {job_id} stopped: {verdict.value}")
+        self.job_id = job_id
+        self.verdict = verdict
+
+
+@dataclass
+class JobEvent:
+    seq: int
+    job_id: str
+    state: str
+    step: int
+    total: int
+    progress: int
+    time: float
+    message: str = ""
+
+
+@dataclass
+class Job:
+    """The board's record of one request."""
+
+    id: str
+    request: dict[str, Any]
+    created_at: float
+    deadline: float | None = None
+    state: JobState = JobState.QUEUED
+    step: int = 0
+    total: int = 0
+    progress: int = 0
+    switch_step: int | None = None
+    num_steps: int = 0
+    error_code: str | None = None
+    error: str | None = None
+    completed_at: float | None = None
+    video_bytes: int = 0
+    handoff_bytes: int = 0
+    # Wall-clock stamps (time.time()) per stage edge, plus which replica ran each stage.
+    timeline: dict[str, float] = field(default_factory=dict)
+    replicas: dict[str, str] = field(default_factory=dict)
+    events: list[JobEvent] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def overall_progress(self) -> int:
+        """0-100 over all denoising steps (sketch then render); 100 only when completed."""
+        if self.state == JobState.COMPLETED:
+            return 100
+        n = max(self.num_steps, 1)
+        if self.state == JobState.SKETCHING:
+            done = self.step
+        elif self.state == JobState.HANDED_OFF:
+            done = self.switch_step or 0
+        elif self.state in (JobState.RENDERING, JobState.DECODING):
+            done = self.step
+        else:
+            done = 0
+        return min(99, int(100 * done / n))
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the event log, JSON-safe."""
+        data = asdict(self)
+        data.pop("events")
+        data["state"] = self.state.value
+        data["progress"] = self.overall_progress()
+        return data
+
+    def event(self, seq: int, message: str = "") -> JobEvent:
+        return JobEvent(
+            seq, self.id, self.state.value, self.step, self.total, self.overall_progress(), time.time(), message
+        )
+
+
+def now() -> float:
+    return time.time()

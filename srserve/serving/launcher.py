@@ -1,0 +1,70 @@
+"""Start (and stop) srserve on a Ray cluster: the shared path of `srserve serve`, the demo and tests."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import ray
+from ray import serve
+
+from srserve.serving.app import GRPC_SERVICER_FUNCTIONS, build_app
+from srserve.serving.config import DeployFile
+
+logger = logging.getLogger("srserve")
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Connect to `address`, or start a local cluster (fake GPUs allowed on CPU-only machines)."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, namespace="srserve", log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=num_cpus, num_gpus=num_gpus, namespace="srserve", log_to_driver=False, include_dashboard=False
+        )
+
+
+def deploy(spec: DeployFile, timeout_s: float = 300.0) -> None:
+    """Start Serve's proxies on the spec's ports and run the application; blocks until healthy."""
+    serve.start(
+        http_options={"host": spec.http_host, "port": spec.http_port},
+        grpc_options={"port": spec.grpc_port, "grpc_servicer_functions": GRPC_SERVICER_FUNCTIONS},
+    )
+    serve.run(
+        build_app(spec.serving),
+        name=spec.serving.app_name,
+        route_prefix=spec.route_prefix,
+        blocking=False,
+        _local_testing_mode=False,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(spec.serving.app_name)
+        if status is not None and status.status == "RUNNING":
+            return
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"srserve failed to deploy: {status.message}")
+        time.sleep(0.5)
+    raise TimeoutError(f"srserve did not become healthy within {timeout_s:.0f}s")
+
+
+def active_jobs(app_name: str) -> int:
+    board = serve.get_deployment_handle("JobBoard", app_name=app_name)
+    counts = board.counts.remote().result(timeout_s=10)
+    return sum(v for k, v in counts.items() if k not in ("completed", "failed", "cancelled"))
+
+
+def drain_and_shutdown(app_name: str, timeout_s: float = 60.0) -> int:
+    """Wait for running jobs to finish (up to `timeout_s`), then shut Serve down. Returns jobs left."""
+    left = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while (left := active_jobs(app_name)) and time.monotonic() < deadline:
+            logger.info("draining: %d job(s) still running", left)
+            time.sleep(0.5)
+    except Exception as exc:  # the app may already be gone
+        logger.warning("drain skipped: %s", exc)
+    serve.shutdown()
+    return left
