@@ -7,7 +7,7 @@ STAMP := $(VENV)/.srserve-installed
 # The CPU wheel of torch; GPU users install their own CUDA torch first and it is kept.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo engine-demo test lint bench clean
+.PHONY: install demo engine-demo test lint bench proto clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ test: install
 
 bench: install
 	$(PY) benchmarks/engine_speedup.py --out benchmarks/results/engine_speedup_tiny.json
+
+proto: install
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. srserve/serving/proto/video.proto
 
 clean:
 	rm -rf $(VENV) out

@@ -44,3 +44,51 @@ def wan_pipe(tiny_config, engine):
     pipe = WanPipeline.from_pretrained(tiny_config.sketch_path)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Deployment:
+    """A running srserve on the session's Ray cluster."""
+
+    def __init__(self, spec) -> None:
+        self.spec = spec
+        self.app_name = spec.serving.app_name
+        self.http = f"http://127.0.0.1:{spec.http_port}"
+        self.grpc = f"127.0.0.1:{spec.grpc_port}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster per test session, with two fake GPUs (CPU-only machine)."""
+    import ray
+
+    ray.init(num_cpus=8, num_gpus=2, namespace="srserve-tests", include_dashboard=False, log_to_driver=False)
+    yield ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serving(ray_cluster, tiny_config) -> Deployment:
+    """srserve on fake GPUs: sketch pool 1 replica on a whole GPU, render pool 2 replicas sharing the other."""
+    from srserve.serving.config import DeployFile, PoolConfig, ServingConfig
+    from srserve.serving.launcher import deploy
+
+    model = tiny_config.model_copy(update={"num_threads": 1})
+    serving_config = ServingConfig(
+        model=model,
+        sketch_pool=PoolConfig(num_replicas=1, max_backlog=4, ray_actor_options={"num_cpus": 0.5, "num_gpus": 1}),
+        render_pool=PoolConfig(num_replicas=2, max_backlog=8, ray_actor_options={"num_cpus": 0.5, "num_gpus": 0.5}),
+    )
+    spec = DeployFile(http_port=_free_port(), grpc_port=_free_port(), serving=serving_config)
+    deploy(spec)
+    return Deployment(spec)

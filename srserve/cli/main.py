@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from srserve.cli import generate, make_tiny, serve
+from srserve.cli import client, generate, make_tiny, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_parser(sub)
     make_tiny.add_parser(sub)
     serve.add_parser(sub)
+    client.add_parser(sub)
     return parser
 
 

@@ -70,6 +70,7 @@ def job_message(job: dict[str, Any]) -> video_pb2.Job:
         timeline=job.get("timeline", {}),
         replicas=job.get("replicas", {}),
         request_json=json.dumps(job["request"]),
+        latents_sha256=job.get("latents_sha256") or "",
     )
 
 

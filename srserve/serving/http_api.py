@@ -128,6 +128,7 @@ def video_object(job: dict[str, Any], model: str) -> dict[str, Any]:
             "switch_step": job.get("switch_step"),
             "num_steps": job["num_steps"],
             "handoff_bytes": job.get("handoff_bytes", 0),
+            "latents_sha256": job.get("latents_sha256"),
             "timeline": job.get("timeline", {}),
             "replicas": job.get("replicas", {}),
         },

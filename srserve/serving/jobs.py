@@ -79,6 +79,7 @@ class Job:
     completed_at: float | None = None
     video_bytes: int = 0
     handoff_bytes: int = 0
+    latents_sha256: str | None = None
     # Wall-clock stamps (time.time()) per stage edge, plus which replica ran each stage.
     timeline: dict[str, float] = field(default_factory=dict)
     replicas: dict[str, str] = field(default_factory=dict)

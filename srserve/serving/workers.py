@@ -8,10 +8,13 @@ step to the job board; its reply is how cancellation and deadlines reach a runni
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import threading
 import time
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -87,7 +90,15 @@ class _Worker:
         self.jobs_done = 0
 
     async def stats(self) -> dict[str, Any]:
-        return {"replica": _replica_id(), "busy_s": self.busy_s, "jobs_done": self.jobs_done}
+        """Busy time and placement of this replica (which GPU Ray gave it)."""
+        return {
+            "replica": _replica_id(),
+            "busy_s": self.busy_s,
+            "jobs_done": self.jobs_done,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
 
     def _exclusive(self, fn):
         """Run `fn` holding the replica's compute lock; accounts busy time."""
@@ -184,7 +195,9 @@ class RenderWorker(_Worker):
             ),
             reporter,
         )
-        reporter.report(JobState.DECODING, n, n, stamps={"decode_start": time.time()})
+        digest = hashlib.sha256(latents.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+        reporter.report(JobState.DECODING, n, n, stamps={"decode_start": time.time()},
+                        info={"latents_sha256": digest})
         frames = self.engine.decode(latents)
         video = self.engine.export(frames, state.request.fps)
         end = time.time()

@@ -1,15 +1,13 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("deadline_s", "fps", "guidance_scale", "height", "negative_prompt", "num_frames", "num_inference_steps", "prompt", "seed", "switch", "width")
+    __slots__ = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "switch", "fps", "deadline_s")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -32,30 +30,30 @@ class GenerateRequest(_message.Message):
     switch: str
     fps: int
     deadline_s: float
-    def __init__(self, prompt: str | None = ..., negative_prompt: str | None = ..., height: int | None = ..., width: int | None = ..., num_frames: int | None = ..., num_inference_steps: int | None = ..., guidance_scale: float | None = ..., seed: int | None = ..., switch: str | None = ..., fps: int | None = ..., deadline_s: float | None = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., switch: _Optional[str] = ..., fps: _Optional[int] = ..., deadline_s: _Optional[float] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: str | None = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("completed_at", "created_at", "error", "error_code", "handoff_bytes", "id", "num_steps", "progress", "replicas", "request_json", "state", "step", "switch_step", "timeline", "total", "video_bytes")
+    __slots__ = ("id", "state", "progress", "step", "total", "switch_step", "num_steps", "error_code", "error", "created_at", "completed_at", "video_bytes", "handoff_bytes", "timeline", "replicas", "request_json", "latents_sha256")
     class TimelineEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: float
-        def __init__(self, key: str | None = ..., value: float | None = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     class ReplicasEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: str
-        def __init__(self, key: str | None = ..., value: str | None = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +70,7 @@ class Job(_message.Message):
     TIMELINE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    LATENTS_SHA256_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     progress: int
@@ -88,10 +87,11 @@ class Job(_message.Message):
     timeline: _containers.ScalarMap[str, float]
     replicas: _containers.ScalarMap[str, str]
     request_json: str
-    def __init__(self, id: str | None = ..., state: str | None = ..., progress: int | None = ..., step: int | None = ..., total: int | None = ..., switch_step: int | None = ..., num_steps: int | None = ..., error_code: str | None = ..., error: str | None = ..., created_at: float | None = ..., completed_at: float | None = ..., video_bytes: int | None = ..., handoff_bytes: int | None = ..., timeline: _Mapping[str, float] | None = ..., replicas: _Mapping[str, str] | None = ..., request_json: str | None = ...) -> None: ...
+    latents_sha256: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., progress: _Optional[int] = ..., step: _Optional[int] = ..., total: _Optional[int] = ..., switch_step: _Optional[int] = ..., num_steps: _Optional[int] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., completed_at: _Optional[float] = ..., video_bytes: _Optional[int] = ..., handoff_bytes: _Optional[int] = ..., timeline: _Optional[_Mapping[str, float]] = ..., replicas: _Optional[_Mapping[str, str]] = ..., request_json: _Optional[str] = ..., latents_sha256: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("job_id", "progress", "state", "step", "time", "total")
+    __slots__ = ("job_id", "state", "step", "total", "progress", "time")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -104,17 +104,17 @@ class Progress(_message.Message):
     total: int
     progress: int
     time: float
-    def __init__(self, job_id: str | None = ..., state: str | None = ..., step: int | None = ..., total: int | None = ..., progress: int | None = ..., time: float | None = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[int] = ..., total: _Optional[int] = ..., progress: _Optional[int] = ..., time: _Optional[float] = ...) -> None: ...
 
 class Video(_message.Message):
-    __slots__ = ("job", "job_id", "mp4")
+    __slots__ = ("job_id", "mp4", "job")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MP4_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     mp4: bytes
     job: Job
-    def __init__(self, job_id: str | None = ..., mp4: bytes | None = ..., job: Job | _Mapping | None = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., mp4: _Optional[bytes] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("progress", "video")
@@ -122,22 +122,22 @@ class GenerateEvent(_message.Message):
     VIDEO_FIELD_NUMBER: _ClassVar[int]
     progress: Progress
     video: Video
-    def __init__(self, progress: Progress | _Mapping | None = ..., video: Video | _Mapping | None = ...) -> None: ...
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., video: _Optional[_Union[Video, _Mapping]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("after", "limit", "order")
+    __slots__ = ("limit", "after", "order")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
     limit: int
     after: str
     order: str
-    def __init__(self, limit: int | None = ..., after: str | None = ..., order: str | None = ...) -> None: ...
+    def __init__(self, limit: _Optional[int] = ..., after: _Optional[str] = ..., order: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("has_more", "jobs")
+    __slots__ = ("jobs", "has_more")
     JOBS_FIELD_NUMBER: _ClassVar[int]
     HAS_MORE_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
     has_more: bool
-    def __init__(self, jobs: _Iterable[Job | _Mapping] | None = ..., has_more: bool | None = ...) -> None: ...
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., has_more: _Optional[bool] = ...) -> None: ...

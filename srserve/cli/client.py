@@ -1,0 +1,66 @@
+"""`srserve client`: generate a video through a running srserve over gRPC, with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from srserve.client import GenerationFailed, SrserveClient
+from srserve.client.grpc_client import make_request
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("client", help="generate through a running srserve (gRPC)")
+    p.add_argument("--target", default="127.0.0.1:9000")
+    p.add_argument("--application", default="srserve")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--switch", default="")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--deadline", type=float, default=None, help="seconds")
+    p.add_argument("--out", default="video.mp4")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    request = make_request(
+        args.prompt,
+        negative_prompt=args.negative_prompt,
+        switch=args.switch,
+        num_inference_steps=args.steps,
+        num_frames=args.frames,
+        height=args.height,
+        width=args.width,
+        seed=args.seed,
+        guidance_scale=args.guidance_scale,
+        deadline_s=args.deadline,
+    )
+    bar = tqdm(total=100, unit="%", desc="queued", disable=not sys.stderr.isatty())
+
+    def progress(p) -> None:
+        bar.set_description(f"{p.state} {p.step}/{p.total}" if p.total else p.state)
+        bar.update(p.progress - bar.n)
+
+    with SrserveClient(args.target, args.application) as client:
+        try:
+            video = client.generate(request, on_progress=progress)
+        except GenerationFailed as exc:
+            bar.close()
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    bar.update(100 - bar.n)
+    bar.close()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(video.mp4)
+    job = video.job
+    print(f"wrote {out} ({len(video.mp4)} bytes); job {job.id}, switch step {job.switch_step} of {job.num_steps}")
+    return 0

@@ -1,0 +1,98 @@
+"""A small synchronous client over srserve.v1 (grpcio), used by `srserve client`, the demo and tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from srserve.serving.proto import video_pb2, video_pb2_grpc
+
+ProgressCallback = Callable[[video_pb2.Progress], None]
+_OPTIONAL = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "fps", "deadline_s")
+
+
+class GenerationFailed(Exception):
+    """The server ended the job with a non-OK status; `code` is the grpc.StatusCode."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+def make_request(prompt: str, **fields: Any) -> video_pb2.GenerateRequest:
+    """Build a GenerateRequest; unset (None) fields take the server's defaults."""
+    msg = video_pb2.GenerateRequest(
+        prompt=prompt, negative_prompt=fields.pop("negative_prompt", "") or "", switch=fields.pop("switch", "") or ""
+    )
+    for name in _OPTIONAL:
+        value = fields.pop(name, None)
+        if value is not None:
+            setattr(msg, name, value)
+    if fields:
+        raise TypeError(f"unknown request fields: {', '.join(sorted(fields))}")
+    return msg
+
+
+class SrserveClient:
+    def __init__(
+        self,
+        target: str = "127.0.0.1:9000",
+        application: str = "srserve",
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout_s: float | None = 600.0,
+    ) -> None:
+        options = [("grpc.max_receive_message_length", 512 << 20)]
+        self.channel = (
+            grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
+        )
+        self.stub = video_pb2_grpc.VideoGenerationStub(self.channel)
+        self.metadata = (("application", application),)
+        self.timeout_s = timeout_s
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> SrserveClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method, request):
+        try:
+            return method(request, metadata=self.metadata, timeout=self.timeout_s)
+        except grpc.RpcError as err:
+            raise GenerationFailed(err.code(), err.details() or "") from None
+
+    def generate(
+        self, request: video_pb2.GenerateRequest, on_progress: ProgressCallback | None = None
+    ) -> video_pb2.Video:
+        """Submit and stream progress; returns the final Video (mp4 bytes + job)."""
+        try:
+            for event in self.stub.Generate(request, metadata=self.metadata, timeout=self.timeout_s):
+                if event.HasField("progress"):
+                    if on_progress is not None:
+                        on_progress(event.progress)
+                elif event.HasField("video"):
+                    return event.video
+        except grpc.RpcError as err:
+            raise GenerationFailed(err.code(), err.details() or "") from None
+        raise GenerationFailed(grpc.StatusCode.UNKNOWN, "stream ended without a video")
+
+    def submit(self, request: video_pb2.GenerateRequest) -> video_pb2.Job:
+        return self._call(self.stub.Submit, request)
+
+    def get_job(self, job_id: str) -> video_pb2.Job:
+        return self._call(self.stub.GetJob, video_pb2.JobRef(id=job_id))
+
+    def cancel(self, job_id: str) -> video_pb2.Job:
+        return self._call(self.stub.Cancel, video_pb2.JobRef(id=job_id))
+
+    def list_jobs(self, limit: int = 20, after: str = "", order: str = "desc") -> video_pb2.ListJobsResponse:
+        return self._call(self.stub.ListJobs, video_pb2.ListJobsRequest(limit=limit, after=after, order=order))
+
+    def get_video(self, job_id: str) -> video_pb2.Video:
+        return self._call(self.stub.GetVideo, video_pb2.JobRef(id=job_id))

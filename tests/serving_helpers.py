@@ -1,0 +1,31 @@
+"""Small helpers shared by the serving tests (HTTP over requests, waiting on jobs)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def post(base: str, path: str, **kwargs: Any) -> requests.Response:
+    return requests.post(base + path, timeout=30, **kwargs)
+
+
+def get(base: str, path: str, **kwargs: Any) -> requests.Response:
+    return requests.get(base + path, timeout=30, **kwargs)
+
+
+def wait_state(
+    base: str, job_id: str, states: tuple[str, ...] = TERMINAL, timeout_s: float = 120, until=None
+) -> dict[str, Any]:
+    """Poll a job until its srserve state is in `states` (or `until(job)` holds)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        job = get(base, f"/v1/videos/{job_id}").json()
+        if job["srserve"]["state"] in states or (until is not None and until(job)):
+            return job
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} did not reach {states} in {timeout_s}s: {job}")
