@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m srserve.cli.main generate --prompt "a red fox running through snow" --switch adaptive --out out/demo.mp4
+	$(PY) -m srserve.cli.main demo --config deploy/tiny.yaml --out out/demo
 
-engine-demo: demo
+engine-demo: install
+	$(PY) -m srserve.cli.main generate --prompt "a red fox running through snow" --switch adaptive --out out/engine-demo.mp4
 
 lint: install
 	$(PY) -m ruff check srserve tests benchmarks

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from srserve.cli import client, generate, make_tiny, serve
+from srserve.cli import client, demo, generate, make_tiny, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     make_tiny.add_parser(sub)
     serve.add_parser(sub)
     client.add_parser(sub)
+    demo.add_parser(sub)
     return parser
 
 

@@ -196,8 +196,7 @@ class RenderWorker(_Worker):
             reporter,
         )
         digest = hashlib.sha256(latents.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
-        reporter.report(JobState.DECODING, n, n, stamps={"decode_start": time.time()},
-                        info={"latents_sha256": digest})
+        reporter.report(JobState.DECODING, n, n, stamps={"decode_start": time.time()}, info={"latents_sha256": digest})
         frames = self.engine.decode(latents)
         video = self.engine.export(frames, state.request.fps)
         end = time.time()
