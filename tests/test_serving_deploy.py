@@ -23,11 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_tiny_yaml_is_a_valid_serve_config_and_an_srserve_config() -> None:
     raw = yaml.safe_load((ROOT / "deploy" / "tiny.yaml").read_text())
-    schema = (
-        ServeDeploySchema.model_validate(raw)
-        if hasattr(ServeDeploySchema, "model_validate")
-        else (ServeDeploySchema.parse_obj(raw))
-    )
+    schema = ServeDeploySchema.model_validate(raw)
     assert schema.applications[0].import_path == "srserve.serving.app:app_builder"
     spec = DeployFile.from_yaml(ROOT / "deploy" / "tiny.yaml")
     assert (spec.http_port, spec.grpc_port, spec.serving.app_name) == (8000, 9000, "srserve")
