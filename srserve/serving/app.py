@@ -37,7 +37,7 @@ class Ingress(GrpcApi, IngressCore):
 
 def build_app(config: ServingConfig) -> Application:
     pair = config.model_pair()
-    board = JobBoard.bind(config.ingress.retain_jobs)
+    board = JobBoard.bind(config.ingress.retain_jobs, config.ingress.stall_timeout_s)
     text = None
     if config.text_encoder_placement == "pool":
         text = text_deployment(**config.text_pool.deployment_options()).bind(pair, board)

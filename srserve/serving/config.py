@@ -55,6 +55,8 @@ class IngressConfig(BaseModel):
     default_deadline_s: float | None = Field(None, gt=0, description="per-request deadline unless the client sets one")
     retain_jobs: int = Field(1000, ge=1, description="finished jobs (and their videos) kept for retrieval")
     max_request_bytes: int = Field(1 << 20, ge=1024)
+    max_attempts: int = Field(3, ge=1, description="tries per stage when a replica dies mid-request")
+    stall_timeout_s: float = Field(600.0, gt=0, description="a running job with no progress this long fails")
 
 
 class ServingConfig(BaseModel):

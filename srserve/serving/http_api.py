@@ -129,6 +129,7 @@ def video_object(job: dict[str, Any], model: str) -> dict[str, Any]:
             "num_steps": job["num_steps"],
             "handoff_bytes": job.get("handoff_bytes", 0),
             "latents_sha256": job.get("latents_sha256"),
+            "attempts": job.get("attempts", {}),
             "timeline": job.get("timeline", {}),
             "replicas": job.get("replicas", {}),
         },

@@ -20,10 +20,18 @@ from ray.serve.handle import DeploymentHandle
 from srserve.engine.request import GenerationRequest, RequestDefaults, describe_validation_error, resolve_request
 from srserve.serving.config import ServingConfig
 from srserve.serving.errors import InvalidRequest, JobNotFound, NotReady, Overloaded
-from srserve.serving.jobs import ErrorCode, JobState
+from srserve.serving.jobs import TERMINAL_STATES, ErrorCode, JobState, JobStopped
 
 logger = logging.getLogger("ray.serve")
 READY_POLL_S = 0.005
+TERMINAL = tuple(s.value for s in TERMINAL_STATES)
+# What a caller sees when the replica running its request dies (Serve does not retry these).
+REPLICA_LOST = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.ActorUnavailableError,
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+)
 
 
 class IngressCore:
@@ -77,35 +85,102 @@ class IngressCore:
         return summary
 
     async def _drive(self, ticket: dict[str, Any]) -> None:
+        """Sketch, then render from the handoff; recover from replica deaths at the handoff boundary.
+
+        A render replica that dies is replaced by another render attempt from the same handoff
+        object (the sketch is not redone); a sketch replica that dies restarts the sketch. Both are
+        bounded by `ingress.max_attempts`, after which the job fails with the reason.
+        """
         job_id = ticket["job_id"]
-        in_sketch, in_render = True, False
+        attempts = {"sketch": 0, "render": 0}
+        stage = "sketch"
         try:
+            while True:
+                ref = await self._sketch_until_handoff(ticket, attempts)
+                self.sketch_backlog -= 1
+                stage = "handoff"
+                if ref is None:
+                    return
+                self.render_backlog += 1
+                stage = "render"
+                outcome = await self._render_from_handoff(ticket, ref, attempts)
+                self.render_backlog -= 1
+                stage = "done"
+                if outcome != "resketch":
+                    return
+                self.sketch_backlog += 1
+                stage = "sketch"
+        except Exception as exc:  # anything unforeseen: the job must not stay in a running state
+            await self._fail(job_id, exc)
+        finally:
+            if stage == "sketch":
+                self.sketch_backlog -= 1
+            elif stage == "render":
+                self.render_backlog -= 1
+
+    async def _sketch_until_handoff(self, ticket: dict[str, Any], attempts: dict[str, int]) -> ray.ObjectRef | None:
+        """The handoff's ObjectRef once the sketch is done, or None when the job ended another way."""
+        job_id = ticket["job_id"]
+        while True:
+            if await self._ended(job_id):
+                return None
+            attempts["sketch"] += 1
+            await self.board.report.remote(job_id, JobState.QUEUED.value, 0, 0, info={"attempts": dict(attempts)})
             if self.text is not None:
-                encoded = self.text.encode.remote(ticket)
-                sketch_resp = self.sketch.sketch.remote(ticket, encoded)
+                sketch_resp = self.sketch.sketch.remote(ticket, self.text.encode.remote(ticket))
             else:
                 sketch_resp = self.sketch.sketch.remote(ticket)
             ref = await sketch_resp._to_object_ref()
             while not ray.wait([ref], timeout=0, fetch_local=False)[0]:
                 await asyncio.sleep(READY_POLL_S)
-            self.sketch_backlog -= 1
-            in_sketch = False
             job = await self.board.get.remote(job_id)
-            if job is None or job["state"] in (JobState.CANCELLED, JobState.FAILED):
-                return
-            self.render_backlog += 1
-            in_render = True
-            await self.render.render.remote(ticket, ref)
-        except Exception as exc:  # the board knows cancellations; anything else is a failure
-            job = await self.board.get.remote(job_id)
-            if job is not None and job["state"] not in (JobState.CANCELLED, JobState.FAILED, JobState.COMPLETED):
-                logger.warning("job %s failed: %s", job_id, exc)
-                await self.board.fail.remote(job_id, ErrorCode.INTERNAL.value, _short_error(exc))
-        finally:
-            if in_sketch:
-                self.sketch_backlog -= 1
-            if in_render:
-                self.render_backlog -= 1
+            if job is None or job["state"] in TERMINAL:
+                return None
+            if job["state"] == JobState.HANDED_OFF:
+                return ref  # the sketch returned; its handoff stays in the object store, unopened here
+            try:
+                await ref  # the sketch did not hand off: fetch its (small) error to see why
+                return ref
+            except REPLICA_LOST as exc:
+                if attempts["sketch"] >= self.config.ingress.max_attempts:
+                    raise RuntimeError(f"sketch failed {attempts['sketch']} times; last: {_short_error(exc)}") from exc
+                logger.warning("job %s: sketch replica lost (%s); restarting the sketch", job_id, _short_error(exc))
+            except JobStopped:
+                return None
+
+    async def _render_from_handoff(self, ticket: dict[str, Any], ref: ray.ObjectRef, attempts: dict[str, int]) -> str:
+        """Render until done; returns 'done', or 'resketch' when the handoff itself was lost."""
+        job_id = ticket["job_id"]
+        while True:
+            if await self._ended(job_id):
+                return "done"
+            attempts["render"] += 1
+            await self.board.report.remote(job_id, info={"attempts": dict(attempts)})
+            try:
+                await self.render.render.remote(ticket, ref)
+                return "done"
+            except JobStopped:
+                return "done"
+            except ray.exceptions.ObjectLostError as exc:
+                if attempts["sketch"] >= self.config.ingress.max_attempts:
+                    raise RuntimeError(f"handoff lost and sketch attempts exhausted: {_short_error(exc)}") from exc
+                logger.warning("job %s: handoff object lost; redoing the sketch", job_id)
+                return "resketch"
+            except REPLICA_LOST as exc:
+                if attempts["render"] >= self.config.ingress.max_attempts:
+                    raise RuntimeError(f"render failed {attempts['render']} times; last: {_short_error(exc)}") from exc
+                logger.warning(
+                    "job %s: render replica lost (%s); re-rendering from the saved handoff", job_id, _short_error(exc)
+                )
+
+    async def _ended(self, job_id: str) -> bool:
+        job = await self.board.get.remote(job_id)
+        return job is None or job["state"] in TERMINAL
+
+    async def _fail(self, job_id: str, exc: BaseException) -> None:
+        if not await self._ended(job_id):
+            logger.warning("job %s failed: %s", job_id, exc)
+            await self.board.fail.remote(job_id, ErrorCode.INTERNAL.value, _short_error(exc))
 
     # -- queries -------------------------------------------------------------------------
     async def get(self, job_id: str) -> dict[str, Any]:

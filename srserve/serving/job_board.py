@@ -16,7 +16,7 @@ from typing import Any
 
 from ray import serve
 
-from srserve.serving.jobs import ErrorCode, Job, JobState, Verdict, now
+from srserve.serving.jobs import RUNNING_STATES, ErrorCode, Job, JobState, Verdict, now
 
 SWEEP_INTERVAL_S = 0.25
 
@@ -24,8 +24,9 @@ SWEEP_INTERVAL_S = 0.25
 class JobBoardCore:
     """The board's logic, independent of Ray (so it is unit-testable)."""
 
-    def __init__(self, retain_jobs: int = 1000) -> None:
+    def __init__(self, retain_jobs: int = 1000, stall_timeout_s: float = 600.0) -> None:
         self.retain_jobs = retain_jobs
+        self.stall_timeout_s = stall_timeout_s
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.videos: dict[str, bytes] = {}
         self._seq = 0
@@ -93,6 +94,7 @@ class JobBoardCore:
             return Verdict.CANCELLED.value
         if job.terminal:
             return Verdict.DEADLINE.value if job.error_code == ErrorCode.DEADLINE_EXCEEDED else Verdict.CANCELLED.value
+        job.last_report = now()
         if stamps:
             job.timeline.update(stamps)
         if replica:
@@ -182,11 +184,20 @@ class JobBoardCore:
         return out
 
     async def sweep(self) -> None:
-        """Fail jobs that ran past their deadline, even while they wait in a queue."""
+        """Fail jobs past their deadline (even while queued) and running jobs that stopped reporting."""
         changed = False
+        current = now()
         for job in self.jobs.values():
             if self._overdue(job):
                 self._finish(job, JobState.FAILED, ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                changed = True
+            elif job.state in RUNNING_STATES and current - job.last_report > self.stall_timeout_s:
+                self._finish(
+                    job,
+                    JobState.FAILED,
+                    ErrorCode.STALLED,
+                    f"no progress for {self.stall_timeout_s:.0f}s in state {job.state.value}",
+                )
                 changed = True
         if changed:
             await self._notify()
@@ -194,8 +205,8 @@ class JobBoardCore:
 
 @serve.deployment(max_ongoing_requests=10000, ray_actor_options={"num_cpus": 0.1})
 class JobBoard(JobBoardCore):
-    def __init__(self, retain_jobs: int = 1000) -> None:
-        super().__init__(retain_jobs)
+    def __init__(self, retain_jobs: int = 1000, stall_timeout_s: float = 600.0) -> None:
+        super().__init__(retain_jobs, stall_timeout_s)
         self._sweeper = asyncio.get_event_loop().create_task(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:

@@ -21,6 +21,7 @@ class JobState(StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+RUNNING_STATES = frozenset({JobState.ENCODING, JobState.SKETCHING, JobState.RENDERING, JobState.DECODING})
 
 
 class ErrorCode(StrEnum):
@@ -28,6 +29,7 @@ class ErrorCode(StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    STALLED = "stalled"
 
 
 class Verdict(StrEnum):
@@ -80,6 +82,8 @@ class Job:
     video_bytes: int = 0
     handoff_bytes: int = 0
     latents_sha256: str | None = None
+    attempts: dict[str, int] = field(default_factory=dict)
+    last_report: float = 0.0
     # Wall-clock stamps (time.time()) per stage edge, plus which replica ran each stage.
     timeline: dict[str, float] = field(default_factory=dict)
     replicas: dict[str, str] = field(default_factory=dict)
