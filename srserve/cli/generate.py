@@ -60,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=16)
     p.add_argument("--out", default="video.mp4", help="output mp4 path")
+    p.add_argument("--handoff-out", default=None, help="also write the handoff state (to render elsewhere)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -95,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(result.video)
+    if args.handoff_out:
+        Path(args.handoff_out).write_bytes(result.handoff)
+        print(f"wrote the handoff state to {args.handoff_out} ({len(result.handoff)} bytes)")
     frames, height, width, _ = result.frames.shape
     print(f"wrote {out} ({frames} frames, {width}x{height}, {len(result.video)} bytes)")
     print(

@@ -96,3 +96,10 @@ class SrserveClient:
 
     def get_video(self, job_id: str) -> video_pb2.Video:
         return self._call(self.stub.GetVideo, video_pb2.JobRef(id=job_id))
+
+    def render_handoff(self, handoff: bytes, deadline_s: float | None = None) -> video_pb2.Job:
+        """Render a handoff state sketched elsewhere (`srserve generate --handoff-out`)."""
+        msg = video_pb2.HandoffUpload(handoff=handoff)
+        if deadline_s is not None:
+            msg.deadline_s = deadline_s
+        return self._call(self.stub.RenderHandoff, msg)

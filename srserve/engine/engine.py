@@ -63,6 +63,7 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     handoff_bytes: int = 0
     switch_trace: list[float] = field(default_factory=list)
+    handoff: bytes = b""
 
 
 class SRDiffusionEngine:
@@ -249,7 +250,7 @@ class SRDiffusionEngine:
         resolved = self.resolve(request)
         encoded = timed("encode", lambda: self.encode(resolved))
         state = timed("sketch", lambda: self.sketch(resolved, encoded, on_step=on_step))
-        nbytes = 0
+        nbytes, blob = 0, b""
         if through_bytes:
             blob = timed("handoff_serialize", state.to_bytes)
             nbytes = len(blob)
@@ -266,4 +267,5 @@ class SRDiffusionEngine:
             timings=timings,
             handoff_bytes=nbytes,
             switch_trace=state.switch_trace,
+            handoff=blob,
         )

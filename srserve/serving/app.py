@@ -12,6 +12,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from srserve.serving.colocated import colocated_deployment, colocated_ingress_config
 from srserve.serving.config import ServingConfig
 from srserve.serving.grpc_api import GrpcApi
 from srserve.serving.http_api import app as http_app
@@ -32,7 +33,7 @@ class Ingress(GrpcApi, IngressCore):
 
     def __init__(self, config: ServingConfig, board, sketch, render, text=None) -> None:
         pair = config.model_pair(write_tiny=False)
-        IngressCore.__init__(self, config, pair.defaults, pair.name, board, sketch, render, text)
+        IngressCore.__init__(self, config, pair.defaults, pair.name, pair.family, board, sketch, render, text)
 
 
 def build_app(config: ServingConfig) -> Application:
@@ -41,10 +42,14 @@ def build_app(config: ServingConfig) -> Application:
     text = None
     if config.text_encoder_placement == "pool":
         text = text_deployment(**config.text_pool.deployment_options()).bind(pair, board)
-    sketch = sketch_deployment(**config.sketch_pool.deployment_options()).bind(
-        pair, board, config.text_encoder_placement == "sketch"
-    )
-    render = render_deployment(**config.render_pool.deployment_options()).bind(pair, board)
+    if config.layout == "colocated":  # one pool holding both models; the ingress's sketch call runs it all
+        sketch = render = colocated_deployment(**config.colocated_pool.deployment_options()).bind(pair, board)
+        config = colocated_ingress_config(config)
+    else:
+        sketch = sketch_deployment(**config.sketch_pool.deployment_options()).bind(
+            pair, board, config.text_encoder_placement == "sketch"
+        )
+        render = render_deployment(**config.render_pool.deployment_options()).bind(pair, board)
     ingress = Ingress.options(
         num_replicas=config.ingress.num_replicas,
         ray_actor_options=dict(config.ingress.ray_actor_options),

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from srserve.engine.config import ModelPairConfig
+from srserve.serving.auth import AuthConfig
 
 
 class PoolConfig(BaseModel):
@@ -54,7 +55,8 @@ class IngressConfig(BaseModel):
     max_ongoing_requests: int = Field(256, ge=1)
     default_deadline_s: float | None = Field(None, gt=0, description="per-request deadline unless the client sets one")
     retain_jobs: int = Field(1000, ge=1, description="finished jobs (and their videos) kept for retrieval")
-    max_request_bytes: int = Field(1 << 20, ge=1024)
+    max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request (HTTP body or gRPC message)")
+    max_handoff_bytes: int = Field(1 << 30, ge=1024, description="largest uploaded handoff state")
     max_attempts: int = Field(3, ge=1, description="tries per stage when a replica dies mid-request")
     stall_timeout_s: float = Field(600.0, gt=0, description="a running job with no progress this long fails")
 
@@ -67,10 +69,15 @@ class ServingConfig(BaseModel):
     app_name: str = "srserve"
     model: ModelPairConfig | Literal["tiny"] = "tiny"
     text_encoder_placement: Literal["sketch", "pool"] = "sketch"
+    # disaggregated: sketch and render pools; colocated: colocated_pool replicas hold both models
+    # and run whole requests (the WanPipeline-with-transformer_2 baseline, see serving/colocated.py).
+    layout: Literal["disaggregated", "colocated"] = "disaggregated"
     sketch_pool: PoolConfig = PoolConfig()
     render_pool: PoolConfig = PoolConfig()
     text_pool: PoolConfig = PoolConfig()
+    colocated_pool: PoolConfig = PoolConfig()
     ingress: IngressConfig = IngressConfig()
+    auth: AuthConfig = AuthConfig()
 
     def model_pair(self, write_tiny: bool = True) -> ModelPairConfig:
         """The pair to load; `tiny` is written on first use unless `write_tiny` is off."""

@@ -34,3 +34,7 @@ class NotReady(ServingError):
 
 class RequestTooLarge(ServingError):
     code, http_status, grpc_status = "request_too_large", 413, "RESOURCE_EXHAUSTED"
+
+
+class Unauthenticated(ServingError):
+    code, http_status, grpc_status = "unauthenticated", 401, "UNAUTHENTICATED"

@@ -46,6 +46,8 @@ def request_fields(msg: video_pb2.GenerateRequest) -> tuple[dict[str, Any], floa
             fields[name] = getattr(msg, name)
     if msg.switch:
         fields["switch"] = msg.switch
+    if msg.model:
+        fields["model"] = msg.model
     deadline = msg.deadline_s if msg.HasField("deadline_s") else None
     if deadline is not None and deadline <= 0:
         raise InvalidRequest("deadline_s: must be positive", param="deadline_s")
@@ -85,14 +87,42 @@ def _terminal_status(job: dict[str, Any]) -> tuple[grpc.StatusCode, str] | None:
     return None
 
 
+def _authorization(context: RayServegRPCContext | None) -> str | None:
+    if context is None:
+        return None
+    return dict(context.invocation_metadata()).get("authorization")
+
+
+def _check_size(context: RayServegRPCContext | None, message: Any, limit: int) -> None:
+    size = message.ByteSize()
+    if size > limit:
+        raise _fail(
+            context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"message of {size} bytes exceeds the {limit}-byte limit"
+        )
+
+
 class GrpcApi:
     """Mixed into the ingress; relies on IngressCore's submit/get/cancel/list/events/content."""
 
+    def _admit(self, context: RayServegRPCContext | None, message: Any, limit: int | None = None) -> None:
+        """Authentication and the message-size limit, before anything else looks at the request."""
+        try:
+            self.authorize(_authorization(context))
+        except ServingError as exc:
+            raise _serving_fail(context, exc) from None
+        _check_size(context, message, limit or self.config.ingress.max_request_bytes)
+
     async def _submit_message(self, msg: video_pb2.GenerateRequest) -> dict[str, Any]:
         fields, deadline = request_fields(msg)
+        model = fields.pop("model", None)
+        if model not in (None, self.model_name):
+            raise InvalidRequest(
+                f"model: unknown model {model!r}; this server serves {self.model_name!r}", param="model"
+            )
         return await self.submit(self.validate(fields), deadline)
 
     async def Submit(self, request: video_pb2.GenerateRequest, grpc_context: RayServegRPCContext = None):
+        self._admit(grpc_context, request)
         try:
             return job_message(await self._submit_message(request))
         except ServingError as exc:
@@ -101,6 +131,7 @@ class GrpcApi:
     async def Generate(
         self, request: video_pb2.GenerateRequest, grpc_context: RayServegRPCContext = None
     ) -> AsyncIterator[video_pb2.GenerateEvent]:
+        self._admit(grpc_context, request)
         try:
             job = await self._submit_message(request)
         except ServingError as exc:
@@ -130,18 +161,21 @@ class GrpcApi:
         yield video_pb2.GenerateEvent(video=video_pb2.Video(job_id=job["id"], mp4=video, job=job_message(job)))
 
     async def GetJob(self, request: video_pb2.JobRef, grpc_context: RayServegRPCContext = None):
+        self._admit(grpc_context, request)
         try:
             return job_message(await self.get(request.id))
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
 
     async def Cancel(self, request: video_pb2.JobRef, grpc_context: RayServegRPCContext = None):
+        self._admit(grpc_context, request)
         try:
             return job_message(await self.cancel(request.id))
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
 
     async def ListJobs(self, request: video_pb2.ListJobsRequest, grpc_context: RayServegRPCContext = None):
+        self._admit(grpc_context, request)
         try:
             page = await self.list(request.limit or 20, request.after or None, request.order or "desc")
         except ServingError as exc:
@@ -149,9 +183,18 @@ class GrpcApi:
         return video_pb2.ListJobsResponse(jobs=[job_message(j) for j in page["data"]], has_more=page["has_more"])
 
     async def GetVideo(self, request: video_pb2.JobRef, grpc_context: RayServegRPCContext = None):
+        self._admit(grpc_context, request)
         try:
             job = await self.get(request.id)
             return video_pb2.Video(job_id=request.id, mp4=await self.content(request.id), job=job_message(job))
+        except ServingError as exc:
+            raise _serving_fail(grpc_context, exc) from None
+
+    async def RenderHandoff(self, request: video_pb2.HandoffUpload, grpc_context: RayServegRPCContext = None):
+        self._admit(grpc_context, request, self.config.ingress.max_handoff_bytes)
+        try:
+            deadline = request.deadline_s if request.HasField("deadline_s") else None
+            return job_message(await self.submit_handoff(request.handoff, deadline))
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
 

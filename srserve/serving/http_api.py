@@ -40,6 +40,8 @@ def _core() -> IngressCore:
 
 def _error(exc: ServingError) -> JSONResponse:
     headers = {"retry-after": "1"} if exc.http_status == 429 else None
+    if exc.http_status == 401:
+        headers = {"www-authenticate": "Bearer"}
     body = {"error": {"message": exc.message, "type": exc.code, "param": exc.param, "code": exc.code}}
     return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
@@ -47,6 +49,17 @@ def _error(exc: ServingError) -> JSONResponse:
 @app.exception_handler(ServingError)
 async def _serving_error(_request: Request, exc: ServingError) -> JSONResponse:
     return _error(exc)
+
+
+@app.middleware("http")
+async def _authenticate(request: Request, call_next):
+    """Every route but the health check needs the bearer token when auth is configured."""
+    if not request.scope["path"].endswith("/health"):
+        try:
+            _core().authorize(request.headers.get("authorization"))
+        except ServingError as exc:
+            return _error(exc)
+    return await call_next(request)
 
 
 @app.exception_handler(RequestValidationError)
@@ -168,6 +181,20 @@ async def create_video(request: Request) -> JSONResponse:
     body = await _read_body(request, core.config.ingress.max_request_bytes)
     fields, deadline_s = to_generation_fields(body, core.model_name)
     job = await core.submit(core.validate(fields), deadline_s)
+    return JSONResponse(video_object(job, core.model_name), headers={"openai-poll-after-ms": POLL_AFTER_MS})
+
+
+@app.post("/v1/handoffs")
+async def render_handoff(request: Request, deadline_s: float | None = None) -> JSONResponse:
+    """srserve extension: render an uploaded handoff state (body: the handoff bytes)."""
+    core = _core()
+    limit = core.config.ingress.max_handoff_bytes
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise RequestTooLarge(f"handoff of {length} bytes exceeds the {limit}-byte limit")
+    if deadline_s is not None and deadline_s <= 0:
+        raise InvalidRequest("deadline_s: must be positive", param="deadline_s")
+    job = await core.submit_handoff(await request.body(), deadline_s)
     return JSONResponse(video_object(job, core.model_name), headers={"openai-poll-after-ms": POLL_AFTER_MS})
 
 

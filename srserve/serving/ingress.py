@@ -17,9 +17,17 @@ import ray
 from pydantic import ValidationError
 from ray.serve.handle import DeploymentHandle
 
+from srserve.engine.handoff import HandoffFormatError, HandoffState
 from srserve.engine.request import GenerationRequest, RequestDefaults, describe_validation_error, resolve_request
 from srserve.serving.config import ServingConfig
-from srserve.serving.errors import InvalidRequest, JobNotFound, NotReady, Overloaded
+from srserve.serving.errors import (
+    InvalidRequest,
+    JobNotFound,
+    NotReady,
+    Overloaded,
+    RequestTooLarge,
+    Unauthenticated,
+)
 from srserve.serving.jobs import TERMINAL_STATES, ErrorCode, JobState, JobStopped
 
 logger = logging.getLogger("ray.serve")
@@ -40,6 +48,7 @@ class IngressCore:
         config: ServingConfig,
         defaults: RequestDefaults,
         model_name: str,
+        family: str,
         board: DeploymentHandle,
         sketch: DeploymentHandle,
         render: DeploymentHandle,
@@ -52,11 +61,17 @@ class IngressCore:
         self.sketch = sketch
         self.render = render
         self.text = text
+        self.auth = config.auth.resolve()
+        self.family = family
         self.sketch_backlog = 0
         self.render_backlog = 0
         self._tasks: set[asyncio.Task] = set()
 
     # -- admission -----------------------------------------------------------------------
+    def authorize(self, authorization: str | None) -> None:
+        if self.auth is not None and not self.auth.check(authorization):
+            raise Unauthenticated("missing or invalid bearer token")
+
     def validate(self, fields: dict[str, Any]) -> GenerationRequest:
         try:
             request = GenerationRequest.model_validate(fields)
@@ -83,6 +98,55 @@ class IngressCore:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return summary
+
+    async def submit_handoff(self, blob: bytes, deadline_s: float | None = None) -> dict[str, Any]:
+        """Accept a client's handoff state and render it; the blob is parsed safely and checked first."""
+        limit = self.config.ingress.max_handoff_bytes
+        if len(blob) > limit:
+            raise RequestTooLarge(f"handoff of {len(blob)} bytes exceeds the {limit}-byte limit")
+        try:
+            state = HandoffState.from_bytes(bytes(blob))
+        except HandoffFormatError as exc:
+            raise InvalidRequest(f"handoff: {exc}", param="handoff") from None
+        if state.family != self.family:
+            raise InvalidRequest(
+                f"handoff: made for family {state.family!r}, this server serves {self.family!r}", param="handoff"
+            )
+        n = state.num_steps
+        if not 0 <= state.switch_step <= n or len(state.timesteps) != n:
+            raise InvalidRequest(
+                f"handoff: switch step {state.switch_step} / {len(state.timesteps)} timesteps do not fit {n} steps",
+                param="handoff",
+            )
+        if self.render_backlog >= self.config.render_pool.max_backlog:
+            raise Overloaded(f"render pool is full ({self.render_backlog} jobs waiting); retry later")
+        job_id = f"video_{uuid.uuid4().hex}"
+        request = state.request.model_dump(mode="json")
+        deadline = deadline_s if deadline_s is not None else self.config.ingress.default_deadline_s
+        await self.board.create.remote(job_id, request, n, deadline)
+        await self.board.report.remote(
+            job_id,
+            JobState.HANDED_OFF.value,
+            state.switch_step,
+            n,
+            info={"switch_step": state.switch_step, "handoff_bytes": len(blob)},
+        )
+        ticket = {"job_id": job_id, "request": request}
+        ref = ray.put(bytes(blob))
+        self.render_backlog += 1
+        task = asyncio.get_running_loop().create_task(self._drive_uploaded(ticket, ref))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await self.board.get.remote(job_id)
+
+    async def _drive_uploaded(self, ticket: dict[str, Any], ref: ray.ObjectRef) -> None:
+        try:
+            if await self._render_from_handoff(ticket, ref, {"sketch": 0, "render": 0}) == "resketch":
+                raise RuntimeError("the uploaded handoff was lost from the object store")
+        except Exception as exc:
+            await self._fail(ticket["job_id"], exc)
+        finally:
+            self.render_backlog -= 1
 
     async def _drive(self, ticket: dict[str, Any]) -> None:
         """Sketch, then render from the handoff; recover from replica deaths at the handoff boundary.

@@ -6,8 +6,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class HandoffUpload(_message.Message):
+    __slots__ = ("handoff", "deadline_s")
+    HANDOFF_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    handoff: bytes
+    deadline_s: float
+    def __init__(self, handoff: _Optional[bytes] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "switch", "fps", "deadline_s")
+    __slots__ = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "switch", "fps", "deadline_s", "model")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +27,7 @@ class GenerateRequest(_message.Message):
     SWITCH_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     height: int
@@ -30,7 +39,8 @@ class GenerateRequest(_message.Message):
     switch: str
     fps: int
     deadline_s: float
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., switch: _Optional[str] = ..., fps: _Optional[int] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+    model: str
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., switch: _Optional[str] = ..., fps: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("id",)

@@ -64,6 +64,11 @@ class VideoGenerationStub:
                 request_serializer=srserve_dot_serving_dot_proto_dot_video__pb2.JobRef.SerializeToString,
                 response_deserializer=srserve_dot_serving_dot_proto_dot_video__pb2.Video.FromString,
                 _registered_method=True)
+        self.RenderHandoff = channel.unary_unary(
+                '/srserve.v1.VideoGeneration/RenderHandoff',
+                request_serializer=srserve_dot_serving_dot_proto_dot_video__pb2.HandoffUpload.SerializeToString,
+                response_deserializer=srserve_dot_serving_dot_proto_dot_video__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class VideoGenerationServicer:
@@ -107,6 +112,13 @@ class VideoGenerationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenderHandoff(self, request, context):
+        """Render an uploaded handoff state (e.g. sketched elsewhere: `srserve generate --handoff-out`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VideoGenerationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +151,11 @@ def add_VideoGenerationServicer_to_server(servicer, server):
                     servicer.GetVideo,
                     request_deserializer=srserve_dot_serving_dot_proto_dot_video__pb2.JobRef.FromString,
                     response_serializer=srserve_dot_serving_dot_proto_dot_video__pb2.Video.SerializeToString,
+            ),
+            'RenderHandoff': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenderHandoff,
+                    request_deserializer=srserve_dot_serving_dot_proto_dot_video__pb2.HandoffUpload.FromString,
+                    response_serializer=srserve_dot_serving_dot_proto_dot_video__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -303,6 +320,33 @@ class VideoGeneration:
             '/srserve.v1.VideoGeneration/GetVideo',
             srserve_dot_serving_dot_proto_dot_video__pb2.JobRef.SerializeToString,
             srserve_dot_serving_dot_proto_dot_video__pb2.Video.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenderHandoff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/srserve.v1.VideoGeneration/RenderHandoff',
+            srserve_dot_serving_dot_proto_dot_video__pb2.HandoffUpload.SerializeToString,
+            srserve_dot_serving_dot_proto_dot_video__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
