@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+import grpc
 from tqdm import tqdm
 
 from srserve.client import GenerationFailed, SrserveClient
@@ -27,6 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--deadline", type=float, default=None, help="seconds")
     p.add_argument("--out", default="video.mp4")
+    p.add_argument("--token", default=os.environ.get("SRSERVE_TOKEN"), help="bearer token (default: $SRSERVE_TOKEN)")
+    p.add_argument("--tls-ca", default=None, help="PEM root certificate: connect with TLS (e.g. to a GrpcTlsGateway)")
     p.set_defaults(func=run)
 
 
@@ -49,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
         bar.set_description(f"{p.state} {p.step}/{p.total}" if p.total else p.state)
         bar.update(p.progress - bar.n)
 
-    with SrserveClient(args.target, args.application) as client:
+    credentials = None
+    if args.tls_ca:
+        credentials = grpc.ssl_channel_credentials(root_certificates=Path(args.tls_ca).read_bytes())
+    with SrserveClient(args.target, args.application, credentials=credentials, token=args.token) as client:
         try:
             video = client.generate(request, on_progress=progress)
         except GenerationFailed as exc:

@@ -43,13 +43,16 @@ class SrserveClient:
         application: str = "srserve",
         credentials: grpc.ChannelCredentials | None = None,
         timeout_s: float | None = 600.0,
+        token: str | None = None,
     ) -> None:
-        options = [("grpc.max_receive_message_length", 512 << 20)]
+        options = [("grpc.max_receive_message_length", 512 << 20), ("grpc.max_send_message_length", 1 << 30)]
         self.channel = (
             grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
         )
         self.stub = video_pb2_grpc.VideoGenerationStub(self.channel)
-        self.metadata = (("application", application),)
+        self.metadata: tuple[tuple[str, str], ...] = (("application", application),)
+        if token:
+            self.metadata += (("authorization", f"Bearer {token}"),)
         self.timeout_s = timeout_s
 
     def close(self) -> None:

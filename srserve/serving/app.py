@@ -18,6 +18,7 @@ from srserve.serving.grpc_api import GrpcApi
 from srserve.serving.http_api import app as http_app
 from srserve.serving.ingress import IngressCore
 from srserve.serving.job_board import JobBoard
+from srserve.serving.tls_gateway import GrpcTlsGateway
 from srserve.serving.workers import render_deployment, sketch_deployment, text_deployment
 
 GRPC_SERVICER_FUNCTIONS = [
@@ -31,7 +32,7 @@ GRPC_SERVICER_FUNCTIONS = [
 class Ingress(GrpcApi, IngressCore):
     """HTTP (/v1/videos) and gRPC (srserve.v1) entry point; drives jobs through the pools."""
 
-    def __init__(self, config: ServingConfig, board, sketch, render, text=None) -> None:
+    def __init__(self, config: ServingConfig, board, sketch, render, text=None, tls_gateway=None) -> None:
         pair = config.model_pair(write_tiny=False)
         IngressCore.__init__(self, config, pair.defaults, pair.name, pair.family, board, sketch, render, text)
 
@@ -55,7 +56,8 @@ def build_app(config: ServingConfig) -> Application:
         ray_actor_options=dict(config.ingress.ray_actor_options),
         max_ongoing_requests=config.ingress.max_ongoing_requests,
     )
-    return ingress.bind(config, board, sketch, render, text)
+    tls_gateway = GrpcTlsGateway.bind(config.grpc_tls) if config.grpc_tls is not None else None
+    return ingress.bind(config, board, sketch, render, text, tls_gateway)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from srserve.engine.config import ModelPairConfig
 from srserve.serving.auth import AuthConfig
+from srserve.serving.tls_gateway import GrpcTlsConfig
 
 
 class PoolConfig(BaseModel):
@@ -78,6 +79,7 @@ class ServingConfig(BaseModel):
     colocated_pool: PoolConfig = PoolConfig()
     ingress: IngressConfig = IngressConfig()
     auth: AuthConfig = AuthConfig()
+    grpc_tls: GrpcTlsConfig | None = None
 
     def model_pair(self, write_tiny: bool = True) -> ModelPairConfig:
         """The pair to load; `tiny` is written on first use unless `write_tiny` is off."""
