@@ -122,3 +122,13 @@ def test_grpc_over_tls_needs_the_token(secure) -> None:
         with pytest.raises(GenerationFailed) as info:
             plaintext.list_jobs()
         assert info.value.code == grpc.StatusCode.UNAVAILABLE  # no plaintext on the TLS port
+
+
+def test_saved_videos_stay_in_their_directory(tmp_path) -> None:
+    from srserve.client.grpc_client import video_path
+
+    good = video_path(tmp_path, "video_" + "ab" * 16, prefix="grpc-")
+    assert good.parent == tmp_path.resolve() and good.name.startswith("grpc-video_")
+    for evil in ("../../etc/passwd", "video_../../x", "/tmp/x", "video_" + "ab" * 16 + "/../../y", ""):
+        with pytest.raises(ValueError):
+            video_path(tmp_path, evil)

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from srserve.analysis.timeline import gantt, pipeline_report, stage_times
     from srserve.client import SrserveClient
-    from srserve.client.grpc_client import make_request
+    from srserve.client.grpc_client import make_request, video_path
     from srserve.engine.video import read_mp4
     from srserve.serving.config import DeployFile
     from srserve.serving.launcher import deploy, drain_and_shutdown, ensure_ray
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     stages = []
     for api, job_id, mp4 in results:
-        path = out / f"{api}-{job_id}.mp4"
+        path = video_path(out, job_id, prefix=f"{api}-")
         path.write_bytes(mp4)
         frames = read_mp4(path)
         job = client.videos.retrieve(job_id).model_extra["srserve"] | {"id": job_id}

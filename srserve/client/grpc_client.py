@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -11,6 +13,20 @@ from srserve.serving.proto import video_pb2, video_pb2_grpc
 
 ProgressCallback = Callable[[video_pb2.Progress], None]
 _OPTIONAL = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "fps", "deadline_s")
+
+
+JOB_ID = re.compile(r"video_[0-9a-f]{32}")
+
+
+def video_path(directory: str | Path, job_id: str, prefix: str = "") -> Path:
+    """Where to save a job's mp4: always inside `directory`, whatever the server sent as the id."""
+    if not JOB_ID.fullmatch(job_id):
+        raise ValueError(f"refusing to name a file after an unexpected job id {job_id!r}")
+    base = Path(directory).resolve()
+    path = (base / f"{prefix}{job_id}.mp4").resolve()
+    if path.parent != base:
+        raise ValueError(f"{path} is outside {base}")
+    return path
 
 
 class GenerationFailed(Exception):

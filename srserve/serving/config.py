@@ -8,9 +8,20 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from srserve.engine.attention import AttentionBackend
 from srserve.engine.config import ModelPairConfig
 from srserve.serving.auth import AuthConfig
+from srserve.serving.autoscaling import QueueWorkAutoscaling
+from srserve.serving.gpu_telemetry import GpuTelemetryConfig
 from srserve.serving.tls_gateway import GrpcTlsConfig
+
+
+class ReplicaSettings(BaseModel):
+    """A pool's Serve `user_config`: settings its replicas apply live (ReplicaOperations.reconfigure)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    telemetry: GpuTelemetryConfig = GpuTelemetryConfig()
 
 
 class PoolConfig(BaseModel):
@@ -28,23 +39,45 @@ class PoolConfig(BaseModel):
     max_queued_requests: int = Field(64, ge=-1)
     # Admission control: jobs waiting for or running in this pool, beyond which new jobs are refused.
     max_backlog: int = Field(32, ge=1)
+    # On scale-down or redeploy a replica finishes its ongoing (and locally queued) requests for up
+    # to this long; whatever is still running then is re-run elsewhere by the ingress's recovery.
+    graceful_shutdown_timeout_s: float = Field(300.0, ge=0)
+    # Autoscaling on the pool's queued GPU-seconds (srserve.serving.autoscaling); or Serve's raw
+    # autoscaling_config above (e.g. its default request-count policy). At most one of the two.
+    queue_autoscaling: QueueWorkAutoscaling | None = None
+    attention_backend: AttentionBackend | None = Field(None, description="overrides model.attention_backend here")
+    telemetry: GpuTelemetryConfig = GpuTelemetryConfig()
 
     @model_validator(mode="after")
     def _scale_one_way(self) -> PoolConfig:
-        if self.autoscaling_config is not None:
+        if self.autoscaling_config is not None and self.queue_autoscaling is not None:
+            raise ValueError("set autoscaling_config or queue_autoscaling, not both")
+        if self.autoscaling_config is not None or self.queue_autoscaling is not None:
             self.num_replicas = None
         return self
+
+    def model_for(self, pair: ModelPairConfig) -> ModelPairConfig:
+        """The model pair as this pool loads it (its attention backend override applied)."""
+        if self.attention_backend is None:
+            return pair
+        return pair.model_copy(update={"attention_backend": self.attention_backend})
 
     def deployment_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {
             "ray_actor_options": dict(self.ray_actor_options),
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
         }
-        if self.autoscaling_config is not None:
+        if self.queue_autoscaling is not None:
+            opts["autoscaling_config"] = self.queue_autoscaling.ray_autoscaling_config()
+            opts["graceful_shutdown_timeout_s"] = self.queue_autoscaling.drain_timeout_s
+        elif self.autoscaling_config is not None:
             opts["autoscaling_config"] = dict(self.autoscaling_config)
         else:
             opts["num_replicas"] = self.num_replicas
+        # Applied live by the replicas' `reconfigure` (srserve.serving.replica_operations).
+        opts["user_config"] = ReplicaSettings(telemetry=self.telemetry).model_dump()
         return opts
 
 
@@ -101,6 +134,8 @@ class DeployFile(BaseModel):
     http_port: int = 8000
     grpc_port: int = 9000
     route_prefix: str = "/"
+    # Serve's logging_config (the application's, else the file's): e.g. {encoding: JSON}.
+    logging_config: dict[str, Any] | None = None
     serving: ServingConfig
 
     @classmethod
@@ -120,5 +155,6 @@ class DeployFile(BaseModel):
             http_port=http.get("port", 8000),
             grpc_port=grpc.get("port", 9000),
             route_prefix=app.get("route_prefix", "/"),
+            logging_config=app.get("logging_config") or data.get("logging_config"),
             serving=serving,
         )

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+import psutil
 import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -22,7 +23,10 @@ from srserve.engine import HandoffState, ModelPairConfig, Role, SRDiffusionEngin
 from srserve.engine.engine import Cancelled
 from srserve.engine.families import EncodedPrompt
 from srserve.engine.request import ResolvedRequest
+from srserve.serving.job_logging import bind_job
 from srserve.serving.jobs import JobState, JobStopped, Verdict
+from srserve.serving.metrics import timed_handoff
+from srserve.serving.replica_operations import ReplicaOperations
 
 REPORT_TIMEOUT_S = 30.0
 
@@ -43,6 +47,7 @@ class JobReporter:
         self.stage = stage
         self.replica = (stage, _replica_id())
         self.stopped: Verdict | None = None
+        bind_job(job_id)  # made at the top of each stage's thread: its log lines carry the job id
 
     def report(
         self,
@@ -79,7 +84,7 @@ def _run_stopping(fn, reporter: JobReporter):
         raise JobStopped(reporter.job_id, reporter.stopped or Verdict.CANCELLED) from None
 
 
-class _Worker:
+class _Worker(ReplicaOperations):  # GPU telemetry, queue-of-work reports, job-id logging
     roles: frozenset[Role]
 
     def __init__(self, model: ModelPairConfig, board: DeploymentHandle, roles: frozenset[Role]) -> None:
@@ -98,6 +103,7 @@ class _Worker:
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "node_id": ray.get_runtime_context().get_node_id(),
+            "rss_bytes": psutil.Process().memory_info().rss,
         }
 
     def _exclusive(self, fn):
@@ -164,7 +170,7 @@ class SketchWorker(_Worker):
             ),
             reporter,
         )
-        blob = state.to_bytes()
+        blob = timed_handoff("serialize", state.to_bytes)
         reporter.report(
             JobState.HANDED_OFF,
             state.switch_step,
@@ -186,7 +192,7 @@ class RenderWorker(_Worker):
 
     def _render(self, ticket: dict[str, Any], handoff: bytes) -> dict[str, Any]:
         reporter = JobReporter(self.board, ticket["job_id"], "render")
-        state = HandoffState.from_bytes(handoff)
+        state = timed_handoff("parse", lambda: HandoffState.from_bytes(handoff))
         n = state.num_steps
         reporter.report(JobState.RENDERING, state.switch_step, n, stamps={"render_start": time.time()})
         latents = _run_stopping(
