@@ -6,6 +6,8 @@ step implies given the measured per-step costs: N*L / (k*L + (N-k)*S) for the de
 Modes are interleaved round-robin so machine noise hits them alike; figures are medians.
 
     python benchmarks/engine_speedup.py --out benchmarks/results/engine_speedup_tiny.json
+    python benchmarks/engine_speedup.py --model-pair tiny-cogvideox \
+        --out benchmarks/results/engine_speedup_tiny_cogvideox.json
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-pair", default="tiny", choices=["tiny", "tiny-cogvideox"], help="embedded pair")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
@@ -33,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    engine = SRDiffusionEngine(ModelPairConfig.tiny(num_threads=args.threads))
+    engine = SRDiffusionEngine(ModelPairConfig.tiny_pair(args.model_pair, num_threads=args.threads))
     n = args.steps
     modes = {
         "large-only": f"fixed:{n}",
@@ -82,6 +85,7 @@ def main() -> None:
         "command": "python benchmarks/engine_speedup.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out"),
         "machine": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",
+        "model_pair": engine.config.name,
         "steps": n,
         "repeats": args.repeats,
         "per_step_s": {"large": round(large_step, 5), "small": round(small_step, 5)},

@@ -15,7 +15,11 @@ from srserve.engine.request import describe_validation_error
 
 
 def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-pair", default="tiny", help="tiny (embedded, default) or a family name, e.g. wan2.1")
+    parser.add_argument(
+        "--model-pair",
+        default="tiny",
+        help="tiny (embedded Wan2.1, default), tiny-cogvideox (embedded CogVideoX), or a family: wan2.1, cogvideox",
+    )
     parser.add_argument("--sketch-model", help="local Diffusers folder of the large (sketch) model")
     parser.add_argument("--render-model", help="local Diffusers folder of the small (render) model")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -31,10 +35,10 @@ def model_pair_from_args(args: argparse.Namespace) -> ModelPairConfig:
         overrides["dtype"] = args.dtype
     if args.threads:
         overrides["num_threads"] = args.threads
-    if args.model_pair == "tiny":
+    if args.model_pair in ("tiny", "tiny-cogvideox"):
         if args.sketch_model or args.render_model:
-            raise ValueError("--sketch-model/--render-model apply to a real pair, not --model-pair tiny")
-        return ModelPairConfig.tiny(**overrides)
+            raise ValueError(f"--sketch-model/--render-model apply to a real pair, not --model-pair {args.model_pair}")
+        return ModelPairConfig.tiny_pair(args.model_pair, **overrides)
     if not (args.sketch_model and args.render_model):
         raise ValueError(f"--model-pair {args.model_pair} needs --sketch-model PATH and --render-model PATH")
     return ModelPairConfig(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,7 @@ DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 TINY_DEFAULTS = RequestDefaults(height=64, width=64, num_frames=17, num_inference_steps=20)
+TINY_COGVIDEOX_DEFAULTS = RequestDefaults(height=64, width=64, num_frames=9, num_inference_steps=20)
 
 
 def srserve_home() -> Path:
@@ -38,7 +40,13 @@ class ModelPairConfig(BaseModel):
     dtype: DTypeName = "auto"
     vae_dtype: DTypeName = "float32"
     text_encoder_dtype: DTypeName = "auto"
-    max_sequence_length: int = Field(512, ge=8, le=4096)
+    render_dtype: DTypeName | None = Field(
+        None, description="the render transformer's dtype; None: `dtype` (CogVideoX-2B prefers float16, 5B bfloat16)"
+    )
+    max_sequence_length: int | None = Field(
+        None, ge=8, le=4096, description="text tokens; None: the family's (Wan 512, CogVideoX the transformers' 226)"
+    )
+    use_dynamic_cfg: bool = Field(False, description="CogVideoX only: CogVideoXPipeline's use_dynamic_cfg schedule")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None keeps torch's")
     defaults: RequestDefaults = RequestDefaults()
 
@@ -61,16 +69,8 @@ class ModelPairConfig(BaseModel):
 
         base = Path(root) if root is not None else srserve_home() / "tiny" / "wan2.1"
         sketch, render = base / SKETCH_DIR, base / RENDER_DIR
-        missing = not (sketch / "model_index.json").exists() or not (render / "model_index.json").exists()
-        if write and missing:
-            # Write beside and rename, so concurrent processes never load a half-written pair.
-            staging = base.with_name(f"{base.name}.tmp-{os.getpid()}")
-            write_tiny_wan_pair(staging)
-            base.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                staging.rename(base)
-            except OSError:  # another process won the race; its pair is identical
-                shutil.rmtree(staging, ignore_errors=True)
+        if write:
+            _write_once(base, (sketch, render), write_tiny_wan_pair)
         fields: dict[str, object] = {
             "family": "wan2.1",
             "name": "tiny-wan2.1",
@@ -81,3 +81,44 @@ class ModelPairConfig(BaseModel):
         }
         fields.update(overrides)
         return cls.model_validate(fields)
+
+    @classmethod
+    def tiny_cogvideox(cls, root: str | Path | None = None, write: bool = True, **overrides: object) -> ModelPairConfig:
+        """The embedded tiny CogVideoX pair (5B-like sketch, 2B-like render), written on first use."""
+        from srserve.engine.tiny.cogvideox import RENDER_DIR, SKETCH_DIR, write_tiny_cogvideox_pair
+
+        base = Path(root) if root is not None else srserve_home() / "tiny" / "cogvideox"
+        sketch, render = base / SKETCH_DIR, base / RENDER_DIR
+        if write:
+            _write_once(base, (sketch, render), write_tiny_cogvideox_pair)
+        fields: dict[str, object] = {
+            "family": "cogvideox",
+            "name": "tiny-cogvideox",
+            "sketch_path": str(sketch),
+            "render_path": str(render),
+            "defaults": TINY_COGVIDEOX_DEFAULTS,
+            "device": "cpu",
+        }
+        fields.update(overrides)
+        return cls.model_validate(fields)
+
+    @classmethod
+    def tiny_pair(cls, name: str, **overrides: object) -> ModelPairConfig:
+        """An embedded tiny pair by name: `tiny` (Wan2.1) or `tiny-cogvideox`."""
+        builders = {"tiny": cls.tiny, "tiny-wan2.1": cls.tiny, "tiny-cogvideox": cls.tiny_cogvideox}
+        if name not in builders:
+            raise ValueError(f"unknown tiny pair {name!r}; known: {', '.join(builders)}")
+        return builders[name](**overrides)
+
+
+def _write_once(base: Path, folders: tuple[Path, ...], writer: Callable[[Path], object]) -> None:
+    """Write a tiny pair unless present: beside and renamed, so concurrent processes never load half of one."""
+    if all((folder / "model_index.json").exists() for folder in folders):
+        return
+    staging = base.with_name(f"{base.name}.tmp-{os.getpid()}")
+    writer(staging)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        staging.rename(base)
+    except OSError:  # another process won the race; its pair is identical
+        shutil.rmtree(staging, ignore_errors=True)

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
 from srserve.engine import components
 from srserve.engine.config import ModelPairConfig
@@ -74,13 +73,17 @@ class SRDiffusionEngine:
         self.roles = frozenset(roles)
         self.family = get_family(config.family)
         self.family.check_pair(config)
+        self.family.bind(config)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.device = config.resolved_device()
         self.dtype = config.resolve_dtype(config.dtype)
+        self.render_dtype = self.dtype if config.render_dtype is None else config.resolve_dtype(config.render_dtype)
+        self.max_sequence_length = self.family.max_sequence_length(config)
         vae_path = config.vae_path or config.render_path
         self.vae_config: dict[str, Any] = read_component_config(vae_path, "vae") or {}
         self._scheduler_template = self.family.load_scheduler(config.sketch_path)
+        self._render_scheduler_template = self.family.load_render_scheduler(config)
         self.sketch_model = self.render_model = self.vae = None
         self.tokenizer = self.text_encoder = None
         if Role.TEXT in self.roles:
@@ -105,9 +108,9 @@ class SRDiffusionEngine:
             self.render_model = components.load_shared(
                 "transformer",
                 config.render_path,
-                self.dtype,
+                self.render_dtype,
                 self.device,
-                lambda: self.family.load_transformer(config.render_path, self.dtype, self.device),
+                lambda: self.family.load_transformer(config.render_path, self.render_dtype, self.device),
             )
         if Role.DECODE in self.roles:
             vae_dtype = config.resolve_dtype(config.vae_dtype)
@@ -123,8 +126,9 @@ class SRDiffusionEngine:
         if role not in self.roles:
             raise MissingRoleError(f"this engine was loaded without the {role.value!r} role")
 
-    def _new_scheduler(self, num_steps: int) -> Any:
-        sched = type(self._scheduler_template).from_config(self._scheduler_template.config)
+    def _new_scheduler(self, num_steps: int, template: Any = None) -> Any:
+        template = self._scheduler_template if template is None else template
+        sched = type(template).from_config(template.config)
         sched.set_timesteps(num_steps, device=self.device)
         return sched
 
@@ -136,7 +140,7 @@ class SRDiffusionEngine:
         self._need(Role.TEXT)
         with torch.no_grad():
             return self.family.encode_prompt(
-                self.tokenizer, self.text_encoder, request, self.config.max_sequence_length, self.device
+                self.tokenizer, self.text_encoder, request, self.max_sequence_length, self.device
             )
 
     @torch.no_grad()
@@ -152,11 +156,11 @@ class SRDiffusionEngine:
         """Run the large model from pure noise until the switch policy hands over."""
         num_steps = request.num_inference_steps
         sched = self._new_scheduler(num_steps)
-        sched.set_begin_index(0)
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(0)
         timesteps = sched.timesteps
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
-        shape = self.family.latent_shape(request, self.vae_config)
-        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+        latents = self.family.initial_latents(request, encoded, sched, generator, self.device, self.vae_config)
         decider = SwitchDecider(request.switch, num_steps)
         done = 0
         while done < num_steps and not decider.done_before(done):
@@ -164,8 +168,9 @@ class SRDiffusionEngine:
             if cancelled is not None and cancelled():
                 raise Cancelled(f"cancelled during sketch at step {done}/{num_steps}")
             t = timesteps[done]
-            pred = self.family.predict(self.sketch_model, latents, t, encoded, request.guidance_scale)
-            latents = sched.step(pred, t, latents, return_dict=False)[0]
+            scale = self.family.guidance_scale(request, t, num_steps)
+            pred = self.family.predict(self.sketch_model, latents, t, encoded, scale)
+            latents = self.family.step(sched, pred, timesteps, done, latents, generator)
             done += 1
             if on_step is not None:
                 on_step("sketch", done, decider.max_steps)
@@ -199,9 +204,8 @@ class SRDiffusionEngine:
         if state.family != self.family.name:
             raise ValueError(f"handoff is for family {state.family!r}, this engine serves {self.family.name!r}")
         num_steps = state.num_steps
-        sched = self._new_scheduler(num_steps)
-        if not torch.equal(sched.timesteps.cpu(), state.timesteps.cpu()):
-            raise ValueError("handoff timesteps differ from this render model's schedule")
+        sched = self._new_scheduler(num_steps, self._render_scheduler_template)
+        timesteps = self.family.render_timesteps(sched, state)
         restore(sched, state.scheduler, self.device)
         generator = torch.Generator(device="cpu")
         generator.set_state(state.generator_state)
@@ -215,12 +219,13 @@ class SRDiffusionEngine:
         for i in range(state.switch_step, num_steps):
             if cancelled is not None and cancelled():
                 raise Cancelled(f"cancelled during render at step {i}/{num_steps}")
-            t = sched.timesteps[i]
-            pred = self.family.predict(self.render_model, latents, t, encoded, state.request.guidance_scale)
-            latents = sched.step(pred, t, latents, return_dict=False)[0]
+            t = timesteps[i]
+            scale = self.family.guidance_scale(state.request, t, num_steps)
+            pred = self.family.predict(self.render_model, latents, t, encoded, scale)
+            latents = self.family.step(sched, pred, timesteps, i, latents, generator)
             if on_step is not None:
                 on_step("render", i + 1, num_steps)
-        return latents
+        return self.family.output_latents(latents, state)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Frames as float32 [F, H, W, 3] in [0, 1]."""

@@ -25,8 +25,12 @@ STATE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     ),
     "FlowMatchEulerDiscreteScheduler": ("_step_index", "_begin_index"),
     "DDIMScheduler": (),
+    # Deterministic and single-step: set_timesteps(N) is all it needs.
     "CogVideoXDDIMScheduler": (),
-    "CogVideoXDPMScheduler": (),
+    # DPM-Solver++(2M), stochastic: the previous x0 estimate and timestep (CogVideoXPipeline keeps them
+    # in loop locals; srserve's CogVideoX family keeps them on the scheduler). The generator travels
+    # in the handoff state itself.
+    "CogVideoXDPMScheduler": ("old_pred_original_sample", "timestep_back"),
 }
 _ABSENT = "__absent__"
 

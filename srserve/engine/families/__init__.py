@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily
+from srserve.engine.families.cogvideox import CogVideoXFamily
 from srserve.engine.families.wan import WanFamily
 
-_FAMILIES: dict[str, type[ModelFamily]] = {WanFamily.name: WanFamily}
+_FAMILIES: dict[str, type[ModelFamily]] = {WanFamily.name: WanFamily, CogVideoXFamily.name: CogVideoXFamily}
 
 
 def get_family(name: str) -> ModelFamily:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.handoff import HandoffState
@@ -36,6 +37,14 @@ class ModelFamily(ABC):
     def check_pair(self, config: ModelPairConfig) -> None:
         """Raise IncompatiblePairError, naming the mismatch, before any weights load."""
 
+    def bind(self, config: ModelPairConfig) -> None:
+        """Read what the family needs from both folders' configs (no weights); once per engine."""
+        return None
+
+    def max_sequence_length(self, config: ModelPairConfig) -> int:
+        """Text tokens per prompt: the pair's setting, else the family's default."""
+        return config.max_sequence_length or 512
+
     @abstractmethod
     def load_transformer(self, path: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module: ...
 
@@ -49,6 +58,10 @@ class ModelFamily(ABC):
     @abstractmethod
     def load_scheduler(self, path: str) -> Any:
         """A fresh scheduler instance; the engine makes one per request from its config."""
+
+    def load_render_scheduler(self, config: ModelPairConfig) -> Any:
+        """The render stage's scheduler; by default the sketch's (a shared schedule)."""
+        return self.load_scheduler(config.sketch_path)
 
     @abstractmethod
     def encode_prompt(
@@ -69,9 +82,51 @@ class ModelFamily(ABC):
     ) -> torch.Tensor:
         """The CFG-combined model output for one denoising step."""
 
+    def initial_latents(
+        self,
+        request: ResolvedRequest,
+        encoded: EncodedPrompt,
+        scheduler: Any,
+        generator: torch.Generator,
+        device: torch.device,
+        vae_config: dict[str, Any],
+    ) -> torch.Tensor:
+        """The sketch's starting noise, drawn from the request's generator (float32 by default)."""
+        shape = self.latent_shape(request, vae_config)
+        return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+
+    def guidance_scale(self, request: ResolvedRequest, timestep: torch.Tensor, num_steps: int) -> float:
+        """The CFG scale at one step; constant by default."""
+        return request.guidance_scale
+
+    def step(
+        self,
+        scheduler: Any,
+        prediction: torch.Tensor,
+        timesteps: torch.Tensor,
+        index: int,
+        latents: torch.Tensor,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """One scheduler step at timesteps[index]; families whose scheduler takes more state override it."""
+        return scheduler.step(prediction, timesteps[index], latents, return_dict=False)[0]
+
     def convert_handoff(self, state: HandoffState) -> HandoffState:
         """Map the sketch model's latent space to the render model's (identity when shared)."""
         return state
+
+    def render_timesteps(self, scheduler: Any, state: HandoffState) -> torch.Tensor:
+        """The timesteps the render runs at (from switch_step on), on a scheduler after set_timesteps(N).
+
+        By default the schedule is shared: the render scheduler's own, which must equal the handoff's.
+        """
+        if not torch.equal(scheduler.timesteps.cpu(), state.timesteps.cpu()):
+            raise ValueError("handoff timesteps differ from this render model's schedule")
+        return scheduler.timesteps
+
+    def output_latents(self, latents: torch.Tensor, state: HandoffState) -> torch.Tensor:
+        """The render's final latents in the space decode() expects (identity when shared)."""
+        return latents
 
     @abstractmethod
     def decode(self, vae: torch.nn.Module, latents: torch.Tensor) -> np.ndarray:

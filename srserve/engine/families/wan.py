@@ -56,6 +56,8 @@ class WanFamily(ModelFamily):
     name = "wan2.1"
 
     def check_pair(self, config: ModelPairConfig) -> None:
+        if config.use_dynamic_cfg:
+            raise IncompatiblePairError("use_dynamic_cfg is CogVideoXPipeline's option; Wan2.1 has no such schedule")
         for label, path in (("sketch", config.sketch_path), ("render", config.render_path)):
             if not Path(path).is_dir():
                 raise IncompatiblePairError(f"{label} model folder {path!r} does not exist")
