@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from srserve.cli import client, demo, generate, make_tiny, serve
+from srserve.cli import bench, client, demo, generate, make_tiny, plan, profile, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     client.add_parser(sub)
     demo.add_parser(sub)
+    bench.add_parser(sub)
+    plan.add_parser(sub)
+    profile.add_parser(sub)
     return parser
 
 

@@ -13,6 +13,7 @@ job (video posted to the board), and the ingress sees a completed job and makes 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from typing import Any
 
@@ -75,7 +76,8 @@ class ColocatedWorker(_Worker):
             ),
             reporter,
         )
-        reporter.report(JobState.DECODING, n, n, stamps={"decode_start": time.time()})
+        digest = hashlib.sha256(latents.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+        reporter.report(JobState.DECODING, n, n, stamps={"decode_start": time.time()}, info={"latents_sha256": digest})
         video = self.engine.export(self.engine.decode(latents), request.fps)
         self.board.complete.remote(ticket["job_id"], video, {"render_end": time.time()}).result(
             timeout_s=REPORT_TIMEOUT_S

@@ -1,0 +1,1 @@
+"""Stage profiling of real-size model architectures (random weights, no download) on a device."""
