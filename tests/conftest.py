@@ -65,11 +65,24 @@ class Deployment:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def metrics_port() -> int:
+    """The session cluster's Prometheus export port: GET http://127.0.0.1:PORT/metrics."""
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(metrics_port):
     """One local Ray cluster per test session, with two fake GPUs (CPU-only machine)."""
     import ray
 
-    ray.init(num_cpus=8, num_gpus=2, namespace="srserve-tests", include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=8,
+        num_gpus=2,
+        namespace="srserve-tests",
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+    )
     yield ray
     from ray import serve
 

@@ -56,7 +56,7 @@ def test_text_encoder_and_vae_load_once_per_process(tiny_config) -> None:
     assert b.vae is c.vae and a.vae is None
     assert a.sketch_model is c.sketch_model and a.render_model is None
     kinds = [key[0] for key in components.loaded_keys()]
-    assert sorted(kinds) == ["text_encoder", "transformer", "transformer", "vae"]
+    assert sorted(kinds) == ["text_encoder", "transformer[native]", "transformer[native]", "vae"]
 
 
 def test_engine_refuses_stages_it_did_not_load(tiny_config) -> None:

@@ -16,6 +16,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local cluster)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local cluster")
     p.add_argument("--num-gpus", type=int, default=None, help="GPUs of a local cluster (may be fake on CPU)")
+    p.add_argument(
+        "--metrics-export-port",
+        type=int,
+        default=None,
+        help="a local cluster exports Prometheus metrics at http://HOST:PORT/metrics (docs/operations.md)",
+    )
     p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to let running jobs finish")
     p.set_defaults(func=run)
 
@@ -28,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2
-    ensure_ray(args.address, args.num_cpus, args.num_gpus)
+    ensure_ray(args.address, args.num_cpus, args.num_gpus, args.metrics_export_port)
     deploy(spec)
     print(
         f"srserve is up: HTTP http://{spec.http_host}:{spec.http_port}/v1/videos, "

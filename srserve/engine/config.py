@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from srserve.engine.attention import AttentionBackend
 from srserve.engine.request import RequestDefaults
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
@@ -48,6 +49,9 @@ class ModelPairConfig(BaseModel):
     )
     use_dynamic_cfg: bool = Field(False, description="CogVideoX only: CogVideoXPipeline's use_dynamic_cfg schedule")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None keeps torch's")
+    attention_backend: AttentionBackend = Field(
+        "native", description="diffusers attention backend of both transformers (a pool may override it)"
+    )
     defaults: RequestDefaults = RequestDefaults()
 
     def resolved_device(self) -> torch.device:

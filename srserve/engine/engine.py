@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from srserve.engine import components
+from srserve.engine.attention import apply_attention_backend, check_attention_backend
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.families import EncodedPrompt, get_family
 from srserve.engine.families.wan import read_component_config
@@ -80,6 +81,9 @@ class SRDiffusionEngine:
         self.dtype = config.resolve_dtype(config.dtype)
         self.render_dtype = self.dtype if config.render_dtype is None else config.resolve_dtype(config.render_dtype)
         self.max_sequence_length = self.family.max_sequence_length(config)
+        backend = config.attention_backend
+        if self.roles & {Role.SKETCH, Role.RENDER}:  # fail before any weights load
+            check_attention_backend(backend, self.family.name, self.family.attention_backends, self.device, self.dtype)
         vae_path = config.vae_path or config.render_path
         self.vae_config: dict[str, Any] = read_component_config(vae_path, "vae") or {}
         self._scheduler_template = self.family.load_scheduler(config.sketch_path)
@@ -98,19 +102,23 @@ class SRDiffusionEngine:
             )
         if Role.SKETCH in self.roles:
             self.sketch_model = components.load_shared(
-                "transformer",
+                f"transformer[{backend}]",
                 config.sketch_path,
                 self.dtype,
                 self.device,
-                lambda: self.family.load_transformer(config.sketch_path, self.dtype, self.device),
+                lambda: apply_attention_backend(
+                    self.family.load_transformer(config.sketch_path, self.dtype, self.device), backend
+                ),
             )
         if Role.RENDER in self.roles:
             self.render_model = components.load_shared(
-                "transformer",
+                f"transformer[{backend}]",
                 config.render_path,
                 self.render_dtype,
                 self.device,
-                lambda: self.family.load_transformer(config.render_path, self.render_dtype, self.device),
+                lambda: apply_attention_backend(
+                    self.family.load_transformer(config.render_path, self.render_dtype, self.device), backend
+                ),
             )
         if Role.DECODE in self.roles:
             vae_dtype = config.resolve_dtype(config.vae_dtype)

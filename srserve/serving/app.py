@@ -7,6 +7,7 @@ options (GPUs, accelerator type, custom resources) from the config.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ray import serve
@@ -18,6 +19,8 @@ from srserve.serving.grpc_api import GrpcApi
 from srserve.serving.http_api import app as http_app
 from srserve.serving.ingress import IngressCore
 from srserve.serving.job_board import JobBoard
+from srserve.serving.job_logging import install_job_log_filter
+from srserve.serving.metrics import export_backlog_gauges
 from srserve.serving.tls_gateway import GrpcTlsGateway
 from srserve.serving.workers import render_deployment, sketch_deployment, text_deployment
 
@@ -35,6 +38,8 @@ class Ingress(GrpcApi, IngressCore):
     def __init__(self, config: ServingConfig, board, sketch, render, text=None, tls_gateway=None) -> None:
         pair = config.model_pair(write_tiny=False)
         IngressCore.__init__(self, config, pair.defaults, pair.name, pair.family, board, sketch, render, text)
+        install_job_log_filter()
+        self._backlog_gauges = asyncio.get_event_loop().create_task(export_backlog_gauges(self))
 
 
 def build_app(config: ServingConfig) -> Application:
@@ -42,15 +47,19 @@ def build_app(config: ServingConfig) -> Application:
     board = JobBoard.bind(config.ingress.retain_jobs, config.ingress.stall_timeout_s)
     text = None
     if config.text_encoder_placement == "pool":
-        text = text_deployment(**config.text_pool.deployment_options()).bind(pair, board)
+        text = text_deployment(**config.text_pool.deployment_options()).bind(config.text_pool.model_for(pair), board)
     if config.layout == "colocated":  # one pool holding both models; the ingress's sketch call runs it all
-        sketch = render = colocated_deployment(**config.colocated_pool.deployment_options()).bind(pair, board)
+        sketch = render = colocated_deployment(**config.colocated_pool.deployment_options()).bind(
+            config.colocated_pool.model_for(pair), board
+        )
         config = colocated_ingress_config(config)
     else:
         sketch = sketch_deployment(**config.sketch_pool.deployment_options()).bind(
-            pair, board, config.text_encoder_placement == "sketch"
+            config.sketch_pool.model_for(pair), board, config.text_encoder_placement == "sketch"
         )
-        render = render_deployment(**config.render_pool.deployment_options()).bind(pair, board)
+        render = render_deployment(**config.render_pool.deployment_options()).bind(
+            config.render_pool.model_for(pair), board
+        )
     ingress = Ingress.options(
         num_replicas=config.ingress.num_replicas,
         ray_actor_options=dict(config.ingress.ray_actor_options),

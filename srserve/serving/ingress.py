@@ -28,6 +28,7 @@ from srserve.serving.errors import (
     RequestTooLarge,
     Unauthenticated,
 )
+from srserve.serving.job_logging import bind_job
 from srserve.serving.jobs import TERMINAL_STATES, ErrorCode, JobState, JobStopped
 
 logger = logging.getLogger("ray.serve")
@@ -140,6 +141,7 @@ class IngressCore:
         return await self.board.get.remote(job_id)
 
     async def _drive_uploaded(self, ticket: dict[str, Any], ref: ray.ObjectRef) -> None:
+        bind_job(ticket["job_id"])  # this task's log lines carry the job id
         try:
             if await self._render_from_handoff(ticket, ref, {"sketch": 0, "render": 0}) == "resketch":
                 raise RuntimeError("the uploaded handoff was lost from the object store")
@@ -156,6 +158,7 @@ class IngressCore:
         bounded by `ingress.max_attempts`, after which the job fails with the reason.
         """
         job_id = ticket["job_id"]
+        bind_job(job_id)  # this task's log lines carry the job id
         attempts = {"sketch": 0, "render": 0}
         stage = "sketch"
         try:

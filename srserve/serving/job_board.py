@@ -16,7 +16,10 @@ from typing import Any
 
 from ray import serve
 
+from srserve.serving.job_logging import log_job_finished
 from srserve.serving.jobs import RUNNING_STATES, ErrorCode, Job, JobState, Verdict, now
+from srserve.serving.metrics import export_board_gauges, record_job_finished
+from srserve.serving.pool_work import estimate_pool_work
 
 SWEEP_INTERVAL_S = 0.25
 
@@ -69,6 +72,8 @@ class JobBoardCore:
         if code is not None:
             job.error_code, job.error = code.value, message
         self._emit(job, message or state.value)
+        record_job_finished(job)  # stage latencies, switch step, handoff, final state
+        log_job_finished(job)
 
     def _overdue(self, job: Job) -> bool:
         return job.deadline is not None and not job.terminal and now() > job.deadline
@@ -177,6 +182,10 @@ class JobBoardCore:
     async def content(self, job_id: str) -> bytes | None:
         return self.videos.get(job_id)
 
+    async def pool_work(self, pool: str, include_encode: bool = True) -> dict[str, float]:
+        """The pool's queue of work in GPU-seconds; its replicas report it to the autoscaler."""
+        return estimate_pool_work(self.jobs.values(), pool, now(), include_encode).as_metrics()
+
     async def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in JobState}
         for job in self.jobs.values():
@@ -208,6 +217,7 @@ class JobBoard(JobBoardCore):
     def __init__(self, retain_jobs: int = 1000, stall_timeout_s: float = 600.0) -> None:
         super().__init__(retain_jobs, stall_timeout_s)
         self._sweeper = asyncio.get_event_loop().create_task(self._sweep_forever())
+        self._gauges = asyncio.get_event_loop().create_task(export_board_gauges(self.jobs))
 
     async def _sweep_forever(self) -> None:
         while True:

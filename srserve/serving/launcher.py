@@ -14,15 +14,27 @@ from srserve.serving.config import DeployFile
 logger = logging.getLogger("srserve")
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Connect to `address`, or start a local cluster (fake GPUs allowed on CPU-only machines)."""
+def ensure_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    metrics_export_port: int | None = None,
+) -> None:
+    """Connect to `address`, or start a local cluster (fake GPUs allowed on CPU-only machines) that
+    exports Prometheus metrics on `metrics_export_port` when given (docs/operations.md)."""
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, namespace="srserve", log_to_driver=False)
     else:
+        extra = {} if metrics_export_port is None else {"_metrics_export_port": metrics_export_port}
         ray.init(
-            num_cpus=num_cpus, num_gpus=num_gpus, namespace="srserve", log_to_driver=False, include_dashboard=False
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            namespace="srserve",
+            log_to_driver=False,
+            include_dashboard=False,
+            **extra,
         )
 
 
@@ -36,6 +48,7 @@ def deploy(spec: DeployFile, timeout_s: float = 300.0) -> None:
         build_app(spec.serving),
         name=spec.serving.app_name,
         route_prefix=spec.route_prefix,
+        logging_config=spec.logging_config,
         blocking=False,
         _local_testing_mode=False,
     )

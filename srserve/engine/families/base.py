@@ -32,6 +32,9 @@ class ModelFamily(ABC):
     """
 
     name: str
+    # Attention backends (srserve.engine.attention) this family's processors can run. Only `native`
+    # unless a family's attention goes through diffusers' dispatcher and was checked with the others.
+    attention_backends: frozenset[str] = frozenset({"native"})
 
     @abstractmethod
     def check_pair(self, config: ModelPairConfig) -> None:

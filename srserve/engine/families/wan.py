@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from diffusers.video_processor import VideoProcessor
 from transformers import AutoTokenizer, UMT5EncoderModel
 
+from srserve.engine.attention import AttentionBackend
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily
 from srserve.engine.request import ResolvedRequest
@@ -54,6 +55,9 @@ def _compare(what: str, keys: tuple[str, ...], a: dict[str, Any], b: dict[str, A
 
 class WanFamily(ModelFamily):
     name = "wan2.1"
+    # WanAttnProcessor calls diffusers' dispatch_attention_fn (no mask, no joint text+video RoPE),
+    # so every dispatcher backend applies.
+    attention_backends = frozenset(get_args(AttentionBackend))
 
     def check_pair(self, config: ModelPairConfig) -> None:
         if config.use_dynamic_cfg:

@@ -1,0 +1,273 @@
+"""srserve's Prometheus metrics, recorded through Ray Serve's metrics API.
+
+Ray exports every metric on each node's metrics export port (`ray start --metrics-export-port`,
+`ray.init(_metrics_export_port=...)`; KubeRay uses 8080) at `/metrics`, prefixed `ray_`: the
+histogram `srserve_stage_seconds` is scraped as `ray_srserve_stage_seconds_bucket{stage=...}`.
+Inside a replica, `ray.serve.metrics` adds `deployment`, `replica` and `application` tags.
+
+Where each metric is recorded:
+- job board (one replica): stage latencies, step times, switch step, handoff bytes and latency,
+  jobs by final state, jobs per state, each pool's queue depth and queued GPU-seconds;
+- ingress: admission backlog per pool;
+- workers: handoff serialize/deserialize time, GPU telemetry (srserve.serving.gpu_telemetry).
+Without Ray (unit tests) the metric objects accept records and export nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+from srserve.serving.jobs import Job, JobState
+from srserve.serving.pool_work import PoolWork, estimate_pool_work, measure_stage_times
+
+if TYPE_CHECKING:
+    from srserve.serving.gpu_telemetry import GpuSample
+
+T = TypeVar("T")
+logger = logging.getLogger("ray.serve")
+
+SECONDS_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000]
+STEP_SECONDS_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100]
+# Ray 2.60 exports a histogram's `_sum` from bucket midpoints, not the observed values; edges at
+# half-integers put each integer switch step at its bucket's midpoint, so the sum stays exact to 30.
+SWITCH_STEP_BUCKETS = [k + 0.5 for k in range(31)] + [40.5, 50.5, 75.5, 100.5, 200.5]
+FRACTION_BUCKETS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0]
+BYTES_BUCKETS = [float(1 << k) for k in range(12, 35, 2)]  # 4 KiB .. 16 GiB
+
+# (stage name, start stamp, end stamp) over the job timeline the workers report.
+STAGES = (
+    ("queue", "submitted", "encode_start"),
+    ("encode", "encode_start", "encode_end"),
+    ("sketch", "sketch_start", "sketch_end"),
+    ("handoff", "sketch_end", "render_start"),
+    ("render", "render_start", "decode_start"),
+    ("decode", "decode_start", "render_end"),
+)
+
+
+@functools.cache
+def _metrics() -> dict[str, Any]:
+    """Created on first use in each process (Serve tags come from the replica context then)."""
+    return {
+        "stage": Histogram(
+            "srserve_stage_seconds",
+            description="Time a job spent in each stage: queue, encode, sketch, handoff, render, decode.",
+            boundaries=SECONDS_BUCKETS,
+            tag_keys=("stage",),
+        ),
+        "job": Histogram(
+            "srserve_job_seconds",
+            description="Submission to final state, by final state.",
+            boundaries=SECONDS_BUCKETS,
+            tag_keys=("state",),
+        ),
+        "step": Histogram(
+            "srserve_step_seconds",
+            description="Time of one denoising step, by pool (sketch: large model, render: small model).",
+            boundaries=STEP_SECONDS_BUCKETS,
+            tag_keys=("pool",),
+        ),
+        "switch_step": Histogram(
+            "srserve_switch_step",
+            description="Denoising step at which the job switched from the sketch to the render model.",
+            boundaries=SWITCH_STEP_BUCKETS,
+        ),
+        "switch_fraction": Histogram(
+            "srserve_switch_fraction",
+            description="Switch step as a fraction of the job's steps.",
+            boundaries=FRACTION_BUCKETS,
+        ),
+        "handoff_bytes": Histogram(
+            "srserve_handoff_bytes",
+            description="Size of the handoff state (wire format) passed from sketch to render.",
+            boundaries=BYTES_BUCKETS,
+        ),
+        "handoff_seconds": Histogram(
+            "srserve_handoff_seconds",
+            description="Sketch end to render start: object-store transfer, wait for a render slot, parsing.",
+            boundaries=SECONDS_BUCKETS,
+        ),
+        "handoff_codec": Histogram(
+            "srserve_handoff_codec_seconds",
+            description="Serializing (sketch replica) or parsing (render replica) the handoff state.",
+            boundaries=STEP_SECONDS_BUCKETS,
+            tag_keys=("op",),
+        ),
+        "jobs_total": Counter(
+            "srserve_jobs_total",
+            description="Jobs that reached a final state, by state and error code.",
+            tag_keys=("state", "error_code"),
+        ),
+        "jobs": Gauge("srserve_jobs", description="Jobs currently on the board, by state.", tag_keys=("state",)),
+        "pool_jobs": Gauge(
+            "srserve_pool_queue_jobs",
+            description="Queue depth: jobs waiting for or running in the pool.",
+            tag_keys=("pool",),
+        ),
+        "pool_work": Gauge(
+            "srserve_pool_queue_gpu_seconds",
+            description="The pool's queued work in expected GPU-seconds (what its autoscaler scales on).",
+            tag_keys=("pool",),
+        ),
+        "pool_step": Gauge(
+            "srserve_pool_step_seconds",
+            description="Measured time of one step of the pool's stage (median of recent jobs).",
+            tag_keys=("pool",),
+        ),
+        "backlog": Gauge(
+            "srserve_ingress_backlog_jobs",
+            description="Jobs the ingress admitted to each pool and not yet finished there (admission control).",
+            tag_keys=("pool",),
+        ),
+        "gpu_available": Gauge(
+            "srserve_gpu_telemetry_available",
+            description="1 when the replica samples its GPU through NVML, 0 when NVML or a GPU is absent.",
+            tag_keys=("pool",),
+        ),
+        **{
+            key: Gauge(name, description=desc, tag_keys=("pool", "gpu", "gpu_uuid", "gpu_name"))
+            for key, name, desc in (
+                ("utilization_pct", "srserve_gpu_utilization_percent", "GPU busy time over the last sample period."),
+                (
+                    "memory_utilization_pct",
+                    "srserve_gpu_memory_utilization_percent",
+                    "GPU memory-controller busy time over the last sample period.",
+                ),
+                ("memory_used_bytes", "srserve_gpu_memory_used_bytes", "GPU memory in use."),
+                ("memory_total_bytes", "srserve_gpu_memory_total_bytes", "GPU memory installed."),
+                ("power_w", "srserve_gpu_power_watts", "GPU power draw."),
+                ("temperature_c", "srserve_gpu_temperature_celsius", "GPU core temperature."),
+                ("sm_clock_mhz", "srserve_gpu_sm_clock_mhz", "Current SM clock."),
+                ("memory_clock_mhz", "srserve_gpu_memory_clock_mhz", "Current memory clock."),
+            )
+        },
+    }
+
+
+GPU_FIELDS = (
+    "utilization_pct",
+    "memory_utilization_pct",
+    "memory_used_bytes",
+    "memory_total_bytes",
+    "power_w",
+    "temperature_c",
+    "sm_clock_mhz",
+    "memory_clock_mhz",
+)
+
+
+def _span(timeline: dict[str, float], start: str, end: str) -> float | None:
+    if start in timeline and end in timeline and timeline[end] >= timeline[start]:
+        return timeline[end] - timeline[start]
+    return None
+
+
+def record_job_finished(job: Job) -> None:
+    """Everything a finished job tells: its stage times, switch, handoff and final state."""
+    m = _metrics()
+    t = job.timeline
+    for stage, start, end in STAGES:
+        if stage == "queue" and "encode_start" not in t:
+            end = "sketch_start"  # encoded elsewhere (text pool) or not at all
+        if (d := _span(t, start, end)) is not None:
+            m["stage"].observe(d, tags={"stage": stage})
+    if (d := _span(t, "submitted", "finished")) is not None:
+        m["job"].observe(d, tags={"state": job.state.value})
+    m["jobs_total"].inc(1, tags={"state": job.state.value, "error_code": job.error_code or ""})
+    if job.switch_step is None:
+        return
+    m["switch_step"].observe(max(job.switch_step, 0))
+    if job.num_steps:
+        m["switch_fraction"].observe(job.switch_step / job.num_steps)
+    if job.switch_step and (d := _span(t, "sketch_start", "sketch_end")) is not None:
+        m["step"].observe(d / job.switch_step, tags={"pool": "sketch"})
+    render_steps = job.num_steps - job.switch_step
+    if render_steps > 0 and (d := _span(t, "render_start", "decode_start")) is not None:
+        m["step"].observe(d / render_steps, tags={"pool": "render"})
+    if job.handoff_bytes:
+        m["handoff_bytes"].observe(job.handoff_bytes)
+    if (d := _span(t, "sketch_end", "render_start")) is not None:
+        m["handoff_seconds"].observe(d)
+
+
+def record_board(jobs: Iterable[Job], pools: Iterable[PoolWork]) -> None:
+    """Gauges of the board's current contents: jobs per state, each pool's queue."""
+    m = _metrics()
+    counts = {s.value: 0 for s in JobState}
+    for job in jobs:
+        counts[job.state.value] += 1
+    for state, count in counts.items():
+        m["jobs"].set(count, tags={"state": state})
+    for work in pools:
+        m["pool_jobs"].set(work.jobs, tags={"pool": work.pool})
+        m["pool_work"].set(work.work_s, tags={"pool": work.pool})
+        m["pool_step"].set(work.step_s, tags={"pool": work.pool})
+
+
+# Stage names workers record in Job.replicas -> the pool that ran the stage.
+_STAGE_POOL = {"encode": "text", "sketch": "sketch", "render": "render", "colocated": "colocated"}
+BOARD_GAUGE_INTERVAL_S = 2.0
+
+
+def pools_in_use(jobs: Iterable[Job]) -> list[str]:
+    """Pools that ran a stage of a job on the board (sketch and render until one has)."""
+    seen = {_STAGE_POOL[stage] for job in jobs for stage in job.replicas if stage in _STAGE_POOL}
+    return sorted(seen or {"sketch", "render"})
+
+
+async def export_board_gauges(jobs: Mapping[str, Job], interval_s: float = BOARD_GAUGE_INTERVAL_S) -> None:
+    """The board's gauge loop: jobs per state and each pool's queue, every `interval_s`."""
+    while True:
+        try:
+            current = list(jobs.values())
+            now = time.time()
+            times = measure_stage_times(current, now)
+            pools = [estimate_pool_work(current, pool, now, times=times) for pool in pools_in_use(current)]
+            record_board(current, pools)
+        except Exception:  # metrics must never stop the board; say why they are missing
+            logger.exception("srserve board gauges failed")
+        await asyncio.sleep(interval_s)
+
+
+def record_backlog(pool: str, jobs: int) -> None:
+    _metrics()["backlog"].set(jobs, tags={"pool": pool})
+
+
+async def export_backlog_gauges(ingress: Any, interval_s: float = BOARD_GAUGE_INTERVAL_S) -> None:
+    """The ingress's gauge loop: its admission backlog per pool (`sketch_backlog`, `render_backlog`)."""
+    while True:
+        try:
+            record_backlog("sketch", ingress.sketch_backlog)
+            record_backlog("render", ingress.render_backlog)
+        except Exception:  # metrics must never stop the ingress; say why they are missing
+            logger.exception("srserve ingress gauges failed")
+        await asyncio.sleep(interval_s)
+
+
+def timed_handoff(op: str, fn: Callable[[], T]) -> T:
+    """Run the handoff's serialize/parse `fn`, recording how long it took under `op`."""
+    start = time.perf_counter()
+    out = fn()
+    _metrics()["handoff_codec"].observe(time.perf_counter() - start, tags={"op": op})
+    return out
+
+
+def record_gpu_available(pool: str, available: bool) -> None:
+    _metrics()["gpu_available"].set(1.0 if available else 0.0, tags={"pool": pool})
+
+
+def record_gpu_samples(pool: str, samples: Iterable[GpuSample]) -> None:
+    m = _metrics()
+    for sample in samples:
+        tags = {"pool": pool, "gpu": str(sample.index), "gpu_uuid": sample.uuid, "gpu_name": sample.name}
+        for field in GPU_FIELDS:
+            value = getattr(sample, field)
+            if value is not None:
+                m[field].set(float(value), tags=tags)

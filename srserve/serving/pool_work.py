@@ -1,0 +1,200 @@
+"""Each pool's queue of work in expected GPU-seconds, computed from the job board's records.
+
+The board knows every job's state, step, step count and switch step, and the stage stamps of
+recent jobs give the measured time of one sketch step, one render step, an encode and a decode.
+A pool's work is then, over the jobs waiting for or running in it,
+
+    sum(remaining steps in this pool) * measured step time + per-job fixed costs (encode / decode)
+
+which is what its autoscaling policy scales on (srserve.serving.autoscaling), not request counts:
+a 50-step 81-frame job and a 4-step preview are not the same load. Plain Python, no Ray.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from srserve.serving.jobs import Job, JobState
+
+Pool = Literal["text", "sketch", "render", "colocated"]
+POOLS: tuple[Pool, ...] = ("text", "sketch", "render", "colocated")
+
+# Recent samples per measured quantity (newest jobs first); the median of them is used.
+RECENT_SAMPLES = 32
+# SwitchPolicy's adaptive bounds when a request leaves them unset (srserve.engine.request).
+_ADAPTIVE_DEFAULT_BOUNDS = (0.1, 0.6)
+
+_BEFORE_SKETCH = frozenset({JobState.QUEUED, JobState.ENCODING})
+_SKETCH_STATES = _BEFORE_SKETCH | {JobState.SKETCHING}
+_RENDER_STATES = frozenset({JobState.HANDED_OFF, JobState.RENDERING, JobState.DECODING})
+
+
+@dataclass
+class StageTimes:
+    """Measured durations (seconds); None until a job has shown one."""
+
+    encode_s: float | None = None
+    sketch_step_s: float | None = None
+    render_step_s: float | None = None
+    decode_s: float | None = None
+    adaptive_switch_fraction: float | None = None  # observed switch step / steps of adaptive jobs
+
+
+@dataclass
+class PoolWork:
+    """What one pool has in front of it; the numbers its replicas report to the autoscaler."""
+
+    pool: str
+    jobs: int = 0  # queue depth: jobs waiting for or running in the pool
+    remaining_steps: int = 0
+    work_s: float = 0.0  # priced work: steps and fixed costs with a measured duration
+    unpriced_steps: int = 0  # steps of a stage with no measured step time yet
+    incoming_s: float = 0.0  # work still upstream that will reach this pool (render: jobs sketching)
+    step_s: float = 0.0  # measured step time of the pool's stage (0 when unknown)
+
+    def as_metrics(self) -> dict[str, float]:
+        """Flat numeric dict (Serve's record_autoscaling_stats format)."""
+        return {f"srserve_pool_{k}": float(v) for k, v in asdict(self).items() if k != "pool"}
+
+
+def _span(timeline: dict[str, float], start: str, end: str) -> float | None:
+    if start in timeline and end in timeline and timeline[end] >= timeline[start]:
+        return timeline[end] - timeline[start]
+    return None
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def measure_stage_times(jobs: Iterable[Job], now: float, recent: int = RECENT_SAMPLES) -> StageTimes:
+    """Median stage durations over the newest jobs; a job still in a stage counts by its progress."""
+    encode: list[float] = []
+    sketch: list[float] = []
+    render: list[float] = []
+    decode: list[float] = []
+    switch_fraction: list[float] = []
+    samples = (encode, sketch, render, decode, switch_fraction)
+    for job in reversed(list(jobs)):  # the board keeps jobs in creation order: newest last
+        if all(len(s) >= recent for s in samples):
+            break
+        t = job.timeline
+        if (d := _span(t, "encode_start", "encode_end")) is not None:
+            encode.append(d)
+        if job.switch_step:  # handed off: the whole sketch is known
+            if (d := _span(t, "sketch_start", "sketch_end")) is not None:
+                sketch.append(d / job.switch_step)
+        elif job.state == JobState.SKETCHING and job.step > 0 and "sketch_start" in t:
+            sketch.append(max(0.0, now - t["sketch_start"]) / job.step)
+        if job.switch_step is not None and job.num_steps > job.switch_step:
+            if (d := _span(t, "render_start", "decode_start")) is not None:
+                render.append(d / (job.num_steps - job.switch_step))
+            elif job.state == JobState.RENDERING and job.step > job.switch_step and "render_start" in t:
+                render.append(max(0.0, now - t["render_start"]) / (job.step - job.switch_step))
+        if job.switch_step is not None and job.num_steps and _switch(job).get("kind") == "adaptive":
+            switch_fraction.append(job.switch_step / job.num_steps)
+        if (d := _span(t, "decode_start", "render_end")) is not None:
+            decode.append(d)
+    return StageTimes(*(_median(s[:recent]) for s in samples))
+
+
+def _switch(job: Job) -> dict[str, Any]:
+    switch = job.request.get("switch") if isinstance(job.request, dict) else None
+    return switch if isinstance(switch, dict) else {}
+
+
+def expected_sketch_steps(job: Job, adaptive_fraction: float | None) -> int:
+    """Sketch steps the job will run: known once handed off, fixed by a fixed switch, else estimated."""
+    if job.switch_step is not None:
+        return job.switch_step
+    n = job.num_steps
+    switch = _switch(job)
+    if switch.get("kind") == "fixed":
+        if switch.get("step") is not None:
+            return min(int(switch["step"]), n)
+        return min(round(float(switch.get("fraction") or 0.0) * n), n)
+    lo = switch.get("min_step")
+    hi = switch.get("max_step")
+    lo = round(_ADAPTIVE_DEFAULT_BOUNDS[0] * n) if lo is None else int(lo)
+    hi = round(_ADAPTIVE_DEFAULT_BOUNDS[1] * n) if hi is None else int(hi)
+    guess = round(adaptive_fraction * n) if adaptive_fraction is not None else hi  # unmeasured: the bound
+    return max(min(lo, n), min(guess, hi, n))
+
+
+class _Tally:
+    def __init__(self, pool: str) -> None:
+        self.work = PoolWork(pool)
+
+    def steps(self, count: int, step_s: float | None) -> None:
+        count = max(0, count)
+        self.work.remaining_steps += count
+        if step_s is None:
+            self.work.unpriced_steps += count
+        else:
+            self.work.work_s += count * step_s
+
+    def fixed(self, seconds: float | None) -> None:
+        if seconds is not None:
+            self.work.work_s += max(0.0, seconds)
+
+
+def estimate_pool_work(
+    jobs: Iterable[Job], pool: str, now: float, include_encode: bool = True, times: StageTimes | None = None
+) -> PoolWork:
+    """The queue of work of `pool` (see the module docstring); `include_encode` when its replicas encode."""
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}; known: {', '.join(POOLS)}")
+    jobs = list(jobs)
+    times = times or measure_stage_times(jobs, now)  # finished jobs carry the measurements
+    tally = _Tally(pool)
+    for job in jobs:
+        if job.terminal:
+            continue
+        encoded = "encode_end" in job.timeline
+        sketch_total = expected_sketch_steps(job, times.adaptive_switch_fraction)
+        if pool == "text":
+            if job.state in _BEFORE_SKETCH and not encoded:
+                tally.work.jobs += 1
+                tally.fixed(times.encode_s)
+            continue
+        in_sketch = job.state in _SKETCH_STATES
+        in_render = job.state in _RENDER_STATES
+        if job.state == JobState.SKETCHING:
+            sketch_left = max(1, sketch_total - job.step)  # still sketching: at least one step to go
+            switch_at = job.step + sketch_left
+        else:
+            sketch_left = sketch_total if in_sketch else 0
+            switch_at = sketch_total
+        if job.state in (JobState.RENDERING, JobState.DECODING):
+            render_left = max(0, job.num_steps - max(job.step, switch_at))
+        else:
+            render_left = max(0, job.num_steps - switch_at)
+        decode_left = times.decode_s or 0.0
+        if job.state == JobState.DECODING and "decode_start" in job.timeline:
+            decode_left = max(0.0, decode_left - (now - job.timeline["decode_start"]))
+        if pool == "sketch":
+            if in_sketch:
+                tally.work.jobs += 1
+                tally.steps(sketch_left, times.sketch_step_s)
+                if include_encode and not encoded:
+                    tally.fixed(times.encode_s)
+        elif pool == "render":
+            if in_render:
+                tally.work.jobs += 1
+                tally.steps(render_left, times.render_step_s)
+                tally.fixed(decode_left)
+            elif in_sketch and times.render_step_s is not None:
+                tally.work.incoming_s += render_left * times.render_step_s + decode_left
+        else:  # colocated: one replica runs every stage of the job
+            tally.work.jobs += 1
+            tally.steps(sketch_left, times.sketch_step_s)
+            if in_sketch and not encoded:
+                tally.fixed(times.encode_s)
+            tally.steps(render_left, times.render_step_s)
+            tally.fixed(decode_left)
+    step = times.render_step_s if pool == "render" else times.sketch_step_s if pool != "text" else times.encode_s
+    tally.work.step_s = step or 0.0
+    return tally.work

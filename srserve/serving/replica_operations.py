@@ -1,0 +1,60 @@
+"""What every GPU worker replica does for operations, besides its stage: a mixin of the workers.
+
+- `reconfigure(user_config)`: Serve calls it after `__init__` and whenever the pool's `user_config`
+  changes (PoolConfig puts the pool's operational settings there), without restarting the
+  replica: starts or retunes GPU telemetry and installs the job-id log filter.
+- `record_autoscaling_stats()`: Serve calls it periodically when the pool autoscales; the replica
+  asks the job board for its pool's queue of work in GPU-seconds (srserve.serving.pool_work) and
+  reports it to the controller, where srserve.serving.autoscaling.QueueWorkPolicy reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from ray.serve.handle import DeploymentHandle
+
+from srserve.engine import Role, SRDiffusionEngine
+from srserve.serving.config import ReplicaSettings
+from srserve.serving.gpu_telemetry import GpuTelemetry
+from srserve.serving.job_logging import install_job_log_filter
+
+
+def pool_of(roles: frozenset[Role]) -> str:
+    """The pool a replica belongs to, from the roles it loaded."""
+    if Role.SKETCH in roles and Role.RENDER in roles:
+        return "colocated"
+    if Role.SKETCH in roles:
+        return "sketch"
+    if Role.RENDER in roles:
+        return "render"
+    return "text"
+
+
+class ReplicaOperations:
+    board: DeploymentHandle
+    engine: SRDiffusionEngine
+    _gpu_telemetry: GpuTelemetry | None = None
+
+    @property
+    def pool_name(self) -> str:
+        return pool_of(self.engine.roles)
+
+    def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        settings = ReplicaSettings.model_validate(user_config or {})
+        install_job_log_filter()
+        if self._gpu_telemetry is None:
+            self._gpu_telemetry = GpuTelemetry(self.pool_name, settings.telemetry).start()
+        else:
+            self._gpu_telemetry.update(settings.telemetry)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        return await self.board.pool_work.remote(self.pool_name, Role.TEXT in self.engine.roles)
+
+    async def gpu_telemetry(self) -> dict[str, Any]:
+        """The replica's telemetry state and last sample (diagnostics, tests)."""
+        t = self._gpu_telemetry
+        if t is None:
+            return {"available": False, "reason": "not started", "samples": []}
+        return {"available": t.available, "reason": t.reason, "samples": [asdict(s) for s in t.last]}
