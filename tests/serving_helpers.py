@@ -24,7 +24,9 @@ def wait_state(
     """Poll a job until its srserve state is in `states` (or `until(job)` holds)."""
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
-        job = get(base, f"/v1/videos/{job_id}").json()
+        response = get(base, f"/v1/videos/{job_id}")
+        assert response.status_code == 200, (job_id, response.status_code, response.text)
+        job = response.json()
         if job["srserve"]["state"] in states or (until is not None and until(job)):
             return job
         time.sleep(0.05)

@@ -8,6 +8,7 @@ options (GPUs, accelerator type, custom resources) from the config.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from ray import serve
@@ -23,6 +24,8 @@ from srserve.serving.job_logging import install_job_log_filter
 from srserve.serving.metrics import export_backlog_gauges
 from srserve.serving.tls_gateway import GrpcTlsGateway
 from srserve.serving.workers import render_deployment, sketch_deployment, text_deployment
+
+logger = logging.getLogger("ray.serve")
 
 GRPC_SERVICER_FUNCTIONS = [
     "srserve.serving.proto.video_pb2_grpc.add_VideoGenerationServicer_to_server",
@@ -40,6 +43,12 @@ class Ingress(GrpcApi, IngressCore):
         IngressCore.__init__(self, config, pair.defaults, pair.name, pair.family, board, sketch, render, text)
         install_job_log_filter()
         self._backlog_gauges = asyncio.get_event_loop().create_task(export_backlog_gauges(self))
+
+    async def __del__(self) -> None:
+        """Serve calls this when replacing or removing the replica: finish the jobs in flight first."""
+        left = await self.drain(self.config.ingress.graceful_shutdown_timeout_s)
+        if left:
+            logger.warning("ingress stopped with %d job(s) still running", left)
 
 
 def build_app(config: ServingConfig) -> Application:
@@ -64,6 +73,7 @@ def build_app(config: ServingConfig) -> Application:
         num_replicas=config.ingress.num_replicas,
         ray_actor_options=dict(config.ingress.ray_actor_options),
         max_ongoing_requests=config.ingress.max_ongoing_requests,
+        graceful_shutdown_timeout_s=config.ingress.graceful_shutdown_timeout_s,
     )
     tls_gateway = GrpcTlsGateway.bind(config.grpc_tls) if config.grpc_tls is not None else None
     return ingress.bind(config, board, sketch, render, text, tls_gateway)

@@ -93,6 +93,9 @@ class IngressConfig(BaseModel):
     max_handoff_bytes: int = Field(1 << 30, ge=1024, description="largest uploaded handoff state")
     max_attempts: int = Field(3, ge=1, description="tries per stage when a replica dies mid-request")
     stall_timeout_s: float = Field(600.0, gt=0, description="a running job with no progress this long fails")
+    graceful_shutdown_timeout_s: float = Field(
+        900.0, ge=0, description="a replaced ingress keeps driving its running jobs this long before it stops"
+    )
 
 
 class ServingConfig(BaseModel):

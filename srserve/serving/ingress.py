@@ -8,7 +8,6 @@ fetching it), so jobs still sketching never occupy render-replica slots.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from typing import Any
@@ -302,11 +301,14 @@ class IngressCore:
             if loop.time() >= end:
                 return out["job"]
 
-    async def shutdown(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+    async def drain(self, timeout_s: float) -> int:
+        """Let the jobs this ingress drives finish (up to `timeout_s`); returns how many did not."""
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            logger.info("ingress draining %d job(s)", len(pending))
+            _, still = await asyncio.wait(pending, timeout=timeout_s)
+            return len(still)
+        return 0
 
 
 def _short_error(exc: BaseException) -> str:
