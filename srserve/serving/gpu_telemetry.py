@@ -62,11 +62,8 @@ def assigned_gpus() -> list[str] | None:
     None means every GPU on the machine. An empty list means no GPU at all."""
     import ray
 
-    if ray.is_initialized():
-        try:
-            return [str(g) for g in ray.get_gpu_ids()]
-        except Exception:  # the driver of a cluster, not a worker
-            pass
+    if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+        return [str(g) for g in ray.get_gpu_ids()]  # a replica: what Ray assigned to it
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         return None
