@@ -140,12 +140,6 @@ def test_metrics_logs_telemetry_and_autoscaling_on_a_running_deployment(serving,
         sketch = serve.get_deployment_handle("SketchWorker", app_name=serving.app_name)
         telemetry = sketch.gpu_telemetry.remote().result(timeout_s=30)
         assert telemetry["available"] is False and "NVML" in telemetry["reason"], telemetry
-        deadline = time.monotonic() + 60
-        while not scrape(metrics_port, serving.app_name).get("ray_srserve_gpu_telemetry_available"):
-            assert time.monotonic() < deadline
-            time.sleep(1)
-        session = scrape(metrics_port, serving.app_name)
-        assert value(session, "ray_srserve_gpu_telemetry_available", pool="sketch") == 0
 
         # JSON logs: the board's summary line of each job carries its job_id.
         logs = ray._private.worker._global_node.get_logs_dir_path()

@@ -15,10 +15,27 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
+ENCODE_ATTEMPTS = 3
+
+
 def encode_mp4(frames: np.ndarray, fps: int = 16, quality: int = 8) -> bytes:
-    """Return an mp4 file's bytes for uint8 frames [F, H, W, 3]."""
+    """Return an mp4 file's bytes for uint8 frames [F, H, W, 3].
+
+    The ffmpeg subprocess can fail transiently on a loaded machine (seen here under heavy CPU
+    contention, with an empty stderr); encoding is deterministic, so a failed attempt is retried.
+    """
     if frames.dtype != np.uint8:
         frames = to_uint8(frames)
+    for attempt in range(1, ENCODE_ATTEMPTS + 1):
+        try:
+            return _encode_once(frames, fps, quality)
+        except (OSError, RuntimeError):
+            if attempt == ENCODE_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _encode_once(frames: np.ndarray, fps: int, quality: int) -> bytes:
     fd, tmp = tempfile.mkstemp(suffix=".mp4")
     os.close(fd)
     try:
