@@ -4,6 +4,8 @@ Every `interval_s` a background thread reads utilization, memory used/total, pow
 and the SM/memory clocks of each of the replica's GPUs and sets the `srserve_gpu_*` gauges
 (srserve.serving.metrics). Without NVML (no driver, CPU-only machine) or without a GPU assigned,
 it says so once in the log, exports `srserve_gpu_telemetry_available 0` and serving carries on.
+Gauges are re-set at least every GAUGE_REFRESH_S even when nothing changes: Ray's metrics agent
+drops a gauge series that has not been refreshed for two export intervals (20 s by default).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +28,8 @@ logger = logging.getLogger("ray.serve")
 # Reasons already logged in this process: "NVML is absent" is said once, however many samplers start.
 _REPORTED: set[str] = set()
 _REPORTED_LOCK = threading.Lock()
+# Re-export the last values this often, whatever the sampling interval (see the module docstring).
+GAUGE_REFRESH_S = 5.0
 
 
 class GpuTelemetryConfig(BaseModel):
@@ -211,9 +216,9 @@ class GpuTelemetry:
     def start(self) -> GpuTelemetry:
         if not self.config.enabled or self._thread is not None:
             return self
-        if self.open():
-            self._thread = threading.Thread(target=self._run, name=f"gpu-telemetry-{self.pool}", daemon=True)
-            self._thread.start()
+        self.open()
+        self._thread = threading.Thread(target=self._run, name=f"gpu-telemetry-{self.pool}", daemon=True)
+        self._thread.start()
         return self
 
     def update(self, config: GpuTelemetryConfig) -> None:
@@ -226,12 +231,18 @@ class GpuTelemetry:
         self.start()
 
     def _run(self) -> None:
+        next_sample = 0.0
         while not self._stop.is_set():
             try:
-                self.sample_once()
+                metrics.record_gpu_available(self.pool, self.available)
+                if time.monotonic() >= next_sample:
+                    self.sample_once()
+                    next_sample = time.monotonic() + self.config.interval_s
+                else:  # keep the last sample's series alive between samples
+                    metrics.record_gpu_samples(self.pool, self.last)
             except Exception as exc:  # a sampling failure must never take the replica down
                 _report_once(f"GPU sampling failed: {exc}", self.pool)
-            self._wake.wait(self.config.interval_s)
+            self._wake.wait(min(self.config.interval_s, GAUGE_REFRESH_S))
             self._wake.clear()
 
     def stop(self) -> None:

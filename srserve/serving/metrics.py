@@ -11,6 +11,9 @@ Where each metric is recorded:
 - ingress: admission backlog per pool;
 - workers: handoff serialize/deserialize time, GPU telemetry (srserve.serving.gpu_telemetry).
 Without Ray (unit tests) the metric objects accept records and export nothing.
+
+Gauges are set by loops, not once: Ray's metrics agent drops a gauge series that was not set again
+within two export intervals (verified on Ray 2.60: a gauge set once vanished after ~25 s).
 """
 
 from __future__ import annotations
