@@ -22,7 +22,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_worker_niceness", "0")
 
 from srserve.engine import ModelPairConfig
-from srserve.loadgen.compare import CompareSettings, default_variants, format_table, run_variant, score
+from srserve.loadgen.compare import CompareSettings, default_variants, format_table, run_all, score
 from srserve.loadgen.plots import latency_cdf, stage_timeline
 from srserve.loadgen.report import finite_json
 from srserve.serving.launcher import ensure_ray
@@ -35,13 +35,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--switch", default="fixed:5")
     parser.add_argument("--rate", type=float, default=0.5, help="open-loop Poisson rate, the same for every variant")
-    parser.add_argument("--requests", type=int, default=24)
-    parser.add_argument("--saturation-requests", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=16, help="Poisson requests per variant per round")
+    parser.add_argument("--saturation-requests", type=int, default=12, help="per variant per round")
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--unloaded-runs", type=int, default=3)
+    parser.add_argument("--unloaded-runs", type=int, default=2, help="per round")
+    parser.add_argument("--rounds", type=int, default=2, help="round-robin passes over the variants")
     parser.add_argument("--slo-scale", type=float, default=2.0)
     parser.add_argument("--api", choices=["grpc", "http"], default="grpc")
-    parser.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray cluster")
+    parser.add_argument("--num-cpus", type=int, default=16, help="logical CPUs of the local Ray cluster")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -54,11 +55,12 @@ def main() -> None:
         unloaded_runs=args.unloaded_runs,
         slo_scale=args.slo_scale,
         api=args.api,
+        rounds=args.rounds,
     )
     variants = default_variants(args.budget, args.steps, args.switch, args.sketch_replicas)
     ensure_ray(num_cpus=args.num_cpus)
     model = ModelPairConfig.tiny(num_threads=1)
-    results = [run_variant(v, settings, model, progress=not args.no_progress) for v in variants]
+    results = run_all(variants, settings, model, progress=not args.no_progress)
     scored = score(results, settings)
     print(format_table(scored))
     if args.out:
@@ -77,12 +79,13 @@ def main() -> None:
         args.out.write_text(json.dumps(finite_json(report), indent=2) + "\n")
         stem = args.out.with_suffix("")
         latency_cdf(
-            {r["variant"].name: r["loaded"] for r in results},
+            {r["variant"].name: [rec for run in r["loaded"] for rec in run] for r in results},
             f"{stem}_latency_cdf.png",
             f"latency CDF at {args.rate} req/s (Poisson)",
         )
         for r in results:
-            stage_timeline(r["loaded"], f"{stem}_timeline_{r['variant'].name}.png", f"{r['variant'].name}: timeline")
+            name = r["variant"].name
+            stage_timeline(r["loaded"][-1], f"{stem}_timeline_{name}.png", f"{name}: timeline (last round)")
         print(f"wrote {args.out}")
 
 

@@ -71,7 +71,7 @@ def main() -> None:
             budget=budget,
             arrival=PoissonArrivals(rate=rate),
             mix=srd,
-            requests=args.requests,
+            requests=max(args.requests, 20 * sum(budget.values())),  # long enough to reach steady state
             slo=SloPolicy(scale=args.slo_scale),
             slo_reference_kind="A100",
             max_simulated=16,

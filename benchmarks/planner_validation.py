@@ -2,8 +2,9 @@
 
 For each case (a cluster layout, a request class and a load): deploy it; profile it (requests one
 at a time at switch steps 0, N/2, N; per-step costs fitted over k, as `srserve profile deployment`
-does); send the load (Poisson or closed loop; the same arrival spec, mix and seed the simulation
-replays); simulate that request sequence from the profile; compare throughput and p99 latency.
+does); send the load `--repeats` times (Poisson or closed loop; seeds 0, 1, ...: the same arrival
+spec, mix and seed the simulation replays); simulate those request sequences from the profile;
+compare the mean throughput and the p99 (and p90) over all the runs' requests.
 The profile is measured just before each load because other processes on this shared 2-core
 machine change its speed from minute to minute; an up-front profile's predictions are recorded
 beside them.
@@ -99,7 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", type=Path, default=None, help="up-front profile (default: measure one)")
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--requests", type=int, default=60, help="requests per run")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per case (seeds 0, 1, ...); p99 over all")
     parser.add_argument("--reps", type=int, default=3, help="profiling repetitions per switch step")
     parser.add_argument("--num-cpus", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None)
@@ -114,10 +116,10 @@ def main() -> None:
     load_before = os.getloadavg()
     rows, cdfs = [], {}
     for case in default_cases(args.steps, args.requests):
-        row, measured, predicted = run_case(case, model, 8311, 9311, not args.no_progress, upfront)
+        row, measured, predicted = run_case(case, model, 8311, 9311, not args.no_progress, upfront, args.repeats)
         rows.append(row)
-        cdfs[f"{case.name} measured"] = measured
-        cdfs[f"{case.name} predicted"] = predicted
+        cdfs[f"{case.name} measured"] = [r for run in measured for r in run]
+        cdfs[f"{case.name} predicted"] = [r for run in predicted for r in run]
         print(
             f"{case.name:<30} throughput {row['measured_throughput_rps']:.3f} vs {row['predicted_throughput_rps']:.3f}"
             f" ({100 * row['throughput_error']:+.1f}%)  p99 {row['measured_p99_s']:.2f}s vs "
@@ -125,11 +127,13 @@ def main() -> None:
             flush=True,
         )
     table = [
-        f"{'case':<30}{'cluster':<50}{'thr meas':>9}{'thr pred':>9}{'err':>7}{'p99 meas':>9}{'p99 pred':>9}{'err':>7}"
+        f"{'case':<30}{'cluster':<46}{'thr meas':>9}{'thr pred':>9}{'err':>7}{'p99 meas':>9}{'p99 pred':>9}{'err':>7}"
+        f"{'p90 meas':>9}{'p90 pred':>9}{'err':>7}"
     ] + [
-        f"{r['case']:<30}{r['cluster']:<50}{r['measured_throughput_rps']:>9.3f}{r['predicted_throughput_rps']:>9.3f}"
+        f"{r['case']:<30}{r['cluster']:<46}{r['measured_throughput_rps']:>9.3f}{r['predicted_throughput_rps']:>9.3f}"
         f"{100 * r['throughput_error']:>+6.1f}%{r['measured_p99_s']:>9.2f}{r['predicted_p99_s']:>9.2f}"
-        f"{100 * r['p99_error']:>+6.1f}%"
+        f"{100 * r['p99_error']:>+6.1f}%{r['measured_p90_s']:>9.2f}{r['predicted_p90_s']:>9.2f}"
+        f"{100 * r['p90_error']:>+6.1f}%"
         for r in rows
     ]
     print("\n".join(table))
@@ -145,7 +149,8 @@ def main() -> None:
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(finite_json(report), indent=2) + "\n")
-        latency_cdf(cdfs, args.out.with_suffix("").as_posix() + "_latency_cdf.png", "planner: measured vs predicted")
+        png = args.out.with_suffix("").as_posix() + "_latency_cdf.png"
+        latency_cdf(cdfs, png, "planner: measured (solid) vs predicted (dashed)")
         print(f"wrote {args.out}")
 
 

@@ -4,14 +4,18 @@ same tiny pair, the same machine and the same load, in one run.
 Every variant gets the same device budget (replicas; one torch thread each). Large-only and
 small-only run colocated replicas (a plain single-model deployment, the switch at N or 0);
 SRDiffusion colocated runs both models in each replica (WanPipeline with transformer_2);
-SRDiffusion disaggregated splits the budget into sketch and render pools. Per variant: the
-unloaded latency (requests one at a time), saturation throughput (closed loop) and latency
-under a common open-loop Poisson load. One absolute SLO for all (a multiple of a reference
-variant's unloaded latency) gives comparable goodput. Ratios are against large-only.
+SRDiffusion disaggregated splits the budget into sketch and render pools. All variants are
+deployed side by side and every phase runs round-robin over them, so noise on a shared machine
+hits them alike. Per variant: the unloaded latency (requests one at a time), saturation
+throughput (closed loop) and latency under a common open-loop Poisson load. One absolute SLO for
+all (a multiple of a reference variant's unloaded latency) gives comparable goodput. Ratios are
+against large-only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import statistics
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,10 +25,9 @@ from srserve.loadgen.arrivals import ClosedLoop, PoissonArrivals
 from srserve.loadgen.clients import connect
 from srserve.loadgen.local_deploy import deployed
 from srserve.loadgen.mix import RequestMix
-from srserve.loadgen.records import RequestRecord
 from srserve.loadgen.runner import LoadRunner, unloaded_latency
 from srserve.loadgen.shape import replicas_per_pool
-from srserve.loadgen.stats import summarize
+from srserve.loadgen.stats import Distribution, summarize
 from srserve.serving.config import PoolConfig, ServingConfig
 
 
@@ -83,6 +86,7 @@ class CompareSettings(BaseModel):
     requests: int = 24
     seed: int = 0
     slo_scale: float = 2.0
+    rounds: int = 2
     slo_reference: str = "srdiffusion-colocated"
     http_port: int = 8311
     grpc_port: int = 9311
@@ -99,56 +103,92 @@ def _mix(settings: CompareSettings, switch: str) -> RequestMix:
     )
 
 
-def run_variant(variant: Variant, settings: CompareSettings, model: ModelPairConfig, progress: bool) -> dict[str, Any]:
-    """Deploy, measure the three phases, remove. Records are returned for post-hoc SLO scoring."""
-    config = variant.serving_config(model, backlog=max(64, settings.requests + settings.saturation_requests))
-    mix = _mix(settings, variant.switch)
-    with deployed(config, settings.http_port, settings.grpc_port) as spec:
-        url = f"http://127.0.0.1:{spec.http_port}" if settings.api == "http" else f"grpc://127.0.0.1:{spec.grpc_port}"
-        target = connect(url, config.app_name)
-        try:
-            unloaded = unloaded_latency(target, mix, settings.unloaded_runs)["default"]
-            saturated = LoadRunner(
-                target,
-                ClosedLoop(concurrency=settings.saturation_concurrency),
-                mix,
-                max_requests=settings.saturation_requests,
-                seed=settings.seed,
-                progress=progress,
-                label=f"{variant.name} saturation",
-            ).run()
-            loaded = LoadRunner(
-                target,
-                PoissonArrivals(rate=settings.rate),
-                mix,
-                max_requests=settings.requests,
-                seed=settings.seed,
-                progress=progress,
-                label=f"{variant.name} poisson",
-            ).run()
-        finally:
-            target.close()
-    return {
-        "variant": variant,
-        "pools": replicas_per_pool(config),
-        "unloaded_s": unloaded,
-        "saturated": saturated,
-        "loaded": loaded,
-    }
+def run_all(
+    variants: list[Variant], settings: CompareSettings, model: ModelPairConfig, progress: bool
+) -> list[dict[str, Any]]:
+    """Deploy every variant side by side (idle replicas cost next to nothing), then run each phase
+    round-robin over the variants, `settings.rounds` times, so machine noise hits them alike.
+
+    Phases: unloaded (one request at a time), saturation (closed loop), Poisson load. Records are
+    returned for post-hoc SLO scoring.
+    """
+    backlog = max(64, settings.requests + settings.saturation_requests)
+    configs = [v.serving_config(model, backlog) for v in variants]
+    mixes = [_mix(settings, v.switch) for v in variants]
+    out = [
+        {"variant": v, "pools": replicas_per_pool(c), "unloaded": [], "saturated": [], "loaded": []}
+        for v, c in zip(variants, configs, strict=True)
+    ]
+    with contextlib.ExitStack() as stack:
+        targets = []
+        for config in configs:
+            prefix = f"/{config.app_name}"
+            spec = stack.enter_context(deployed(config, settings.http_port, settings.grpc_port, prefix))
+            url = (
+                f"http://127.0.0.1:{spec.http_port}{prefix}"
+                if settings.api == "http"
+                else f"grpc://127.0.0.1:{spec.grpc_port}"
+            )
+            target = connect(url, config.app_name)
+            stack.callback(target.close)
+            targets.append(target)
+        for target, mix in zip(targets, mixes, strict=True):  # warm every replica's path
+            unloaded_latency(target, mix, runs=2)
+        for rnd in range(settings.rounds):
+            for row, target, mix in zip(out, targets, mixes, strict=True):
+                row["unloaded"] += [
+                    unloaded_latency(target, mix, runs=settings.unloaded_runs, seed=20_000 + rnd)["default"]
+                ]
+            for row, target, mix in zip(out, targets, mixes, strict=True):
+                row["saturated"].append(
+                    LoadRunner(
+                        target,
+                        ClosedLoop(concurrency=settings.saturation_concurrency),
+                        mix,
+                        max_requests=settings.saturation_requests,
+                        seed=settings.seed + rnd,
+                        progress=progress,
+                        label=f"{row['variant'].name} saturation #{rnd}",
+                    ).run()
+                )
+            for row, target, mix in zip(out, targets, mixes, strict=True):
+                row["loaded"].append(
+                    LoadRunner(
+                        target,
+                        PoissonArrivals(rate=settings.rate),
+                        mix,
+                        max_requests=settings.requests,
+                        seed=settings.seed + rnd,
+                        progress=progress,
+                        label=f"{row['variant'].name} poisson #{rnd}",
+                    ).run()
+                )
+    return out
 
 
 def score(results: list[dict[str, Any]], settings: CompareSettings) -> dict[str, Any]:
-    """Summaries with one absolute SLO, and ratios against large-only."""
+    """Summaries with one absolute SLO, and ratios against large-only.
+
+    Unloaded latency: median over rounds; saturation throughput: median over rounds; latency under
+    load: percentiles over all rounds' requests; goodput: mean over rounds.
+    """
     reference = next(r for r in results if r["variant"].name == settings.slo_reference)
-    slo_s = settings.slo_scale * reference["unloaded_s"]
+    slo_s = settings.slo_scale * statistics.median(reference["unloaded"])
     rows = []
     for r in results:
         v: Variant = r["variant"]
-        recs: list[RequestRecord] = r["loaded"]
-        for rec in recs:
-            rec.slo_s = slo_s
-        sat = summarize(r["saturated"], v.devices, r["pools"])
-        loaded = summarize(recs, v.devices, r["pools"])
+        for run in r["loaded"]:
+            for rec in run:
+                rec.slo_s = slo_s
+        sat = [summarize(run, v.devices, r["pools"]) for run in r["saturated"]]
+        loaded = [summarize(run, v.devices, r["pools"]) for run in r["loaded"]]
+        pooled = [rec for run in r["loaded"] for rec in run]
+        lat = Distribution.of(rec.latency for rec in pooled if rec.latency is not None)
+        queues: dict[str, list[float]] = {}
+        for rec in pooled:
+            for pool, wait in rec.queue_waits().items():
+                queues.setdefault(pool, []).append(wait)
+        met = sum(1 for rec in pooled if rec.met_slo)
         rows.append(
             {
                 "variant": v.name,
@@ -156,17 +196,19 @@ def score(results: list[dict[str, Any]], settings: CompareSettings) -> dict[str,
                 "switch": v.switch,
                 "pools": r["pools"],
                 "devices": v.devices,
-                "unloaded_latency_s": r["unloaded_s"],
-                "saturation_throughput_rps": sat.throughput_rps,
-                "saturation_utilisation": sat.utilisation,
-                "loaded_throughput_rps": loaded.throughput_rps,
-                "loaded_latency_s": loaded.latency_s.model_dump(),
-                "loaded_queue_s": {k: q.model_dump() for k, q in loaded.queue_s.items()},
-                "loaded_utilisation": loaded.utilisation,
-                "slo_attainment": loaded.slo_attainment,
-                "goodput_rps": loaded.goodput_rps,
-                "goodput_per_device": loaded.goodput_per_gpu,
-                "failed": sat.failed + loaded.failed,
+                "unloaded_latency_s": statistics.median(r["unloaded"]),
+                "unloaded_latency_per_round_s": r["unloaded"],
+                "saturation_throughput_rps": statistics.median(s.throughput_rps for s in sat),
+                "saturation_throughput_per_round_rps": [s.throughput_rps for s in sat],
+                "saturation_utilisation": sat[-1].utilisation,
+                "loaded_throughput_rps": statistics.mean(s.throughput_rps for s in loaded),
+                "loaded_latency_s": lat.model_dump(),
+                "loaded_queue_s": {k: Distribution.of(q).model_dump() for k, q in sorted(queues.items())},
+                "loaded_utilisation": loaded[-1].utilisation,
+                "slo_attainment": met / len(pooled) if pooled else None,
+                "goodput_rps": statistics.mean(s.goodput_rps or 0.0 for s in loaded),
+                "goodput_per_device": statistics.mean(s.goodput_per_gpu or 0.0 for s in loaded),
+                "failed": sum(s.failed for s in sat + loaded),
             }
         )
     base = rows[0]

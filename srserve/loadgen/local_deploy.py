@@ -16,9 +16,13 @@ _proxy_ports: tuple[int, int] | None = None
 
 @contextlib.contextmanager
 def deployed(
-    config: ServingConfig, http_port: int = DEFAULT_HTTP_PORT, grpc_port: int = DEFAULT_GRPC_PORT
+    config: ServingConfig,
+    http_port: int = DEFAULT_HTTP_PORT,
+    grpc_port: int = DEFAULT_GRPC_PORT,
+    route_prefix: str = "/",
 ) -> Iterator[DeployFile]:
-    """Yields the spec actually served (connect to its `grpc_port` / `http_port`)."""
+    """Yields the spec actually served (connect to its `grpc_port` / `http_port`). Several apps can
+    run side by side with distinct route prefixes (gRPC picks the app by its name)."""
     global _proxy_ports
     from ray import serve
 
@@ -26,7 +30,7 @@ def deployed(
 
     if _proxy_ports is not None:
         http_port, grpc_port = _proxy_ports
-    spec = DeployFile(http_port=http_port, grpc_port=grpc_port, serving=config)
+    spec = DeployFile(http_port=http_port, grpc_port=grpc_port, route_prefix=route_prefix, serving=config)
     deploy(spec)
     _proxy_ports = (http_port, grpc_port)
     try:

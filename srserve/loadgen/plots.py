@@ -25,18 +25,31 @@ STAGE_COLOURS = {
 
 
 def latency_cdf(runs: Mapping[str, Sequence[RequestRecord]], path: str | Path, title: str = "latency CDF") -> Path:
+    values = {label: [r.latency for r in records if r.latency is not None] for label, records in runs.items()}
+    return latency_cdf_values(values, path, title)
+
+
+def latency_cdf_values(runs: Mapping[str, Sequence[float]], path: str | Path, title: str = "latency CDF") -> Path:
+    """One step curve per run; a run labelled "X predicted" is drawn dashed in the colour of "X measured"."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, records in runs.items():
-        lat = sorted(r.latency for r in records if r.latency is not None)
+    colours: dict[str, str] = {}
+    for label, latencies in runs.items():
+        lat = sorted(latencies)
         if not lat:
             continue
         ys = [(i + 1) / len(lat) for i in range(len(lat))]
-        ax.step(lat, ys, where="post", label=f"{label} (n={len(lat)})")
+        base, _, kind = label.rpartition(" ")
+        style = {"linestyle": "--"} if kind == "predicted" else {}
+        if kind in ("measured", "predicted") and base in colours:
+            style["color"] = colours[base]
+        (line,) = ax.step(lat, ys, where="post", label=f"{label} (n={len(lat)})", **style)
+        if kind in ("measured", "predicted"):
+            colours.setdefault(base, line.get_color())
     ax.set_xlabel("latency (s, submitted to finished)")
     ax.set_ylabel("fraction of requests")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     ax.set_title(title)
     return _save(fig, path)
 

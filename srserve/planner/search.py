@@ -228,14 +228,16 @@ def max_rate(
     attainment: float = 0.9,
     iterations: int = 12,
 ) -> float:
-    """The highest Poisson rate at which the cluster still meets `attainment` of its SLOs (bisection)."""
+    """The highest Poisson rate at which the cluster still meets `attainment` of its SLOs and keeps
+    up with the arrivals (steady-state throughput >= 95% of the rate: a growing queue with a loose
+    SLO does not count), by bisection."""
     hi = 1.5 * analytic_capacity(profile, cluster, spec.mix, defaults)
     lo = 0.0
     for _ in range(iterations):
         mid = (lo + hi) / 2
         trial = spec.model_copy(update={"arrival": PoissonArrivals(rate=mid)})
         s = evaluate(profile, trial, cluster, defaults, slo)
-        if (s.slo_attainment or 0.0) >= attainment:
+        if (s.slo_attainment or 0.0) >= attainment and s.throughput_rps >= 0.95 * mid:
             lo = mid
         else:
             hi = mid

@@ -15,7 +15,7 @@ from srserve.loadgen.local_deploy import deployed
 from srserve.loadgen.mix import RequestMix
 from srserve.loadgen.records import RequestRecord
 from srserve.loadgen.runner import LoadRunner, unloaded_latency
-from srserve.loadgen.stats import Summary, summarize
+from srserve.loadgen.stats import percentile, summarize
 from srserve.planner.measure import cpu_model, fit_profile, measure_sequential
 from srserve.planner.profile import Profile
 from srserve.planner.simulator import ClusterLayout, simulate
@@ -61,14 +61,17 @@ def measure_case(
     grpc_port: int,
     progress: bool = True,
     profile_reps: int = 2,
-) -> tuple[list[RequestRecord], Profile]:
+    repeats: int = 1,
+) -> tuple[list[list[RequestRecord]], Profile]:
     """Deploy the case's cluster, profile it with requests one at a time (just before the load, so
-    both see the same machine), then send the load. Returns the load's records and the profile."""
+    both see the same machine), then send the load `repeats` times (seeds seed, seed+1, ...).
+    Returns each repeat's records and the profile."""
     config = serving_config_for(case.cluster, model, f"val-{case.name}", backlog=case.requests + 16)
     cls = case.mix.classes[0]
     d = model.defaults
     width, height = cls.width or d.width, cls.height or d.height
     frames, steps = cls.num_frames or d.num_frames, cls.num_inference_steps or d.num_inference_steps
+    runs: list[list[RequestRecord]] = []
     with deployed(config, http_port, grpc_port) as spec:
         target = connect(f"grpc://127.0.0.1:{spec.grpc_port}", config.app_name)
         try:
@@ -86,45 +89,82 @@ def measure_case(
                 f"case {case.name}: {len(sequential)} requests one at a time just before its load, k in {ks}",
                 model.name,
             )
-            records = LoadRunner(
-                target,
-                case.arrival,
-                case.mix,
-                max_requests=case.requests,
-                seed=case.seed,
-                progress=progress,
-                label=case.name,
-            ).run()
+            for i in range(repeats):
+                runner = LoadRunner(
+                    target,
+                    case.arrival,
+                    case.mix,
+                    max_requests=case.requests,
+                    seed=case.seed + i,
+                    progress=progress,
+                    label=f"{case.name} #{i}",
+                )
+                runs.append(runner.run())
         finally:
             target.close()
-    return records, profile
+    return runs, profile
 
 
-def predict_case(case: ValidationCase, profile: Profile, defaults: RequestDefaults) -> list[RequestRecord]:
-    return simulate(profile, case.cluster, case.arrival, case.mix, defaults, max_requests=case.requests, seed=case.seed)
+def predict_case(
+    case: ValidationCase, profile: Profile, defaults: RequestDefaults, seed: int | None = None
+) -> list[RequestRecord]:
+    return simulate(
+        profile,
+        case.cluster,
+        case.arrival,
+        case.mix,
+        defaults,
+        max_requests=case.requests,
+        seed=case.seed if seed is None else seed,
+    )
 
 
-def compare_row(case: ValidationCase, measured: Summary, predicted: Summary) -> dict[str, Any]:
-    def err(p: float, m: float) -> float:
-        return (p - m) / m
+def _pooled(case: ValidationCase, runs: list[list[RequestRecord]]) -> dict[str, Any]:
+    """Mean throughput over the runs; latency percentiles over all their requests pooled."""
+    pools, gpus = case.cluster.replicas_per_pool(), case.cluster.gpus
+    summaries = [summarize(r, gpus, pools) for r in runs]
+    latencies = [r.latency for run in runs for r in run if r.latency is not None]
+    util: dict[str, float] = {}
+    for s in summaries:
+        for k, v in s.utilisation.items():
+            util[k] = util.get(k, 0.0) + v / len(summaries)
+    return {
+        "throughput_rps": sum(s.throughput_rps for s in summaries) / len(summaries),
+        "throughput_per_run": [s.throughput_rps for s in summaries],
+        "p50_s": percentile(latencies, 50),
+        "p90_s": percentile(latencies, 90),
+        "p99_s": percentile(latencies, 99),
+        "p99_per_run": [s.latency_s.p99 for s in summaries],
+        "completed": sum(s.completed for s in summaries),
+        "requests": sum(s.requests for s in summaries),
+        "utilisation": util,
+        "latencies_s": sorted(latencies),
+    }
+
+
+def compare_row(case: ValidationCase, measured: dict[str, Any], predicted: dict[str, Any]) -> dict[str, Any]:
+    def err(key: str) -> float:
+        return (predicted[key] - measured[key]) / measured[key]
 
     return {
         "case": case.name,
         "cluster": case.cluster.label(),
         "arrival": case.arrival.model_dump(),
         "switch": [c.switch for c in case.mix.classes],
-        "requests": case.requests,
-        "measured_throughput_rps": measured.throughput_rps,
-        "predicted_throughput_rps": predicted.throughput_rps,
-        "throughput_error": err(predicted.throughput_rps, measured.throughput_rps),
-        "measured_p99_s": measured.latency_s.p99,
-        "predicted_p99_s": predicted.latency_s.p99,
-        "p99_error": err(predicted.latency_s.p99, measured.latency_s.p99),
-        "measured_p50_s": measured.latency_s.p50,
-        "predicted_p50_s": predicted.latency_s.p50,
-        "measured_utilisation": measured.utilisation,
-        "predicted_utilisation": predicted.utilisation,
-        "measured_completed": measured.completed,
+        "requests_per_run": case.requests,
+        "measured_throughput_rps": measured["throughput_rps"],
+        "predicted_throughput_rps": predicted["throughput_rps"],
+        "throughput_error": err("throughput_rps"),
+        "measured_p99_s": measured["p99_s"],
+        "predicted_p99_s": predicted["p99_s"],
+        "p99_error": err("p99_s"),
+        "measured_p90_s": measured["p90_s"],
+        "predicted_p90_s": predicted["p90_s"],
+        "p90_error": err("p90_s"),
+        "measured_p50_s": measured["p50_s"],
+        "predicted_p50_s": predicted["p50_s"],
+        "measured": measured,
+        "predicted": predicted,
     }
 
 
@@ -135,15 +175,19 @@ def run_case(
     grpc_port: int,
     progress: bool = True,
     upfront: Profile | None = None,
-) -> tuple[dict[str, Any], list[RequestRecord], list[RequestRecord]]:
+    repeats: int = 1,
+) -> tuple[dict[str, Any], list[list[RequestRecord]], list[list[RequestRecord]]]:
     """Measured vs predicted from the case's own profile (and, if given, from an up-front profile)."""
-    measured, profile = measure_case(case, model, http_port, grpc_port, progress)
-    predicted = predict_case(case, profile, profile.defaults)
-    pools, gpus = case.cluster.replicas_per_pool(), case.cluster.gpus
-    measured_summary = summarize(measured, gpus, pools)
-    row = compare_row(case, measured_summary, summarize(predicted, gpus, pools))
+    measured_runs, profile = measure_case(case, model, http_port, grpc_port, progress, repeats=repeats)
+    seeds = [case.seed + i for i in range(repeats)]
+    predicted_runs = [predict_case(case, profile, profile.defaults, seed) for seed in seeds]
+    measured = _pooled(case, measured_runs)
+    row = compare_row(case, measured, _pooled(case, predicted_runs))
     row["profile"] = profile.model_dump(mode="json")
     if upfront is not None:
-        other = summarize(predict_case(case, upfront, profile.defaults), gpus, pools)
-        row["upfront_profile_prediction"] = compare_row(case, measured_summary, other)
-    return row, measured, predicted
+        other = [predict_case(case, upfront, profile.defaults, seed) for seed in seeds]
+        upfront_row = compare_row(case, measured, _pooled(case, other))
+        row["upfront_profile_prediction"] = {
+            k: v for k, v in upfront_row.items() if k.startswith("predicted") or k.endswith("error")
+        }
+    return row, measured_runs, predicted_runs
