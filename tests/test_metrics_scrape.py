@@ -141,6 +141,17 @@ def test_metrics_logs_telemetry_and_autoscaling_on_a_running_deployment(serving,
         telemetry = sketch.gpu_telemetry.remote().result(timeout_s=30)
         assert telemetry["available"] is False and "NVML" in telemetry["reason"], telemetry
 
+        # ... and its gauge stays exported however old the replica (re-set every 5 s; Ray drops stale gauges).
+        def sketch_gauges() -> list[float]:
+            samples = scrape(metrics_port, serving.app_name).get("ray_srserve_gpu_telemetry_available", [])
+            return [v for labels, v in samples if labels.get("pool") == "sketch"]
+
+        deadline = time.monotonic() + 30
+        while not (gauges := sketch_gauges()):
+            assert time.monotonic() < deadline, "the session app's GPU telemetry gauge is not exported"
+            time.sleep(1)
+        assert all(v == 0 for v in gauges), gauges
+
         # JSON logs: the board's summary line of each job carries its job_id.
         logs = ray._private.worker._global_node.get_logs_dir_path()
         lines = []
