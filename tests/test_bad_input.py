@@ -144,7 +144,7 @@ def test_grpc_unknown_model_garbage_bytes_and_handoffs(grpc_client, serving, han
         st.one_of(
             st.none(),
             st.integers(-(10**20), 10**20),
-            st.floats(allow_nan=True),
+            st.floats(allow_nan=False, allow_infinity=False),
             st.text(max_size=30),
             st.booleans(),
             st.lists(st.integers(), max_size=3),
