@@ -8,7 +8,8 @@ import pytest
 from ray.serve._private.common import DeploymentID, ReplicaID
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
-from srserve.serving.autoscaling import (
+from srserve.serving.config import PoolConfig
+from srserve.serving.ops.autoscaling import (
     INCOMING_S,
     JOBS,
     STEP_S,
@@ -20,7 +21,6 @@ from srserve.serving.autoscaling import (
     decide,
     read_pool_load,
 )
-from srserve.serving.config import PoolConfig
 
 DEPLOYMENT = DeploymentID(name="RenderWorker", app_name="srserve")
 SETTINGS = {

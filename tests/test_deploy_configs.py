@@ -19,7 +19,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from srserve.serving.app import GRPC_SERVICER_FUNCTIONS, app_builder
 from srserve.serving.config import APP_IMPORT_PATH, DeployFile
-from srserve.serving.metrics import _metrics
+from srserve.serving.ops.metrics import _metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIGS = sorted((ROOT / "deploy").glob("*.yaml"))

@@ -9,8 +9,14 @@ import time
 import pynvml
 import pytest
 
-from srserve.serving import gpu_telemetry
-from srserve.serving.gpu_telemetry import GpuTelemetry, GpuTelemetryConfig, NvmlDevices, NvmlUnavailable, assigned_gpus
+from srserve.serving.ops import gpu_telemetry
+from srserve.serving.ops.gpu_telemetry import (
+    GpuTelemetry,
+    GpuTelemetryConfig,
+    NvmlDevices,
+    NvmlUnavailable,
+    assigned_gpus,
+)
 
 
 def _nvml_present() -> bool:

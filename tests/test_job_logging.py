@@ -10,14 +10,14 @@ import logging
 import pytest
 from ray._common.formatters import JSONFormatter
 
-from srserve.serving.job_logging import (
+from srserve.serving.control.jobs import Job, JobState
+from srserve.serving.ops.job_logging import (
     JOB_ID_FIELD,
     bind_job,
     install_job_log_filter,
     job_context,
     log_job_finished,
 )
-from srserve.serving.jobs import Job, JobState
 
 
 class _Collect(logging.Handler):

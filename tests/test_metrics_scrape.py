@@ -16,7 +16,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from srserve.serving.config import PoolConfig, ServingConfig
-from srserve.serving.metrics import BYTES_BUCKETS
+from srserve.serving.ops.metrics import BYTES_BUCKETS
 from tests.serving_helpers import get, post, wait_state
 
 pytestmark = pytest.mark.slow

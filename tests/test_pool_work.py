@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from srserve.serving.control.jobs import JobState
 from srserve.serving.job_board import JobBoardCore
-from srserve.serving.jobs import JobState
-from srserve.serving.pool_work import estimate_pool_work, expected_sketch_steps, measure_stage_times
+from srserve.serving.ops.pool_work import estimate_pool_work, expected_sketch_steps, measure_stage_times
 
 T0 = 1_000.0
 

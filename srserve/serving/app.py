@@ -14,16 +14,16 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from srserve.serving.colocated import colocated_deployment, colocated_ingress_config
+from srserve.serving.api.grpc import GrpcApi
+from srserve.serving.api.http import app as http_app
+from srserve.serving.api.tls_gateway import GrpcTlsGateway
 from srserve.serving.config import ServingConfig
-from srserve.serving.grpc_api import GrpcApi
-from srserve.serving.http_api import app as http_app
 from srserve.serving.ingress import IngressCore
 from srserve.serving.job_board import JobBoard
-from srserve.serving.job_logging import install_job_log_filter
-from srserve.serving.metrics import export_backlog_gauges
-from srserve.serving.tls_gateway import GrpcTlsGateway
-from srserve.serving.workers import render_deployment, sketch_deployment, text_deployment
+from srserve.serving.ops.job_logging import install_job_log_filter
+from srserve.serving.ops.metrics import export_backlog_gauges
+from srserve.serving.pools.colocated import colocated_deployment, colocated_ingress_config
+from srserve.serving.pools.workers import render_deployment, sketch_deployment, text_deployment
 
 logger = logging.getLogger("ray.serve")
 

@@ -10,10 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from srserve.engine.attention import AttentionBackend
 from srserve.engine.config import ModelPairConfig
-from srserve.serving.auth import AuthConfig
-from srserve.serving.autoscaling import QueueWorkAutoscaling
-from srserve.serving.gpu_telemetry import GpuTelemetryConfig
-from srserve.serving.tls_gateway import GrpcTlsConfig
+from srserve.serving.api.auth import AuthConfig
+from srserve.serving.api.tls_gateway import GrpcTlsConfig
+from srserve.serving.ops.autoscaling import QueueWorkAutoscaling
+from srserve.serving.ops.gpu_telemetry import GpuTelemetryConfig
 
 
 class ReplicaSettings(BaseModel):
@@ -42,7 +42,7 @@ class PoolConfig(BaseModel):
     # On scale-down or redeploy a replica finishes its ongoing (and locally queued) requests for up
     # to this long; whatever is still running then is re-run elsewhere by the ingress's recovery.
     graceful_shutdown_timeout_s: float = Field(300.0, ge=0)
-    # Autoscaling on the pool's queued GPU-seconds (srserve.serving.autoscaling); or Serve's raw
+    # Autoscaling on the pool's queued GPU-seconds (srserve.serving.ops.autoscaling); or Serve's raw
     # autoscaling_config above (e.g. its default request-count policy). At most one of the two.
     queue_autoscaling: QueueWorkAutoscaling | None = None
     attention_backend: AttentionBackend | None = Field(None, description="overrides model.attention_backend here")
@@ -76,7 +76,7 @@ class PoolConfig(BaseModel):
             opts["autoscaling_config"] = dict(self.autoscaling_config)
         else:
             opts["num_replicas"] = self.num_replicas
-        # Applied live by the replicas' `reconfigure` (srserve.serving.replica_operations).
+        # Applied live by the replicas' `reconfigure` (srserve.serving.ops.replica_operations).
         opts["user_config"] = ReplicaSettings(telemetry=self.telemetry).model_dump()
         return opts
 
@@ -107,7 +107,7 @@ class ServingConfig(BaseModel):
     model: ModelPairConfig | Literal["tiny"] = "tiny"
     text_encoder_placement: Literal["sketch", "pool"] = "sketch"
     # disaggregated: sketch and render pools; colocated: colocated_pool replicas hold both models
-    # and run whole requests (the WanPipeline-with-transformer_2 baseline, see serving/colocated.py).
+    # and run whole requests (the WanPipeline-with-transformer_2 baseline, see serving/pools/colocated.py).
     layout: Literal["disaggregated", "colocated"] = "disaggregated"
     sketch_pool: PoolConfig = PoolConfig()
     render_pool: PoolConfig = PoolConfig()

@@ -18,8 +18,7 @@ from ray.serve.handle import DeploymentHandle
 
 from srserve.engine.handoff import HandoffFormatError, HandoffState
 from srserve.engine.request import GenerationRequest, RequestDefaults, describe_validation_error, resolve_request
-from srserve.serving.config import ServingConfig
-from srserve.serving.errors import (
+from srserve.serving.api.errors import (
     InvalidRequest,
     JobNotFound,
     NotReady,
@@ -27,8 +26,9 @@ from srserve.serving.errors import (
     RequestTooLarge,
     Unauthenticated,
 )
-from srserve.serving.job_logging import bind_job
-from srserve.serving.jobs import TERMINAL_STATES, ErrorCode, JobState, JobStopped
+from srserve.serving.config import ServingConfig
+from srserve.serving.control.jobs import TERMINAL_STATES, ErrorCode, JobState, JobStopped
+from srserve.serving.ops.job_logging import bind_job
 
 logger = logging.getLogger("ray.serve")
 READY_POLL_S = 0.005

@@ -16,10 +16,10 @@ from typing import Any
 
 from ray import serve
 
-from srserve.serving.job_logging import log_job_finished
-from srserve.serving.jobs import RUNNING_STATES, ErrorCode, Job, JobState, Verdict, now
-from srserve.serving.metrics import export_board_gauges, record_job_finished
-from srserve.serving.pool_work import estimate_pool_work
+from srserve.serving.control.jobs import RUNNING_STATES, ErrorCode, Job, JobState, Verdict, now
+from srserve.serving.ops.job_logging import log_job_finished
+from srserve.serving.ops.metrics import export_board_gauges, record_job_finished
+from srserve.serving.ops.pool_work import estimate_pool_work
 
 SWEEP_INTERVAL_S = 0.25
 

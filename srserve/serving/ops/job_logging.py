@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from srserve.serving.jobs import Job
+    from srserve.serving.control.jobs import Job
 
 _JOB_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("srserve_job_id", default=None)
 

@@ -9,7 +9,7 @@ Where each metric is recorded:
 - job board (one replica): stage latencies, step times, switch step, handoff bytes and latency,
   jobs by final state, jobs per state, each pool's queue depth and queued GPU-seconds;
 - ingress: admission backlog per pool;
-- workers: handoff serialize/deserialize time, GPU telemetry (srserve.serving.gpu_telemetry).
+- workers: handoff serialize/deserialize time, GPU telemetry (srserve.serving.ops.gpu_telemetry).
 Without Ray (unit tests) the metric objects accept records and export nothing.
 
 Gauges are set by loops, not once: Ray's metrics agent drops a gauge series that was not set again
@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from srserve.serving.jobs import Job, JobState
-from srserve.serving.pool_work import PoolWork, estimate_pool_work, measure_stage_times
+from srserve.serving.control.jobs import Job, JobState
+from srserve.serving.ops.pool_work import PoolWork, estimate_pool_work, measure_stage_times
 
 if TYPE_CHECKING:
-    from srserve.serving.gpu_telemetry import GpuSample
+    from srserve.serving.ops.gpu_telemetry import GpuSample
 
 T = TypeVar("T")
 logger = logging.getLogger("ray.serve")

@@ -15,8 +15,8 @@ import grpc
 from grpc_health.v1 import health_pb2
 from ray.serve.grpc_util import RayServegRPCContext
 
-from srserve.serving.errors import InvalidRequest, ServingError
-from srserve.serving.jobs import ErrorCode, JobState
+from srserve.serving.api.errors import InvalidRequest, ServingError
+from srserve.serving.control.jobs import ErrorCode, JobState
 from srserve.serving.proto import video_pb2
 
 _OPTIONAL_FIELDS = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "fps")

@@ -16,9 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
-from srserve.serving.errors import InvalidRequest, RequestTooLarge, ServingError
+from srserve.serving.api.errors import InvalidRequest, RequestTooLarge, ServingError
+from srserve.serving.control.jobs import JobState
 from srserve.serving.ingress import IngressCore
-from srserve.serving.jobs import JobState
 
 OPENAI_FIELDS = ("prompt", "model", "seconds", "size", "input_reference")
 POLL_AFTER_MS = "250"

@@ -23,10 +23,10 @@ from srserve.engine import HandoffState, ModelPairConfig, Role, SRDiffusionEngin
 from srserve.engine.engine import Cancelled
 from srserve.engine.families import EncodedPrompt
 from srserve.engine.request import ResolvedRequest
-from srserve.serving.job_logging import bind_job
-from srserve.serving.jobs import JobState, JobStopped, Verdict
-from srserve.serving.metrics import timed_handoff
-from srserve.serving.replica_operations import ReplicaOperations
+from srserve.serving.control.jobs import JobState, JobStopped, Verdict
+from srserve.serving.ops.job_logging import bind_job
+from srserve.serving.ops.metrics import timed_handoff
+from srserve.serving.ops.replica_operations import ReplicaOperations
 
 REPORT_TIMEOUT_S = 30.0
 

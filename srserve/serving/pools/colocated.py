@@ -24,8 +24,8 @@ from srserve.engine import ALL_ROLES, ModelPairConfig
 from srserve.engine.families import EncodedPrompt
 from srserve.engine.request import ResolvedRequest
 from srserve.serving.config import ServingConfig
-from srserve.serving.jobs import JobState
-from srserve.serving.workers import REPORT_TIMEOUT_S, JobReporter, _run_stopping, _Worker
+from srserve.serving.control.jobs import JobState
+from srserve.serving.pools.workers import REPORT_TIMEOUT_S, JobReporter, _run_stopping, _Worker
 
 COLOCATED_STAGE = "colocated"
 

@@ -4,8 +4,8 @@
   changes (PoolConfig puts the pool's operational settings there), without restarting the
   replica: starts or retunes GPU telemetry and installs the job-id log filter.
 - `record_autoscaling_stats()`: Serve calls it periodically when the pool autoscales; the replica
-  asks the job board for its pool's queue of work in GPU-seconds (srserve.serving.pool_work) and
-  reports it to the controller, where srserve.serving.autoscaling.QueueWorkPolicy reads it.
+  asks the job board for its pool's queue of work in GPU-seconds (srserve.serving.ops.pool_work) and
+  reports it to the controller, where srserve.serving.ops.autoscaling.QueueWorkPolicy reads it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from ray.serve.handle import DeploymentHandle
 
 from srserve.engine import Role, SRDiffusionEngine
 from srserve.serving.config import ReplicaSettings
-from srserve.serving.gpu_telemetry import GpuTelemetry
-from srserve.serving.job_logging import install_job_log_filter
+from srserve.serving.ops.gpu_telemetry import GpuTelemetry
+from srserve.serving.ops.job_logging import install_job_log_filter
 
 
 def pool_of(roles: frozenset[Role]) -> str:

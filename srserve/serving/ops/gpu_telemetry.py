@@ -2,7 +2,7 @@
 
 Every `interval_s` a background thread reads utilization, memory used/total, power, temperature
 and the SM/memory clocks of each of the replica's GPUs and sets the `srserve_gpu_*` gauges
-(srserve.serving.metrics). Without NVML (no driver, CPU-only machine) or without a GPU assigned,
+(srserve.serving.ops.metrics). Without NVML (no driver, CPU-only machine) or without a GPU assigned,
 it says so once in the log, exports `srserve_gpu_telemetry_available 0` and serving carries on.
 Gauges are re-set at least every GAUGE_REFRESH_S even when nothing changes: Ray's metrics agent
 drops a gauge series that has not been refreshed for two export intervals (20 s by default).
@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from srserve.serving import metrics
+from srserve.serving.ops import metrics
 
 logger = logging.getLogger("ray.serve")
 

@@ -6,7 +6,7 @@ A pool's work is then, over the jobs waiting for or running in it,
 
     sum(remaining steps in this pool) * measured step time + per-job fixed costs (encode / decode)
 
-which is what its autoscaling policy scales on (srserve.serving.autoscaling), not request counts:
+which is what its autoscaling policy scales on (srserve.serving.ops.autoscaling), not request counts:
 a 50-step 81-frame job and a 4-step preview are not the same load. Plain Python, no Ray.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from srserve.serving.jobs import Job, JobState
+from srserve.serving.control.jobs import Job, JobState
 
 Pool = Literal["text", "sketch", "render", "colocated"]
 POOLS: tuple[Pool, ...] = ("text", "sketch", "render", "colocated")

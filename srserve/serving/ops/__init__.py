@@ -1,0 +1,1 @@
+"""Operations: metrics, GPU telemetry, autoscaling on queued work, job logs."""
