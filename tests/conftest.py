@@ -1,8 +1,11 @@
-"""Shared fixtures: one tiny model pair and one engine per test session."""
+"""Shared fixtures: one tiny model pair and one engine per test session, the embedded job store."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,34 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Every test session gets its own SRSERVE_HOME (embedded PostgreSQL data, artifacts, tiny models),
+# set before any Ray cluster starts so its workers inherit it; removed when the session ends.
+TEST_HOME = Path(tempfile.mkdtemp(prefix="srserve-tests-"))
+os.environ["SRSERVE_HOME"] = str(TEST_HOME)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Stop the embedded PostgreSQL server any test started, and remove the session's home."""
+    from srserve.serving.control.database import EmbeddedPostgres
+
+    EmbeddedPostgres(TEST_HOME / "postgres").stop(mode="immediate")
+    shutil.rmtree(TEST_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def embedded_db():
+    """The session's embedded PostgreSQL server (started on first use)."""
+    from srserve.serving.control.database import EmbeddedPostgres
+
+    server = EmbeddedPostgres(TEST_HOME / "postgres")
+    server.ensure_running()
+    return server
+
+
+@pytest.fixture
+def store_dsn(embedded_db) -> str:
+    """A fresh, empty database on the embedded server for one test."""
+    return embedded_db.ensure_running(f"t_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(scope="session")

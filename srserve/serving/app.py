@@ -1,8 +1,9 @@
 """Builds the srserve Ray Serve application from a ServingConfig.
 
-Deployments: Ingress (HTTP + gRPC) -> SketchWorker pool -> RenderWorker pool, a JobBoard, and
-an optional TextEncoderWorker pool. Each pool takes its own replicas/autoscaling and actor
-options (GPUs, accelerator type, custom resources) from the config.
+Deployments: Ingress (HTTP + gRPC, and each replica's orchestrator) -> SketchWorker pool ->
+RenderWorker pool, and an optional TextEncoderWorker pool; or one ColocatedWorker pool. Each pool
+takes its own replicas/autoscaling and actor options (GPUs, accelerator type, custom resources).
+No deployment holds job state: that is in the job store (PostgreSQL) and artifact storage.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from srserve.serving.api.grpc import GrpcApi
 from srserve.serving.api.http import app as http_app
 from srserve.serving.api.tls_gateway import GrpcTlsGateway
 from srserve.serving.config import ServingConfig
+from srserve.serving.control.database import open_store
 from srserve.serving.ingress import IngressCore
-from srserve.serving.job_board import JobBoard
 from srserve.serving.ops.job_logging import install_job_log_filter
-from srserve.serving.ops.metrics import export_backlog_gauges
+from srserve.serving.ops.metrics import export_store_gauges
 from srserve.serving.pools.colocated import colocated_deployment, colocated_ingress_config
-from srserve.serving.pools.workers import render_deployment, sketch_deployment, text_deployment
+from srserve.serving.pools.render import render_deployment
+from srserve.serving.pools.sketch import sketch_deployment
+from srserve.serving.pools.text import text_deployment
+from srserve.serving.pools.worker import replica_id
 
 logger = logging.getLogger("ray.serve")
 
@@ -36,38 +40,54 @@ GRPC_SERVICER_FUNCTIONS = [
 @serve.deployment(name="Ingress")
 @serve.ingress(http_app)
 class Ingress(GrpcApi, IngressCore):
-    """HTTP (/v1/videos) and gRPC (srserve.v1) entry point; drives jobs through the pools."""
+    """HTTP (/v1/videos) and gRPC (srserve.v1) entry point; its orchestrator drives jobs through the pools."""
 
-    def __init__(self, config: ServingConfig, board, sketch, render, text=None, tls_gateway=None) -> None:
+    def __init__(self, config: ServingConfig, sketch, render, text=None, tls_gateway=None) -> None:
         pair = config.model_pair(write_tiny=False)
-        IngressCore.__init__(self, config, pair.defaults, pair.name, pair.family, board, sketch, render, text)
+        IngressCore.__init__(self, config, pair.defaults, pair.name, pair.family, sketch, render, text, replica_id())
         install_job_log_filter()
-        self._backlog_gauges = asyncio.get_event_loop().create_task(export_backlog_gauges(self))
+        self.start()
+        self._gauges = asyncio.get_event_loop().create_task(export_store_gauges(self.store))
 
     async def __del__(self) -> None:
         """Serve calls this when replacing or removing the replica: finish the jobs in flight first."""
         left = await self.drain(self.config.ingress.graceful_shutdown_timeout_s)
         if left:
-            logger.warning("ingress stopped with %d job(s) still running", left)
+            logger.warning("ingress stopped with %d job(s) still running; released to the other replicas", left)
+
+
+def migrate(config: ServingConfig) -> int:
+    """Bring the job store's schema up to date before any replica uses it; returns its version."""
+
+    async def run() -> int:
+        store = open_store(config.job_store)
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
 
 
 def build_app(config: ServingConfig) -> Application:
+    config = config.resolved()  # the embedded database started, paths made absolute
+    migrate(config)
     pair = config.model_pair()
-    board = JobBoard.bind(config.ingress.retain_jobs, config.ingress.stall_timeout_s)
+    stores = (config.job_store, config.artifacts)
     text = None
     if config.text_encoder_placement == "pool":
-        text = text_deployment(**config.text_pool.deployment_options()).bind(config.text_pool.model_for(pair), board)
-    if config.layout == "colocated":  # one pool holding both models; the ingress's sketch call runs it all
+        text = text_deployment(**config.text_pool.deployment_options()).bind(config.text_pool.model_for(pair), *stores)
+    if config.layout == "colocated":  # one pool holding both models; the orchestrator's sketch call runs it all
         sketch = render = colocated_deployment(**config.colocated_pool.deployment_options()).bind(
-            config.colocated_pool.model_for(pair), board
+            config.colocated_pool.model_for(pair), *stores
         )
         config = colocated_ingress_config(config)
     else:
         sketch = sketch_deployment(**config.sketch_pool.deployment_options()).bind(
-            config.sketch_pool.model_for(pair), board, config.text_encoder_placement == "sketch"
+            config.sketch_pool.model_for(pair), *stores, config.text_encoder_placement == "sketch"
         )
         render = render_deployment(**config.render_pool.deployment_options()).bind(
-            config.render_pool.model_for(pair), board
+            config.render_pool.model_for(pair), *stores
         )
     ingress = Ingress.options(
         num_replicas=config.ingress.num_replicas,
@@ -76,7 +96,7 @@ def build_app(config: ServingConfig) -> Application:
         graceful_shutdown_timeout_s=config.ingress.graceful_shutdown_timeout_s,
     )
     tls_gateway = GrpcTlsGateway.bind(config.grpc_tls) if config.grpc_tls is not None else None
-    return ingress.bind(config, board, sketch, render, text, tls_gateway)
+    return ingress.bind(config, sketch, render, text, tls_gateway)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -12,6 +12,8 @@ from srserve.engine.attention import AttentionBackend
 from srserve.engine.config import ModelPairConfig
 from srserve.serving.api.auth import AuthConfig
 from srserve.serving.api.tls_gateway import GrpcTlsConfig
+from srserve.serving.control.artifacts import ArtifactStoreConfig
+from srserve.serving.control.database import JobStoreConfig, resolve_dsn
 from srserve.serving.ops.autoscaling import QueueWorkAutoscaling
 from srserve.serving.ops.gpu_telemetry import GpuTelemetryConfig
 
@@ -89,12 +91,21 @@ class IngressConfig(BaseModel):
     max_ongoing_requests: int = Field(256, ge=1)
     default_deadline_s: float | None = Field(None, gt=0, description="per-request deadline unless the client sets one")
     retain_jobs: int = Field(1000, ge=1, description="finished jobs (and their videos) kept for retrieval")
+    retain_age_s: float | None = Field(
+        7 * 86400.0, gt=0, description="finished jobs older than this are deleted with their videos; None: no limit"
+    )
     max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request (HTTP body or gRPC message)")
     max_handoff_bytes: int = Field(1 << 30, ge=1024, description="largest uploaded handoff state")
     max_attempts: int = Field(3, ge=1, description="tries per stage when a replica dies mid-request")
     stall_timeout_s: float = Field(600.0, gt=0, description="a running job with no progress this long fails")
     graceful_shutdown_timeout_s: float = Field(
         900.0, ge=0, description="a replaced ingress keeps driving its running jobs this long before it stops"
+    )
+    lease_ttl_s: float = Field(
+        15.0, gt=0, description="a job whose driver stops heartbeating is taken over after this long"
+    )
+    claim_interval_s: float = Field(
+        1.0, gt=0, description="how often each ingress looks for jobs nobody drives, sweeps and expires"
     )
 
 
@@ -116,6 +127,22 @@ class ServingConfig(BaseModel):
     ingress: IngressConfig = IngressConfig()
     auth: AuthConfig = AuthConfig()
     grpc_tls: GrpcTlsConfig | None = None
+    job_store: JobStoreConfig = JobStoreConfig()
+    artifacts: ArtifactStoreConfig = ArtifactStoreConfig()
+
+    def resolved(self) -> ServingConfig:
+        """The config the replicas get: the embedded server started and its DSN filled in (no DSN is
+        ever copied from `dsn_env` into the config), the local artifact folder made absolute."""
+        updates: dict[str, Any] = {}
+        if not self.job_store.dsn_env and not self.job_store.embedded_dsn:
+            dsn = resolve_dsn(self.job_store, self.app_name)
+            updates["job_store"] = self.job_store.model_copy(update={"embedded_dsn": dsn})
+        if self.artifacts.kind == "local":
+            from srserve.engine.config import srserve_home
+
+            path = Path(self.artifacts.path) if self.artifacts.path else srserve_home() / "artifacts"
+            updates["artifacts"] = self.artifacts.model_copy(update={"path": str(path.absolute())})
+        return self.model_copy(update=updates)
 
     def model_pair(self, write_tiny: bool = True) -> ModelPairConfig:
         """The pair to load; `tiny` is written on first use unless `write_tiny` is off."""

@@ -1,15 +1,15 @@
-"""The ingress core: admits jobs, drives each through the pools, answers job queries.
+"""The ingress core: admits jobs into the store, drives them through the pools, answers queries.
 
-The latent never comes here: the sketch response's ObjectRef is handed to the render pool
-unopened. The render call is made only once the sketch result exists (checked without
-fetching it), so jobs still sketching never occupy render-replica slots.
+It holds nothing a job needs: the store has the job, artifact storage its handoff and video, and
+any ingress replica's orchestrator can take over a job another one was driving. The latent never
+comes here: the sketch replica writes the handoff to artifact storage, the render replica reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
@@ -18,21 +18,16 @@ from ray.serve.handle import DeploymentHandle
 
 from srserve.engine.handoff import HandoffFormatError, HandoffState
 from srserve.engine.request import GenerationRequest, RequestDefaults, describe_validation_error, resolve_request
-from srserve.serving.api.errors import (
-    InvalidRequest,
-    JobNotFound,
-    NotReady,
-    Overloaded,
-    RequestTooLarge,
-    Unauthenticated,
-)
+from srserve.serving.api.errors import InvalidRequest, JobNotFound, NotReady, RequestTooLarge, Unauthenticated
 from srserve.serving.config import ServingConfig
-from srserve.serving.control.jobs import TERMINAL_STATES, ErrorCode, JobState, JobStopped
-from srserve.serving.ops.job_logging import bind_job
+from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore
+from srserve.serving.control.database import open_store
+from srserve.serving.control.events import EventHub
+from srserve.serving.control.jobs import ErrorCode, Job, JobEvent, JobState, handoff_key
+from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
+from srserve.serving.ops.job_logging import log_job_finished
+from srserve.serving.ops.metrics import record_job_finished
 
-logger = logging.getLogger("ray.serve")
-READY_POLL_S = 0.005
-TERMINAL = tuple(s.value for s in TERMINAL_STATES)
 # What a caller sees when the replica running its request dies (Serve does not retry these).
 REPLICA_LOST = (
     ray.exceptions.RayActorError,
@@ -42,6 +37,10 @@ REPLICA_LOST = (
 )
 
 
+def _replica_lost(exc: BaseException) -> bool:
+    return isinstance(exc, REPLICA_LOST)
+
+
 class IngressCore:
     def __init__(
         self,
@@ -49,23 +48,52 @@ class IngressCore:
         defaults: RequestDefaults,
         model_name: str,
         family: str,
-        board: DeploymentHandle,
         sketch: DeploymentHandle,
         render: DeploymentHandle,
         text: DeploymentHandle | None = None,
+        replica: str = "local",
     ) -> None:
         self.config = config
         self.defaults = defaults
         self.model_name = model_name
-        self.board = board
+        self.family = family
         self.sketch = sketch
         self.render = render
         self.text = text
         self.auth = config.auth.resolve()
-        self.family = family
-        self.sketch_backlog = 0
-        self.render_backlog = 0
-        self._tasks: set[asyncio.Task] = set()
+        self.store = open_store(config.job_store)
+        self.artifacts = ArtifactStore.from_config(config.artifacts)
+        ing = config.ingress
+        self.owner = f"ingress-{replica}-{uuid.uuid4().hex[:8]}"  # one per process incarnation
+        self.orchestrator = Orchestrator(
+            self.store,
+            self.artifacts,
+            self.owner,
+            OrchestratorSettings(
+                lease_ttl_s=ing.lease_ttl_s,
+                claim_interval_s=ing.claim_interval_s,
+                max_attempts=ing.max_attempts,
+                stall_timeout_s=ing.stall_timeout_s,
+                retain_jobs=ing.retain_jobs,
+                retain_age_s=ing.retain_age_s,
+            ),
+            self._run_stage,
+            _replica_lost,
+        )
+        self.events_hub = EventHub(self.store)
+        self.limits = {"sketch": config.sketch_pool.max_backlog, "render": config.render_pool.max_backlog}
+
+    def start(self) -> None:
+        """Background work on the replica's loop: leases, resumption, sweeping, progress streams."""
+        self.orchestrator.start()
+        self.events_hub.start()
+
+    async def _run_stage(self, stage: str, ticket: dict[str, Any]) -> dict[str, Any]:
+        if stage == "render":
+            return await self.render.render.remote(ticket)
+        if self.text is not None:
+            return await self.sketch.sketch.remote(ticket, self.text.encode.remote(ticket))
+        return await self.sketch.sketch.remote(ticket)
 
     # -- admission -----------------------------------------------------------------------
     def authorize(self, authorization: str | None) -> None:
@@ -81,25 +109,11 @@ class IngressCore:
             raise InvalidRequest(describe_validation_error(exc), param=".".join(map(str, first)) or None) from None
         return request
 
-    async def submit(self, request: GenerationRequest, deadline_s: float | None = None) -> dict[str, Any]:
+    async def submit(self, request: GenerationRequest, deadline_s: float | None = None) -> Job:
         resolved = resolve_request(request, self.defaults)
-        if self.sketch_backlog >= self.config.sketch_pool.max_backlog:
-            raise Overloaded(f"sketch pool is full ({self.sketch_backlog} jobs waiting); retry later")
-        if self.render_backlog >= self.config.render_pool.max_backlog:
-            raise Overloaded(f"render pool is full ({self.render_backlog} jobs waiting); retry later")
-        job_id = f"video_{uuid.uuid4().hex}"
-        deadline = deadline_s if deadline_s is not None else self.config.ingress.default_deadline_s
-        summary = await self.board.create.remote(
-            job_id, resolved.model_dump(mode="json"), resolved.num_inference_steps, deadline
-        )
-        ticket = {"job_id": job_id, "request": resolved.model_dump(mode="json")}
-        self.sketch_backlog += 1
-        task = asyncio.get_running_loop().create_task(self._drive(ticket))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return summary
+        return await self._admit(resolved.model_dump(mode="json"), resolved.num_inference_steps, deadline_s)
 
-    async def submit_handoff(self, blob: bytes, deadline_s: float | None = None) -> dict[str, Any]:
+    async def submit_handoff(self, blob: bytes, deadline_s: float | None = None) -> Job:
         """Accept a client's handoff state and render it; the blob is parsed safely and checked first."""
         limit = self.config.ingress.max_handoff_bytes
         if len(blob) > limit:
@@ -118,199 +132,125 @@ class IngressCore:
                 f"handoff: switch step {state.switch_step} / {len(state.timesteps)} timesteps do not fit {n} steps",
                 param="handoff",
             )
-        if self.render_backlog >= self.config.render_pool.max_backlog:
-            raise Overloaded(f"render pool is full ({self.render_backlog} jobs waiting); retry later")
+        return await self._admit(state.request.model_dump(mode="json"), n, deadline_s, (blob, state.switch_step))
+
+    async def _admit(
+        self,
+        request: dict[str, Any],
+        num_steps: int,
+        deadline_s: float | None,
+        handoff: tuple[bytes, int] | None = None,
+    ) -> Job:
+        """One admission path for prompts and uploaded handoffs: store the job (and handoff), drive it."""
         job_id = f"video_{uuid.uuid4().hex}"
-        request = state.request.model_dump(mode="json")
         deadline = deadline_s if deadline_s is not None else self.config.ingress.default_deadline_s
-        await self.board.create.remote(job_id, request, n, deadline)
-        await self.board.report.remote(
-            job_id,
-            JobState.HANDED_OFF.value,
-            state.switch_step,
-            n,
-            info={"switch_step": state.switch_step, "handoff_bytes": len(blob)},
-        )
-        ticket = {"job_id": job_id, "request": request}
-        ref = ray.put(bytes(blob))
-        self.render_backlog += 1
-        task = asyncio.get_running_loop().create_task(self._drive_uploaded(ticket, ref))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return await self.board.get.remote(job_id)
-
-    async def _drive_uploaded(self, ticket: dict[str, Any], ref: ray.ObjectRef) -> None:
-        bind_job(ticket["job_id"])  # this task's log lines carry the job id
+        stored = None
+        if handoff is not None:
+            blob, switch_step = handoff
+            key = handoff_key(job_id, 0)
+            await self.artifacts.put_async(key, bytes(blob))
+            stored = (key, len(blob), switch_step)
         try:
-            if await self._render_from_handoff(ticket, ref, {"sketch": 0, "render": 0}) == "resketch":
-                raise RuntimeError("the uploaded handoff was lost from the object store")
-        except Exception as exc:
-            await self._fail(ticket["job_id"], exc)
-        finally:
-            self.render_backlog -= 1
-
-    async def _drive(self, ticket: dict[str, Any]) -> None:
-        """Sketch, then render from the handoff; recover from replica deaths at the handoff boundary.
-
-        A render replica that dies is replaced by another render attempt from the same handoff
-        object (the sketch is not redone); a sketch replica that dies restarts the sketch. Both are
-        bounded by `ingress.max_attempts`, after which the job fails with the reason.
-        """
-        job_id = ticket["job_id"]
-        bind_job(job_id)  # this task's log lines carry the job id
-        attempts = {"sketch": 0, "render": 0}
-        stage = "sketch"
-        try:
-            while True:
-                ref = await self._sketch_until_handoff(ticket, attempts)
-                self.sketch_backlog -= 1
-                stage = "handoff"
-                if ref is None:
-                    return
-                self.render_backlog += 1
-                stage = "render"
-                outcome = await self._render_from_handoff(ticket, ref, attempts)
-                self.render_backlog -= 1
-                stage = "done"
-                if outcome != "resketch":
-                    return
-                self.sketch_backlog += 1
-                stage = "sketch"
-        except Exception as exc:  # anything unforeseen: the job must not stay in a running state
-            await self._fail(job_id, exc)
-        finally:
-            if stage == "sketch":
-                self.sketch_backlog -= 1
-            elif stage == "render":
-                self.render_backlog -= 1
-
-    async def _sketch_until_handoff(self, ticket: dict[str, Any], attempts: dict[str, int]) -> ray.ObjectRef | None:
-        """The handoff's ObjectRef once the sketch is done, or None when the job ended another way."""
-        job_id = ticket["job_id"]
-        while True:
-            if await self._ended(job_id):
-                return None
-            attempts["sketch"] += 1
-            await self.board.report.remote(job_id, JobState.QUEUED.value, 0, 0, info={"attempts": dict(attempts)})
-            if self.text is not None:
-                sketch_resp = self.sketch.sketch.remote(ticket, self.text.encode.remote(ticket))
-            else:
-                sketch_resp = self.sketch.sketch.remote(ticket)
-            ref = await sketch_resp._to_object_ref()
-            while not ray.wait([ref], timeout=0, fetch_local=False)[0]:
-                await asyncio.sleep(READY_POLL_S)
-            job = await self.board.get.remote(job_id)
-            if job is None or job["state"] in TERMINAL:
-                return None
-            if job["state"] == JobState.HANDED_OFF:
-                return ref  # the sketch returned; its handoff stays in the object store, unopened here
-            try:
-                await ref  # the sketch did not hand off: fetch its (small) error to see why
-                return ref
-            except REPLICA_LOST as exc:
-                if attempts["sketch"] >= self.config.ingress.max_attempts:
-                    raise RuntimeError(f"sketch failed {attempts['sketch']} times; last: {_short_error(exc)}") from exc
-                logger.warning("job %s: sketch replica lost (%s); restarting the sketch", job_id, _short_error(exc))
-            except JobStopped:
-                return None
-
-    async def _render_from_handoff(self, ticket: dict[str, Any], ref: ray.ObjectRef, attempts: dict[str, int]) -> str:
-        """Render until done; returns 'done', or 'resketch' when the handoff itself was lost."""
-        job_id = ticket["job_id"]
-        while True:
-            if await self._ended(job_id):
-                return "done"
-            attempts["render"] += 1
-            await self.board.report.remote(job_id, info={"attempts": dict(attempts)})
-            try:
-                await self.render.render.remote(ticket, ref)
-                return "done"
-            except JobStopped:
-                return "done"
-            except ray.exceptions.ObjectLostError as exc:
-                if attempts["sketch"] >= self.config.ingress.max_attempts:
-                    raise RuntimeError(f"handoff lost and sketch attempts exhausted: {_short_error(exc)}") from exc
-                logger.warning("job %s: handoff object lost; redoing the sketch", job_id)
-                return "resketch"
-            except REPLICA_LOST as exc:
-                if attempts["render"] >= self.config.ingress.max_attempts:
-                    raise RuntimeError(f"render failed {attempts['render']} times; last: {_short_error(exc)}") from exc
-                logger.warning(
-                    "job %s: render replica lost (%s); re-rendering from the saved handoff", job_id, _short_error(exc)
-                )
-
-    async def _ended(self, job_id: str) -> bool:
-        job = await self.board.get.remote(job_id)
-        return job is None or job["state"] in TERMINAL
-
-    async def _fail(self, job_id: str, exc: BaseException) -> None:
-        if not await self._ended(job_id):
-            logger.warning("job %s failed: %s", job_id, exc)
-            await self.board.fail.remote(job_id, ErrorCode.INTERNAL.value, _short_error(exc))
+            job = await self.store.create(
+                job_id, request, num_steps, deadline, self.owner, self.config.ingress.lease_ttl_s, self.limits, stored
+            )
+        except Exception:
+            if stored is not None:
+                await self.artifacts.delete_async(stored[0])
+            raise
+        self.orchestrator.drive(job_id)
+        return job
 
     # -- queries -------------------------------------------------------------------------
-    async def get(self, job_id: str) -> dict[str, Any]:
-        job = await self.board.get.remote(job_id)
+    async def get(self, job_id: str) -> Job:
+        job = await self.store.get(job_id)
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}", param="id")
         return job
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
-        job = await self.board.cancel.remote(job_id)
+    async def cancel(self, job_id: str) -> Job:
+        before = await self.get(job_id)
+        job = await self.store.cancel(job_id)
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}", param="id")
+        if not before.terminal:
+            record_job_finished(job)
+            log_job_finished(job)
         return job
 
     async def delete(self, job_id: str) -> None:
-        if not await self.board.forget.remote(job_id):
+        if await self.store.forget(job_id) is None:
             raise JobNotFound(f"no job with id {job_id!r}", param="id")
+        await self.orchestrator.delete_artifacts(job_id)
 
-    async def list(self, limit: int = 20, after: str | None = None, order: str = "desc") -> dict[str, Any]:
+    async def list(self, limit: int = 20, after: str | None = None, order: str = "desc") -> tuple[list[Job], bool]:
         if not 1 <= limit <= 1000:
             raise InvalidRequest("limit: must be between 1 and 1000", param="limit")
         if order not in ("asc", "desc"):
             raise InvalidRequest("order: must be 'asc' or 'desc'", param="order")
-        return await self.board.list_jobs.remote(limit, after, order)
+        return await self.store.list_jobs(limit, after, order)
 
-    async def events(self, job_id: str, after_seq: int, timeout_s: float = 10.0) -> dict[str, Any]:
-        out = await self.board.events.remote(job_id, after_seq, timeout_s)
+    async def events(self, job_id: str, after_seq: int, timeout_s: float = 10.0) -> tuple[list[JobEvent], Job]:
+        out = await self.events_hub.wait(job_id, after_seq, timeout_s)
         if out is None:
             raise JobNotFound(f"no job with id {job_id!r}", param="id")
         return out
 
-    async def content(self, job_id: str) -> bytes:
-        job = await self.get(job_id)
-        if job["state"] != JobState.COMPLETED:
-            raise NotReady(f"job {job_id} is {job['state']}, not completed; no video yet")
-        video = await self.board.content.remote(job_id)
-        if video is None:
-            raise JobNotFound(f"video of job {job_id} is no longer retained", param="id")
-        return video
+    async def stream_events(self, job_id: str, after_seq: int = 0) -> AsyncIterator[tuple[list[JobEvent], Job]]:
+        """Batches of new events until the job ends (the last batch carries the final job)."""
+        seq = after_seq
+        while True:
+            events, job = await self.events(job_id, seq, 10.0)
+            if events:
+                seq = events[-1].seq
+            yield events, job
+            if job.terminal:
+                return
 
-    async def wait(self, job_id: str, timeout_s: float) -> dict[str, Any]:
-        """Block until the job is terminal or `timeout_s` passes; returns its summary."""
-        seq = 0
+    async def video(self, job_id: str) -> tuple[Job, int]:
+        """The completed job and its video's size; the bytes stream from storage (`video_stream`)."""
+        job = await self.get(job_id)
+        if job.state != JobState.COMPLETED:
+            raise NotReady(f"job {job_id} is {job.state.value}, not completed; no video yet")
+        if job.video_key is None:
+            raise JobNotFound(f"video of job {job_id} is no longer retained", param="id")
+        try:
+            size = await self.artifacts.size_async(job.video_key)
+        except ArtifactNotFound:
+            raise JobNotFound(f"video of job {job_id} is no longer retained", param="id") from None
+        return job, size
+
+    def video_stream(self, job: Job, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        assert job.video_key is not None
+        return self.artifacts.stream(job.video_key, start, end)
+
+    async def content(self, job_id: str) -> bytes:
+        """The whole video (gRPC sends it in one message)."""
+        job, _ = await self.video(job_id)
+        assert job.video_key is not None
+        try:
+            return await self.artifacts.get_async(job.video_key)
+        except ArtifactNotFound:
+            raise JobNotFound(f"video of job {job_id} is no longer retained", param="id") from None
+
+    async def wait(self, job_id: str, timeout_s: float) -> Job:
+        """Block until the job is terminal or `timeout_s` passes; returns it."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
+        seq = 0
         while True:
-            out = await self.events(job_id, seq, min(10.0, max(0.0, end - loop.time())))
-            if out["events"]:
-                seq = out["events"][-1]["seq"]
-            if out["job"]["state"] in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
-                return out["job"]
-            if loop.time() >= end:
-                return out["job"]
+            events, job = await self.events(job_id, seq, min(10.0, max(0.0, end - loop.time())))
+            if events:
+                seq = events[-1].seq
+            if job.terminal or loop.time() >= end:
+                return job
+
+    async def health(self) -> dict[str, Any]:
+        return {"jobs": await self.store.counts(), "driving": self.orchestrator.driving}
 
     async def drain(self, timeout_s: float) -> int:
-        """Let the jobs this ingress drives finish (up to `timeout_s`); returns how many did not."""
-        pending = [t for t in self._tasks if not t.done()]
-        if pending:
-            logger.info("ingress draining %d job(s)", len(pending))
-            _, still = await asyncio.wait(pending, timeout=timeout_s)
-            return len(still)
-        return 0
+        """Let the jobs this ingress drives finish (up to `timeout_s`); the rest are released to others."""
+        return await self.orchestrator.drain(timeout_s)
 
 
-def _short_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[-1] if text else type(exc).__name__)[:500]
+__all__ = ["REPLICA_LOST", "ErrorCode", "IngressCore"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -9,7 +10,7 @@ import ray
 from ray import serve
 
 from srserve.serving.app import GRPC_SERVICER_FUNCTIONS, build_app
-from srserve.serving.config import DeployFile
+from srserve.serving.config import DeployFile, ServingConfig
 
 logger = logging.getLogger("srserve")
 
@@ -63,21 +64,41 @@ def deploy(spec: DeployFile, timeout_s: float = 300.0) -> None:
     raise TimeoutError(f"srserve did not become healthy within {timeout_s:.0f}s")
 
 
-def active_jobs(app_name: str) -> int:
-    board = serve.get_deployment_handle("JobBoard", app_name=app_name)
-    counts = board.counts.remote().result(timeout_s=10)
-    return sum(v for k, v in counts.items() if k not in ("completed", "failed", "cancelled"))
+def active_jobs(config: ServingConfig) -> int:
+    """Live jobs in the job store (all of them: the store is shared by every replica)."""
+    from srserve.serving.control.database import open_store
+    from srserve.serving.control.jobs import TERMINAL
+
+    async def count() -> int:
+        store = open_store(config.resolved().job_store)
+        try:
+            counts = await store.counts()
+        finally:
+            await store.close()
+        return sum(v for k, v in counts.items() if k not in TERMINAL)
+
+    return asyncio.run(count())
 
 
-def drain_and_shutdown(app_name: str, timeout_s: float = 60.0) -> int:
-    """Wait for running jobs to finish (up to `timeout_s`), then shut Serve down. Returns jobs left."""
+def drain_and_shutdown(config: ServingConfig, timeout_s: float = 60.0) -> int:
+    """Wait for live jobs to finish (up to `timeout_s`), then shut Serve down. Returns jobs left:
+    they stay in the store and resume when srserve next starts on it."""
     left = 0
     deadline = time.monotonic() + timeout_s
     try:
-        while (left := active_jobs(app_name)) and time.monotonic() < deadline:
+        while (left := active_jobs(config)) and time.monotonic() < deadline:
             logger.info("draining: %d job(s) still running", left)
             time.sleep(0.5)
-    except Exception as exc:  # the app may already be gone
+    except Exception as exc:  # the store may already be gone
         logger.warning("drain skipped: %s", exc)
     serve.shutdown()
     return left
+
+
+def stop_embedded_database(config: ServingConfig) -> None:
+    """Stop the embedded PostgreSQL server (data kept) when the config uses it."""
+    from srserve.engine.config import srserve_home
+    from srserve.serving.control.database import EmbeddedPostgres
+
+    if not config.job_store.dsn_env:
+        EmbeddedPostgres(srserve_home() / "postgres", config.job_store.embedded_port).stop()

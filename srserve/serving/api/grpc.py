@@ -16,12 +16,10 @@ from grpc_health.v1 import health_pb2
 from ray.serve.grpc_util import RayServegRPCContext
 
 from srserve.serving.api.errors import InvalidRequest, ServingError
-from srserve.serving.control.jobs import ErrorCode, JobState
+from srserve.serving.control.jobs import ErrorCode, Job, JobState
 from srserve.serving.proto import video_pb2
 
 _OPTIONAL_FIELDS = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "fps")
-_TERMINAL = (JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value)
-EVENT_POLL_S = 10.0
 
 
 class StatusError(Exception):
@@ -54,7 +52,9 @@ def request_fields(msg: video_pb2.GenerateRequest) -> tuple[dict[str, Any], floa
     return fields, deadline
 
 
-def job_message(job: dict[str, Any]) -> video_pb2.Job:
+def job_message(job: Job | dict[str, Any]) -> video_pb2.Job:
+    if isinstance(job, Job):
+        job = job.summary()
     return video_pb2.Job(
         id=job["id"],
         state=job["state"],
@@ -112,7 +112,7 @@ class GrpcApi:
             raise _serving_fail(context, exc) from None
         _check_size(context, message, limit or self.config.ingress.max_request_bytes)
 
-    async def _submit_message(self, msg: video_pb2.GenerateRequest) -> dict[str, Any]:
+    async def _submit_message(self, msg: video_pb2.GenerateRequest) -> Job:
         fields, deadline = request_fields(msg)
         model = fields.pop("model", None)
         if model not in (None, self.model_name):
@@ -136,29 +136,28 @@ class GrpcApi:
             job = await self._submit_message(request)
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
-        seq = 0
-        while True:
-            out = await self.events(job["id"], seq, EVENT_POLL_S)
-            for ev in out["events"]:
-                seq = ev["seq"]
-                yield video_pb2.GenerateEvent(
-                    progress=video_pb2.Progress(
-                        job_id=ev["job_id"],
-                        state=ev["state"],
-                        step=ev["step"],
-                        total=ev["total"],
-                        progress=ev["progress"],
-                        time=ev["time"],
+        try:
+            final = job
+            async for events, latest in self.stream_events(job.id):  # pushed by the store's notifications
+                final = latest
+                for ev in events:
+                    yield video_pb2.GenerateEvent(
+                        progress=video_pb2.Progress(
+                            job_id=ev.job_id,
+                            state=ev.state,
+                            step=ev.step,
+                            total=ev.total,
+                            progress=ev.progress,
+                            time=ev.time,
+                        )
                     )
-                )
-            job = out["job"]
-            if job["state"] in _TERMINAL:
-                break
-        status = _terminal_status(job)
-        if status is not None:
-            raise _fail(grpc_context, *status)
-        video = await self.content(job["id"])
-        yield video_pb2.GenerateEvent(video=video_pb2.Video(job_id=job["id"], mp4=video, job=job_message(job)))
+            status = _terminal_status(final.summary())
+            if status is not None:
+                raise _fail(grpc_context, *status)
+            video = await self.content(final.id)
+        except ServingError as exc:
+            raise _serving_fail(grpc_context, exc) from None
+        yield video_pb2.GenerateEvent(video=video_pb2.Video(job_id=final.id, mp4=video, job=job_message(final)))
 
     async def GetJob(self, request: video_pb2.JobRef, grpc_context: RayServegRPCContext = None):
         self._admit(grpc_context, request)
@@ -177,10 +176,10 @@ class GrpcApi:
     async def ListJobs(self, request: video_pb2.ListJobsRequest, grpc_context: RayServegRPCContext = None):
         self._admit(grpc_context, request)
         try:
-            page = await self.list(request.limit or 20, request.after or None, request.order or "desc")
+            jobs, has_more = await self.list(request.limit or 20, request.after or None, request.order or "desc")
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
-        return video_pb2.ListJobsResponse(jobs=[job_message(j) for j in page["data"]], has_more=page["has_more"])
+        return video_pb2.ListJobsResponse(jobs=[job_message(j) for j in jobs], has_more=has_more)
 
     async def GetVideo(self, request: video_pb2.JobRef, grpc_context: RayServegRPCContext = None):
         self._admit(grpc_context, request)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from srserve.serving.api.errors import InvalidRequest, RequestTooLarge, ServingError
-from srserve.serving.control.jobs import JobState
+from srserve.serving.control.artifacts import RangeNotSatisfiable, parse_range_header
+from srserve.serving.control.jobs import Job, JobState
 from srserve.serving.ingress import IngressCore
 
 OPENAI_FIELDS = ("prompt", "model", "seconds", "size", "input_reference")
@@ -39,7 +41,7 @@ def _core() -> IngressCore:
 
 
 def _error(exc: ServingError) -> JSONResponse:
-    headers = {"retry-after": "1"} if exc.http_status == 429 else None
+    headers = {"retry-after": "1"} if exc.http_status in (429, 503) else None
     if exc.http_status == 401:
         headers = {"www-authenticate": "Bearer"}
     body = {"error": {"message": exc.message, "type": exc.code, "param": exc.param, "code": exc.code}}
@@ -113,8 +115,10 @@ def to_generation_fields(body: dict[str, Any], served_model: str) -> tuple[dict[
     return fields, deadline_s
 
 
-def video_object(job: dict[str, Any], model: str) -> dict[str, Any]:
+def video_object(job: Job | dict[str, Any], model: str) -> dict[str, Any]:
     """A job as the OpenAI `Video` object, with srserve's details under `srserve`."""
+    if isinstance(job, Job):
+        job = job.summary()
     req = job["request"]
     state = JobState(job["state"])
     error = None
@@ -201,14 +205,14 @@ async def render_handoff(request: Request, deadline_s: float | None = None) -> J
 @app.get("/v1/videos")
 async def list_videos(limit: int = 20, after: str | None = None, order: str = "desc") -> dict[str, Any]:
     core = _core()
-    page = await core.list(limit, after, order)
-    data = [video_object(j, core.model_name) for j in page["data"]]
+    jobs, has_more = await core.list(limit, after, order)
+    data = [video_object(j, core.model_name) for j in jobs]
     return {
         "object": "list",
         "data": data,
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
-        "has_more": page["has_more"],
+        "has_more": has_more,
     }
 
 
@@ -234,13 +238,55 @@ async def delete_video(video_id: str) -> dict[str, Any]:
 
 
 @app.get("/v1/videos/{video_id}/content")
-async def download_video(video_id: str, variant: str = "video") -> Response:
+async def download_video(video_id: str, variant: str = "video", range: str | None = Header(None)) -> Response:
+    """Streams the mp4 from artifact storage; honours a single HTTP Range (206, or 416 when unsatisfiable)."""
     if variant != "video":
         raise InvalidRequest(f"variant: only 'video' is available, not {variant!r}", param="variant")
-    video = await _core().content(video_id)
-    return Response(
-        video, media_type="video/mp4", headers={"content-disposition": f'attachment; filename="{video_id}.mp4"'}
-    )
+    core = _core()
+    job, size = await core.video(video_id)
+    headers = {"content-disposition": f'attachment; filename="{video_id}.mp4"', "accept-ranges": "bytes"}
+    try:
+        span = parse_range_header(range, size)
+    except RangeNotSatisfiable:
+        return Response(status_code=416, headers={**headers, "content-range": f"bytes */{size}"})
+    start, end = span if span is not None else (0, size)
+    headers["content-length"] = str(end - start)
+    status = 200
+    if span is not None:
+        status = 206
+        headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
+    stream = core.video_stream(job, start, end)
+    return StreamingResponse(stream, status_code=status, media_type="video/mp4", headers=headers)
+
+
+@app.get("/v1/videos/{video_id}/events")
+async def video_events(video_id: str, after: int = 0, last_event_id: str | None = Header(None)) -> Response:
+    """srserve extension: the job's progress as Server-Sent Events, pushed by the store's notifications.
+
+    Each `progress` event carries a state/step/progress record (its `id` is the event's sequence
+    number, so a reconnecting client resumes with Last-Event-ID); a final `done` event carries the
+    Video object, after which the stream closes.
+    """
+    core = _core()
+    if last_event_id is not None and last_event_id.isdigit():
+        after = int(last_event_id)
+    first = await core.events(video_id, after, 0.0)  # a 404 before the stream starts
+
+    async def stream():
+        batch, seq = first, after
+        while True:
+            events, job = batch
+            for ev in events:
+                seq = ev.seq
+                yield f"id: {ev.seq}\nevent: progress\ndata: {json.dumps(asdict(ev))}\n\n"
+            if job.terminal:
+                yield f"event: done\ndata: {json.dumps(video_object(job, core.model_name))}\n\n"
+                return
+            if not events:
+                yield ": keep-alive\n\n"
+            batch = await core.events(video_id, seq, 10.0)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
 @app.get("/v1/models")
@@ -256,10 +302,4 @@ async def list_models() -> dict[str, Any]:
 @app.get("/v1/health")
 async def health() -> dict[str, Any]:
     core = _core()
-    return {
-        "status": "ok",
-        "model": core.model_name,
-        "jobs": await core.board.counts.remote(),
-        "sketch_backlog": core.sketch_backlog,
-        "render_backlog": core.render_backlog,
-    }
+    return {"status": "ok", "model": core.model_name, **(await core.health())}

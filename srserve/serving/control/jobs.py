@@ -1,4 +1,4 @@
-"""Jobs: states, progress events and the per-request timeline. Plain Python, no Ray."""
+"""Jobs: states, progress events and the per-request timeline, as the job store keeps them. Plain Python."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ class JobState(StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+TERMINAL = tuple(s.value for s in TERMINAL_STATES)  # the same, as strings (API payloads, SQL)
 RUNNING_STATES = frozenset({JobState.ENCODING, JobState.SKETCHING, JobState.RENDERING, JobState.DECODING})
+# Jobs waiting for or in the sketch pool, and those past the handoff (admission counts them per phase).
+SKETCH_PHASE = frozenset({JobState.QUEUED, JobState.ENCODING, JobState.SKETCHING})
+RENDER_PHASE = frozenset({JobState.HANDED_OFF, JobState.RENDERING, JobState.DECODING})
 
 
 class ErrorCode(StrEnum):
@@ -33,12 +37,13 @@ class ErrorCode(StrEnum):
 
 
 class Verdict(StrEnum):
-    """What a worker is told when it reports progress: go on, or stop at this step boundary."""
+    """Why a worker stopped a job at a step boundary."""
 
     CONTINUE = "continue"
     CANCELLED = "cancelled"
     DEADLINE = "deadline"
     UNKNOWN = "unknown"
+    SUPERSEDED = "superseded"  # a newer attempt (fencing token) owns the job
 
 
 class JobStopped(Exception):
@@ -64,7 +69,7 @@ class JobEvent:
 
 @dataclass
 class Job:
-    """The board's record of one request."""
+    """The store's record of one request (one row of srserve_jobs)."""
 
     id: str
     request: dict[str, Any]
@@ -87,6 +92,11 @@ class Job:
     # Wall-clock stamps (time.time()) per stage edge, plus which replica ran each stage.
     timeline: dict[str, float] = field(default_factory=dict)
     replicas: dict[str, str] = field(default_factory=dict)
+    # Where the durable artifacts are (artifact storage keys), and who drives the job under which attempt.
+    video_key: str | None = None
+    handoff_key: str | None = None
+    fence: int = 0
+    lease_owner: str | None = None
     events: list[JobEvent] = field(default_factory=list)
 
     @property
@@ -111,7 +121,8 @@ class Job:
     def summary(self) -> dict[str, Any]:
         """Everything but the event log, JSON-safe."""
         data = asdict(self)
-        data.pop("events")
+        for private in ("events", "video_key", "handoff_key", "lease_owner"):
+            data.pop(private)
         data["state"] = self.state.value
         data["progress"] = self.overall_progress()
         return data
@@ -124,3 +135,17 @@ class Job:
 
 def now() -> float:
     return time.time()
+
+
+def handoff_key(job_id: str, fence: int) -> str:
+    """Artifact key of a sketch attempt's handoff (one per attempt: a stale attempt never overwrites)."""
+    return f"handoffs/{job_id}/{fence}.srh"
+
+
+def video_key(job_id: str, fence: int) -> str:
+    return f"videos/{job_id}/{fence}.mp4"
+
+
+def artifact_prefix(kind: str, job_id: str) -> str:
+    """Everything of one job under `kind` (videos, handoffs): what retention and delete remove."""
+    return f"{kind}/{job_id}/"

@@ -6,9 +6,10 @@ histogram `srserve_stage_seconds` is scraped as `ray_srserve_stage_seconds_bucke
 Inside a replica, `ray.serve.metrics` adds `deployment`, `replica` and `application` tags.
 
 Where each metric is recorded:
-- job board (one replica): stage latencies, step times, switch step, handoff bytes and latency,
-  jobs by final state, jobs per state, each pool's queue depth and queued GPU-seconds;
-- ingress: admission backlog per pool;
+- where a job ends (the render replica that completes it, the ingress that fails or cancels it):
+  stage latencies, step times, switch step, handoff bytes and latency, jobs by final state;
+- ingress (from the job store): jobs per state, each pool's queue depth and queued GPU-seconds, the
+  admission backlog per pool (every ingress replica exports the same store-wide figures);
 - workers: handoff serialize/deserialize time, GPU telemetry (srserve.serving.ops.gpu_telemetry).
 Without Ray (unit tests) the metric objects accept records and export nothing.
 
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from srserve.serving.control.jobs import Job, JobState
+from srserve.serving.control.jobs import RENDER_PHASE, SKETCH_PHASE, Job, JobState
 from srserve.serving.ops.pool_work import PoolWork, estimate_pool_work, measure_stage_times
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def _metrics() -> dict[str, Any]:
             description="Jobs that reached a final state, by state and error code.",
             tag_keys=("state", "error_code"),
         ),
-        "jobs": Gauge("srserve_jobs", description="Jobs currently on the board, by state.", tag_keys=("state",)),
+        "jobs": Gauge("srserve_jobs", description="Jobs currently in the job store, by state.", tag_keys=("state",)),
         "pool_jobs": Gauge(
             "srserve_pool_queue_jobs",
             description="Queue depth: jobs waiting for or running in the pool.",
@@ -126,7 +127,7 @@ def _metrics() -> dict[str, Any]:
         ),
         "backlog": Gauge(
             "srserve_ingress_backlog_jobs",
-            description="Jobs the ingress admitted to each pool and not yet finished there (admission control).",
+            description="Jobs admitted to each pool's phase and not yet past it, store-wide (admission control).",
             tag_keys=("pool",),
         ),
         "gpu_available": Gauge(
@@ -200,14 +201,13 @@ def record_job_finished(job: Job) -> None:
         m["handoff_seconds"].observe(d)
 
 
-def record_board(jobs: Iterable[Job], pools: Iterable[PoolWork]) -> None:
-    """Gauges of the board's current contents: jobs per state, each pool's queue."""
+def record_board(counts: Mapping[str, int], pools: Iterable[PoolWork]) -> None:
+    """Gauges of the store's current contents: jobs per state, each pool's queue, the admission backlog."""
     m = _metrics()
-    counts = {s.value: 0 for s in JobState}
-    for job in jobs:
-        counts[job.state.value] += 1
-    for state, count in counts.items():
-        m["jobs"].set(count, tags={"state": state})
+    for state in JobState:
+        m["jobs"].set(counts.get(state.value, 0), tags={"state": state.value})
+    for pool, states in (("sketch", SKETCH_PHASE), ("render", RENDER_PHASE)):
+        m["backlog"].set(sum(counts.get(s.value, 0) for s in states), tags={"pool": pool})
     for work in pools:
         m["pool_jobs"].set(work.jobs, tags={"pool": work.pool})
         m["pool_work"].set(work.work_s, tags={"pool": work.pool})
@@ -220,37 +220,23 @@ BOARD_GAUGE_INTERVAL_S = 2.0
 
 
 def pools_in_use(jobs: Iterable[Job]) -> list[str]:
-    """Pools that ran a stage of a job on the board (sketch and render until one has)."""
+    """Pools that ran a stage of a recent job (sketch and render until one has)."""
     seen = {_STAGE_POOL[stage] for job in jobs for stage in job.replicas if stage in _STAGE_POOL}
     return sorted(seen or {"sketch", "render"})
 
 
-async def export_board_gauges(jobs: Mapping[str, Job], interval_s: float = BOARD_GAUGE_INTERVAL_S) -> None:
-    """The board's gauge loop: jobs per state and each pool's queue, every `interval_s`."""
+async def export_store_gauges(store: Any, interval_s: float = BOARD_GAUGE_INTERVAL_S) -> None:
+    """The ingress's gauge loop, from the job store: jobs per state, each pool's queue, every `interval_s`."""
     while True:
         try:
-            current = list(jobs.values())
+            current = await store.jobs_for_work()
+            counts = await store.counts()
             now = time.time()
             times = measure_stage_times(current, now)
             pools = [estimate_pool_work(current, pool, now, times=times) for pool in pools_in_use(current)]
-            record_board(current, pools)
-        except Exception:  # metrics must never stop the board; say why they are missing
-            logger.exception("srserve board gauges failed")
-        await asyncio.sleep(interval_s)
-
-
-def record_backlog(pool: str, jobs: int) -> None:
-    _metrics()["backlog"].set(jobs, tags={"pool": pool})
-
-
-async def export_backlog_gauges(ingress: Any, interval_s: float = BOARD_GAUGE_INTERVAL_S) -> None:
-    """The ingress's gauge loop: its admission backlog per pool (`sketch_backlog`, `render_backlog`)."""
-    while True:
-        try:
-            record_backlog("sketch", ingress.sketch_backlog)
-            record_backlog("render", ingress.render_backlog)
-        except Exception:  # metrics must never stop the ingress; say why they are missing
-            logger.exception("srserve ingress gauges failed")
+            record_board(counts, pools)
+        except Exception as exc:  # metrics must never stop the ingress; say why they are missing
+            logger.warning("srserve store gauges skipped: %s", exc)
         await asyncio.sleep(interval_s)
 
 

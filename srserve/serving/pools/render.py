@@ -1,0 +1,40 @@
+"""The render pool: reads a handoff from artifact storage, finishes the steps, decodes, stores the mp4."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from srserve.engine import HandoffState, ModelPairConfig, Role
+from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStoreConfig
+from srserve.serving.control.database import JobStoreConfig
+from srserve.serving.ops.metrics import timed_handoff
+from srserve.serving.pools import stages
+from srserve.serving.pools.worker import PoolWorker, stopped
+
+
+class RenderWorker(PoolWorker):
+    def __init__(self, model: ModelPairConfig, job_store: JobStoreConfig, artifacts: ArtifactStoreConfig) -> None:
+        super().__init__(model, job_store, artifacts, frozenset({Role.RENDER, Role.DECODE}))
+
+    async def render(self, ticket: dict[str, Any]) -> dict[str, Any]:
+        reporter = self.reporter(ticket, "render")
+        try:  # read before taking the compute lock: overlaps the job running now
+            blob = await self.artifacts.get_async(ticket["handoff_key"])
+        except ArtifactNotFound:
+            return {"outcome": "handoff_lost"}
+
+        def run():
+            state = timed_handoff("parse", lambda: HandoffState.from_bytes(blob))
+            return stages.render(self.engine, reporter, state)
+
+        out = await self.compute(reporter.job_id, run)
+        if out is None:
+            return stopped(reporter)
+        video, digest, stamps = out
+        return await self.complete(ticket, video, digest, stamps)
+
+
+def render_deployment(**options: Any):
+    return serve.deployment(RenderWorker, name="RenderWorker").options(**options)

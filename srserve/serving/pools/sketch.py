@@ -1,0 +1,49 @@
+"""The sketch pool: the large model's steps; returns once the handoff is durable."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray import serve
+
+from srserve.engine import ModelPairConfig, Role
+from srserve.engine.request import ResolvedRequest
+from srserve.serving.control.artifacts import ArtifactStoreConfig
+from srserve.serving.control.database import JobStoreConfig
+from srserve.serving.control.jobs import JobState
+from srserve.serving.ops.metrics import timed_handoff
+from srserve.serving.pools import stages
+from srserve.serving.pools.worker import PoolWorker, stopped
+
+
+class SketchWorker(PoolWorker):
+    def __init__(
+        self, model: ModelPairConfig, job_store: JobStoreConfig, artifacts: ArtifactStoreConfig, encode_here: bool
+    ) -> None:
+        roles = {Role.SKETCH} | ({Role.TEXT} if encode_here else set())
+        super().__init__(model, job_store, artifacts, frozenset(roles))
+
+    async def sketch(self, ticket: dict[str, Any], encoded: dict[str, Any] | None = None) -> dict[str, Any]:
+        reporter = self.reporter(ticket, "sketch")
+        request = ResolvedRequest.model_validate(ticket["request"])
+
+        def run():
+            state = stages.sketch(
+                self.engine, reporter, request, stages.prompt(self.engine, reporter, request, encoded)
+            )
+            if state is None:
+                return None
+            blob = timed_handoff("serialize", state.to_bytes)
+            reporter.report(JobState.SKETCHING, state.switch_step, state.switch_step, info={"handoff_bytes": len(blob)})
+            return state, blob, time.time()
+
+        out = await self.compute(reporter.job_id, run)
+        if out is None:
+            return stopped(reporter)
+        state, blob, end = out
+        return await self.hand_off(ticket, state, blob, {"sketch_end": end})
+
+
+def sketch_deployment(**options: Any):
+    return serve.deployment(SketchWorker, name="SketchWorker").options(**options)

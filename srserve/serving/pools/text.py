@@ -1,0 +1,35 @@
+"""The optional text-encoder pool (text_encoder_placement: pool): encodes prompts on its own replicas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from srserve.engine import ModelPairConfig, Role
+from srserve.engine.request import ResolvedRequest
+from srserve.serving.control.artifacts import ArtifactStoreConfig
+from srserve.serving.control.database import JobStoreConfig
+from srserve.serving.pools import stages
+from srserve.serving.pools.worker import PoolWorker
+
+
+class TextEncoderWorker(PoolWorker):
+    def __init__(self, model: ModelPairConfig, job_store: JobStoreConfig, artifacts: ArtifactStoreConfig) -> None:
+        super().__init__(model, job_store, artifacts, frozenset({Role.TEXT}))
+
+    async def encode(self, ticket: dict[str, Any]) -> dict[str, Any]:
+        """The embeddings travel to the sketch replica through Ray's object store (not a durable point)."""
+        reporter = self.reporter(ticket, "encode")
+        request = ResolvedRequest.model_validate(ticket["request"])
+        encoded = await self.compute(reporter.job_id, lambda: stages.encode(self.engine, reporter, request))
+        return {
+            "prompt_embeds": encoded.prompt_embeds.cpu(),
+            "negative_prompt_embeds": (
+                None if encoded.negative_prompt_embeds is None else encoded.negative_prompt_embeds.cpu()
+            ),
+        }
+
+
+def text_deployment(**options: Any):
+    return serve.deployment(TextEncoderWorker, name="TextEncoderWorker").options(**options)

@@ -1,0 +1,121 @@
+"""What every pool replica shares: its engine, its line to the store and artifacts, one job at a time.
+
+A replica runs one job at a time behind a lock but accepts several (max_ongoing_requests > 1), so
+its next job is already waiting in the replica when the current one ends. The compute thread only
+computes: progress leaves through the replica's ProgressChannel without waiting, and the stage's
+durable write (artifact, then the store) happens on the event loop after the lock is released, so
+the next job computes meanwhile. State lives in the store; a replica can die at any moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psutil
+import ray
+from ray import serve
+
+from srserve.engine import ModelPairConfig, Role, SRDiffusionEngine
+from srserve.serving.control.artifacts import ArtifactStore, ArtifactStoreConfig
+from srserve.serving.control.database import JobStoreConfig, open_store
+from srserve.serving.control.jobs import handoff_key, video_key
+from srserve.serving.control.progress import AttemptReporter, ProgressChannel
+from srserve.serving.control.store import until_stored
+from srserve.serving.ops.job_logging import bind_job, log_job_finished
+from srserve.serving.ops.metrics import record_job_finished
+from srserve.serving.ops.replica_operations import ReplicaOperations
+
+T = TypeVar("T")
+
+
+def replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a replica (unit tests)
+        return "local"
+
+
+def stopped(reporter: AttemptReporter) -> dict[str, Any]:
+    """A stage's answer when its job stopped at a step boundary (cancel, deadline, newer attempt)."""
+    verdict = reporter.verdict.value if reporter.verdict is not None else "cancelled"
+    return {"outcome": "stopped", "verdict": verdict}
+
+
+class PoolWorker(ReplicaOperations):
+    """Base of the pools' deployments; subclasses add their stage method."""
+
+    def __init__(
+        self, model: ModelPairConfig, job_store: JobStoreConfig, artifacts: ArtifactStoreConfig, roles: frozenset[Role]
+    ) -> None:
+        self.engine = SRDiffusionEngine(model, roles)
+        self.store = open_store(job_store)
+        self.artifacts = ArtifactStore.from_config(artifacts)
+        self.progress = ProgressChannel(self.store).start()
+        self._lock = threading.Lock()
+        self.busy_s = 0.0
+        self.jobs_done = 0
+
+    def reporter(self, ticket: dict[str, Any], stage: str) -> AttemptReporter:
+        return AttemptReporter(self.progress, ticket, stage, replica_id())
+
+    async def stats(self) -> dict[str, Any]:
+        """Busy time and placement of this replica (which GPU Ray gave it)."""
+        return {
+            "replica": replica_id(),
+            "busy_s": self.busy_s,
+            "jobs_done": self.jobs_done,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "rss_bytes": psutil.Process().memory_info().rss,
+        }
+
+    async def compute(self, job_id: str, fn: Callable[[], T]) -> T:
+        """Run `fn` on a thread holding the replica's compute lock; accounts busy time."""
+
+        def locked() -> T:
+            bind_job(job_id)  # the thread's log lines carry the job id
+            with self._lock:
+                start = time.perf_counter()
+                try:
+                    return fn()
+                finally:
+                    self.busy_s += time.perf_counter() - start
+                    self.jobs_done += 1
+
+        return await asyncio.to_thread(locked)
+
+    async def hand_off(self, ticket: dict[str, Any], state: Any, blob: bytes, stamps: dict[str, float]) -> dict:
+        """The sketch's durable point: handoff bytes to artifact storage, then the store (fenced)."""
+        job_id, fence = ticket["job_id"], ticket["fence"]
+        key = handoff_key(job_id, fence)
+        await self.artifacts.put_async(key, blob)
+        await self.progress.flush()
+        ok = await until_stored(
+            lambda: self.store.record_handoff(job_id, fence, key, len(blob), state.switch_step, stamps)
+        )
+        if not ok:
+            await self.artifacts.delete_async(key)
+            return {"outcome": "stopped", "verdict": "refused"}
+        return {"outcome": "handed_off", "handoff_key": key, "switch_step": state.switch_step}
+
+    async def complete(self, ticket: dict[str, Any], video: bytes, digest: str, stamps: dict[str, float]) -> dict:
+        """The render's durable point: the mp4 to artifact storage, then the store (fenced)."""
+        job_id, fence = ticket["job_id"], ticket["fence"]
+        key = video_key(job_id, fence)
+        await self.artifacts.put_async(key, video)
+        await self.progress.flush()
+        job = await until_stored(lambda: self.store.complete(job_id, fence, key, len(video), stamps, digest))
+        if job is None:
+            await self.artifacts.delete_async(key)
+            return {"outcome": "stopped", "verdict": "refused"}
+        if job.handoff_key:  # the handoff has served its purpose
+            await self.artifacts.delete_async(job.handoff_key)
+        record_job_finished(job)
+        log_job_finished(job)
+        return {"outcome": "completed", "video_bytes": len(video), "switch_step": job.switch_step}
