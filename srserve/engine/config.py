@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from srserve.engine.attention import AttentionBackend
 from srserve.engine.request import RequestDefaults
@@ -19,6 +19,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 TINY_DEFAULTS = RequestDefaults(height=64, width=64, num_frames=17, num_inference_steps=20)
 TINY_COGVIDEOX_DEFAULTS = RequestDefaults(height=64, width=64, num_frames=9, num_inference_steps=20)
+# Wan2.2-T2V-A14B's own defaults are 40 steps at 480p or 720p; the tiny folder keeps the tiny Wan2.1 shape.
+TINY_WAN22_DEFAULTS = TINY_DEFAULTS
 
 
 def srserve_home() -> Path:
@@ -48,11 +50,30 @@ class ModelPairConfig(BaseModel):
         None, ge=8, le=4096, description="text tokens; None: the family's (Wan 512, CogVideoX the transformers' 226)"
     )
     use_dynamic_cfg: bool = Field(False, description="CogVideoX only: CogVideoXPipeline's use_dynamic_cfg schedule")
+    guidance_scale_2: float | None = Field(
+        None,
+        ge=0.0,
+        le=50.0,
+        description="wan2.2 only: the render model's CFG scale (WanPipeline's guidance_scale_2, for the low-noise "
+        "expert; Wan2.2-T2V-A14B suggests 3.0 with guidance_scale 4.0); None: the request's guidance_scale",
+    )
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None keeps torch's")
     attention_backend: AttentionBackend = Field(
         "native", description="diffusers attention backend of both transformers (a pool may override it)"
     )
     defaults: RequestDefaults = RequestDefaults()
+
+    @model_validator(mode="after")
+    def _guidance_scale_2_is_wan22s(self) -> ModelPairConfig:
+        if self.guidance_scale_2 is not None and self.family != "wan2.2":
+            raise ValueError(f"guidance_scale_2 applies to family wan2.2 (its low-noise expert), not {self.family!r}")
+        return self
+
+    def check(self) -> None:
+        """The family's compatibility check of the two folders (no weights load); IncompatiblePairError names it."""
+        from srserve.engine.families import get_family
+
+        get_family(self.family).check_pair(self)
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -107,9 +128,34 @@ class ModelPairConfig(BaseModel):
         return cls.model_validate(fields)
 
     @classmethod
+    def tiny_wan22(cls, root: str | Path | None = None, write: bool = True, **overrides: object) -> ModelPairConfig:
+        """The embedded tiny Wan2.2 A14B folder: its high-noise expert sketches, its low-noise expert renders."""
+        from srserve.engine.tiny.wan22 import A14B_DIR, LOW_NOISE_SUBFOLDER, write_tiny_wan22_pair
+
+        base = Path(root) if root is not None else srserve_home() / "tiny" / "wan2.2"
+        folder = base / A14B_DIR
+        if write:
+            _write_once(base, (folder,), write_tiny_wan22_pair)
+        fields: dict[str, object] = {
+            "family": "wan2.2",
+            "name": "tiny-wan2.2",
+            "sketch_path": str(folder),
+            "render_path": str(folder / LOW_NOISE_SUBFOLDER),
+            "defaults": TINY_WAN22_DEFAULTS,
+            "device": "cpu",
+        }
+        fields.update(overrides)
+        return cls.model_validate(fields)
+
+    @classmethod
     def tiny_pair(cls, name: str, **overrides: object) -> ModelPairConfig:
-        """An embedded tiny pair by name: `tiny` (Wan2.1) or `tiny-cogvideox`."""
-        builders = {"tiny": cls.tiny, "tiny-wan2.1": cls.tiny, "tiny-cogvideox": cls.tiny_cogvideox}
+        """An embedded tiny pair by name: `tiny` (Wan2.1), `tiny-wan2.2` or `tiny-cogvideox`."""
+        builders = {
+            "tiny": cls.tiny,
+            "tiny-wan2.1": cls.tiny,
+            "tiny-wan2.2": cls.tiny_wan22,
+            "tiny-cogvideox": cls.tiny_cogvideox,
+        }
         if name not in builders:
             raise ValueError(f"unknown tiny pair {name!r}; known: {', '.join(builders)}")
         return builders[name](**overrides)

@@ -5,8 +5,13 @@ from __future__ import annotations
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily
 from srserve.engine.families.cogvideox import CogVideoXFamily
 from srserve.engine.families.wan import WanFamily
+from srserve.engine.families.wan22 import Wan22Family
 
-_FAMILIES: dict[str, type[ModelFamily]] = {WanFamily.name: WanFamily, CogVideoXFamily.name: CogVideoXFamily}
+_FAMILIES: dict[str, type[ModelFamily]] = {
+    WanFamily.name: WanFamily,
+    Wan22Family.name: Wan22Family,
+    CogVideoXFamily.name: CogVideoXFamily,
+}
 
 
 def get_family(name: str) -> ModelFamily:

@@ -152,6 +152,19 @@ class WanFamily(ModelFamily):
         encoded: EncodedPrompt,
         guidance_scale: float,
     ) -> torch.Tensor:
+        return self._guided(transformer, latents, timestep, encoded, guidance_scale, cfg=guidance_scale > 1.0)
+
+    def _guided(
+        self,
+        transformer: torch.nn.Module,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        encoded: EncodedPrompt,
+        guidance_scale: float,
+        *,
+        cfg: bool,
+    ) -> torch.Tensor:
+        """WanPipeline's step prediction; `cfg` apart from the scale, since Wan2.2 decides it on another scale."""
         dtype = transformer.dtype
         model_input = latents.to(dtype)
         t = timestep.expand(latents.shape[0])
@@ -161,7 +174,7 @@ class WanFamily(ModelFamily):
             encoder_hidden_states=encoded.prompt_embeds.to(dtype),
             return_dict=False,
         )[0]
-        if guidance_scale > 1.0:
+        if cfg:
             assert encoded.negative_prompt_embeds is not None
             uncond = transformer(
                 hidden_states=model_input,
