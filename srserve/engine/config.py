@@ -61,6 +61,11 @@ class ModelPairConfig(BaseModel):
     attention_backend: AttentionBackend = Field(
         "native", description="diffusers attention backend of both transformers (a pool may override it)"
     )
+    compile: bool = Field(
+        False,
+        description="regional torch.compile of both transformers' repeated blocks (diffusers' compile_repeated_blocks) "
+        "at load; the first step of each new shape compiles (seconds on a GPU, longer on a CPU)",
+    )
     defaults: RequestDefaults = RequestDefaults()
 
     @model_validator(mode="after")

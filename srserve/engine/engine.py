@@ -84,6 +84,9 @@ class SRDiffusionEngine:
         backend = config.attention_backend
         if self.roles & {Role.SKETCH, Role.RENDER}:  # fail before any weights load
             check_attention_backend(backend, self.family.name, self.family.attention_backends, self.device, self.dtype)
+            if config.compile:
+                for path in (config.sketch_path, config.render_path):
+                    components.check_compilable((read_component_config(path, "transformer") or {}).get("_class_name"))
         vae_path = config.vae_path or config.render_path
         self.vae_config: dict[str, Any] = read_component_config(vae_path, "vae") or {}
         self._scheduler_template = self.family.load_scheduler(config.sketch_path)
@@ -102,22 +105,22 @@ class SRDiffusionEngine:
             )
         if Role.SKETCH in self.roles:
             self.sketch_model = components.load_shared(
-                f"transformer[{backend}]",
+                components.transformer_kind(backend, config.compile),
                 config.sketch_path,
                 self.dtype,
                 self.device,
-                lambda: apply_attention_backend(
-                    self.family.load_transformer(config.sketch_path, self.dtype, self.device), backend
+                lambda: self._prepare_transformer(
+                    self.family.load_transformer(config.sketch_path, self.dtype, self.device)
                 ),
             )
         if Role.RENDER in self.roles:
             self.render_model = components.load_shared(
-                f"transformer[{backend}]",
+                components.transformer_kind(backend, config.compile),
                 config.render_path,
                 self.render_dtype,
                 self.device,
-                lambda: apply_attention_backend(
-                    self.family.load_transformer(config.render_path, self.render_dtype, self.device), backend
+                lambda: self._prepare_transformer(
+                    self.family.load_transformer(config.render_path, self.render_dtype, self.device)
                 ),
             )
         if Role.DECODE in self.roles:
@@ -129,6 +132,11 @@ class SRDiffusionEngine:
                 self.device,
                 lambda: self.family.load_vae(vae_path, vae_dtype, self.device),
             )
+
+    def _prepare_transformer(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Set the pair's attention backend, then (compile: true) compile the repeated blocks around it."""
+        model = apply_attention_backend(model, self.config.attention_backend)
+        return components.compile_repeated_blocks(model) if self.config.compile else model
 
     def _need(self, role: Role) -> None:
         if role not in self.roles:
