@@ -11,20 +11,27 @@ from pydantic import ValidationError
 from srserve.cli.progress import StageBars
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
 from srserve.engine.families import IncompatiblePairError
+from srserve.engine.families.wan22 import Wan22Family, low_noise_expert_path
 from srserve.engine.request import describe_validation_error
+
+TINY_PAIRS = ("tiny", "tiny-wan2.1", "tiny-wan2.2", "tiny-cogvideox")
 
 
 def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-pair",
         default="tiny",
-        help="tiny (embedded Wan2.1, default), tiny-cogvideox (embedded CogVideoX), or a family: wan2.1, cogvideox",
+        help="tiny (embedded Wan2.1, default), tiny-wan2.2 (embedded Wan2.2 A14B), tiny-cogvideox (embedded "
+        "CogVideoX), or a family: wan2.1, wan2.2, cogvideox",
     )
     parser.add_argument("--sketch-model", help="local Diffusers folder of the large (sketch) model")
     parser.add_argument("--render-model", help="local Diffusers folder of the small (render) model")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--guidance-scale-2", type=float, default=None, help="wan2.2: the render (low-noise) model's CFG scale"
+    )
 
 
 def model_pair_from_args(args: argparse.Namespace) -> ModelPairConfig:
@@ -35,17 +42,22 @@ def model_pair_from_args(args: argparse.Namespace) -> ModelPairConfig:
         overrides["dtype"] = args.dtype
     if args.threads:
         overrides["num_threads"] = args.threads
-    if args.model_pair in ("tiny", "tiny-cogvideox"):
+    if getattr(args, "guidance_scale_2", None) is not None:
+        overrides["guidance_scale_2"] = args.guidance_scale_2
+    if args.model_pair in TINY_PAIRS:
         if args.sketch_model or args.render_model:
             raise ValueError(f"--sketch-model/--render-model apply to a real pair, not --model-pair {args.model_pair}")
         return ModelPairConfig.tiny_pair(args.model_pair, **overrides)
     if not (args.sketch_model and args.render_model):
         raise ValueError(f"--model-pair {args.model_pair} needs --sketch-model PATH and --render-model PATH")
+    render = args.render_model
+    if args.model_pair == Wan22Family.name and render == args.sketch_model:
+        render = low_noise_expert_path(render)  # one A14B folder: its low-noise expert renders
     return ModelPairConfig(
         family=args.model_pair,
         name=args.model_pair,
         sketch_path=args.sketch_model,
-        render_path=args.render_model,
+        render_path=render,
         **overrides,
     )
 
@@ -55,7 +67,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default="")
     add_model_pair_arguments(p)
-    p.add_argument("--switch", default="adaptive", help="fixed:STEP, fixed:FRACTION, adaptive[:TAU[:MIN:MAX]]")
+    p.add_argument(
+        "--switch",
+        default=None,
+        help="fixed:STEP, fixed:FRACTION, adaptive[:TAU[:MIN:MAX]], or boundary (wan2.2: the model's own switch "
+        "step, its default; other pairs default to adaptive)",
+    )
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pair's)")
     p.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: the pair's)")
     p.add_argument("--height", type=int, default=None)
@@ -71,6 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        boundary = args.switch == "boundary"
         request = GenerationRequest(
             prompt=args.prompt,
             negative_prompt=args.negative_prompt,
@@ -80,11 +98,17 @@ def run(args: argparse.Namespace) -> int:
             num_inference_steps=args.steps,
             guidance_scale=args.guidance_scale,
             seed=args.seed,
-            switch=args.switch,
+            switch="adaptive" if args.switch in (None, "boundary") else args.switch,
             fps=args.fps,
         )
         config = model_pair_from_args(args)
         engine = SRDiffusionEngine(config)
+        boundary = boundary or (args.switch is None and config.family == Wan22Family.name)
+        if boundary:
+            if not isinstance(engine.family, Wan22Family):
+                raise ValueError(f"--switch boundary: family {config.family} has no expert boundary (wan2.2 has)")
+            steps = engine.resolve(request).num_inference_steps
+            request = request.model_copy(update={"switch": engine.family.boundary_switch(steps)})
         engine.resolve(request)
     except ValidationError as exc:
         print(f"error: {describe_validation_error(exc)}", file=sys.stderr)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from srserve.engine.tiny import write_tiny_cogvideox_pair, write_tiny_wan_pair
+from srserve.engine.tiny import write_tiny_cogvideox_pair, write_tiny_wan22_pair, write_tiny_wan_pair
 
-WRITERS = {"wan2.1": write_tiny_wan_pair, "cogvideox": write_tiny_cogvideox_pair}
+# wan2.2 writes one A14B-shaped folder: the sketch is the folder (high-noise expert), the render its transformer_2.
+WRITERS = {"wan2.1": write_tiny_wan_pair, "wan2.2": write_tiny_wan22_pair, "cogvideox": write_tiny_cogvideox_pair}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
