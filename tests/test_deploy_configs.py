@@ -39,8 +39,14 @@ def _check_serve_config(raw: dict, where: str) -> ServeDeploySchema:
     return schema
 
 
+@pytest.fixture
+def database_url(embedded_db, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a cluster's Secret would hold: a DSN in SRSERVE_DATABASE_URL (the embedded server's here)."""
+    monkeypatch.setenv("SRSERVE_DATABASE_URL", embedded_db.ensure_running("deploy_configs"))
+
+
 @pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)
-def test_serve_config_files(path: Path) -> None:
+def test_serve_config_files(path: Path, database_url: None) -> None:
     raw = yaml.safe_load(path.read_text())
     _check_serve_config(raw, path.name)
     spec = DeployFile.from_yaml(path)
@@ -70,7 +76,7 @@ def _rayservice() -> tuple[dict, list[dict]]:
     return service, [d for d in docs if d["kind"] != "RayService"]
 
 
-def test_rayservice_embeds_the_wan_serve_config() -> None:
+def test_rayservice_embeds_the_wan_serve_config(database_url: None) -> None:
     service, _ = _rayservice()
     assert service["apiVersion"] == "ray.io/v1"
     embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
@@ -127,3 +133,19 @@ def test_grafana_dashboard_plots_metrics_that_exist() -> None:
         else:
             assert f'"{name}"' in serve_source, name  # a metric Ray Serve defines
     assert {"srserve_stage_seconds", "srserve_pool_queue_gpu_seconds", "srserve_gpu_utilization_percent"} <= plotted
+
+
+def test_rayservice_pods_read_the_job_store_dsn_from_a_secret() -> None:
+    """Every pod (head and each worker group) gets the DSN the Serve config names, from the Secret."""
+    service, others = _rayservice()
+    args = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
+    variable = args["job_store"]["dsn_env"]
+    secrets = {d["metadata"]["name"]: d for d in others if d["kind"] == "Secret"}
+    cluster = service["spec"]["rayClusterConfig"]
+    specs = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in specs:
+        (container,) = group["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        ref = env[variable]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] in secrets[ref["name"]]["stringData"]
+    assert args["artifacts"]["kind"] == "s3" and args["artifacts"]["bucket"]

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         if spec is not None:
             from srserve.serving.launcher import drain_and_shutdown
 
-            drain_and_shutdown(spec.serving.app_name, 30)
+            drain_and_shutdown(spec.serving, 30)
     report = BenchReport.build(
         "bench",
         records,

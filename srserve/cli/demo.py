@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         f"{report.bound_rps:.2f} -> pipeline efficiency {report.efficiency:.2f}; "
         f"{report.overlapped_pairs} of {len(stages) - 1} consecutive requests overlapped"
     )
-    drain_and_shutdown(spec.serving.app_name, 30)
+    drain_and_shutdown(spec.serving, 30)
     ray.shutdown()
     return 0
 

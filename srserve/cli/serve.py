@@ -46,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     print("draining running jobs ...", flush=True)
-    left = drain_and_shutdown(spec.serving.app_name, args.drain_timeout)
+    left = drain_and_shutdown(spec.serving, args.drain_timeout)
     print("stopped" + (f" ({left} job(s) were still running)" if left else ""), flush=True)
     return 0

@@ -111,7 +111,7 @@ class IngressCore:
 
     async def submit(self, request: GenerationRequest, deadline_s: float | None = None) -> Job:
         resolved = resolve_request(request, self.defaults)
-        return await self._admit(resolved.model_dump(mode="json"), resolved.num_inference_steps, deadline_s)
+        return await self._admit_job(resolved.model_dump(mode="json"), resolved.num_inference_steps, deadline_s)
 
     async def submit_handoff(self, blob: bytes, deadline_s: float | None = None) -> Job:
         """Accept a client's handoff state and render it; the blob is parsed safely and checked first."""
@@ -132,9 +132,9 @@ class IngressCore:
                 f"handoff: switch step {state.switch_step} / {len(state.timesteps)} timesteps do not fit {n} steps",
                 param="handoff",
             )
-        return await self._admit(state.request.model_dump(mode="json"), n, deadline_s, (blob, state.switch_step))
+        return await self._admit_job(state.request.model_dump(mode="json"), n, deadline_s, (blob, state.switch_step))
 
-    async def _admit(
+    async def _admit_job(
         self,
         request: dict[str, Any],
         num_steps: int,

@@ -1,0 +1,106 @@
+"""Served single-request latency against the in-process engine, same request and thread count.
+
+Served: POST /v1/videos, follow the job's Server-Sent Events until `done`, GET the mp4 (the whole
+request as a client sees it), with 1 sketch + 1 render replica of the tiny pair at 1 torch thread
+each and the embedded job store. Engine: SRDiffusionEngine.generate in this process at 1 thread.
+The two alternate, one request at a time, so both see the same machine load; medians are compared.
+
+    python benchmarks/serving_overhead.py --out benchmarks/results/serving_overhead_tiny.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import requests
+import torch
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
+from srserve.serving.config import DeployFile, PoolConfig, ServingConfig
+from srserve.serving.launcher import deploy, ensure_ray
+
+
+def served_once(base: str, body: dict) -> tuple[float, bytes, dict]:
+    start = time.perf_counter()
+    job = requests.post(f"{base}/v1/videos", json=body, timeout=30).json()
+    done = None
+    with requests.get(f"{base}/v1/videos/{job['id']}/events", stream=True, timeout=120) as stream:
+        event = None
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "done":
+                done = json.loads(line[6:])
+                break
+    video = requests.get(f"{base}/v1/videos/{job['id']}/content", timeout=30).content
+    elapsed = time.perf_counter() - start
+    if done is None or done["status"] != "completed":
+        raise RuntimeError(f"{job['id']}: {done}")
+    return elapsed, video, done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--switch", default="fixed:5")
+    parser.add_argument("--port", type=int, default=8131)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    pair = ModelPairConfig.tiny(num_threads=1)
+    body = {"prompt": "a red fox running through snow", "num_inference_steps": args.steps, "switch": args.switch}
+    engine = SRDiffusionEngine(pair)
+    ensure_ray(num_cpus=8)
+    pool = PoolConfig(num_replicas=1, ray_actor_options={"num_cpus": 1})
+    config = ServingConfig(app_name="overhead", model=pair, sketch_pool=pool, render_pool=pool)
+    deploy(DeployFile(http_port=args.port, grpc_port=args.port + 1, serving=config))
+    base = f"http://127.0.0.1:{args.port}"
+
+    served_once(base, {**body, "seed": 0})  # warm-up both
+    engine.generate(GenerationRequest(**body, seed=0))
+    served, local = [], []
+    same_video = True
+    for i in range(args.repeats):
+        seconds, video, _ = served_once(base, {**body, "seed": i})
+        served.append(seconds)
+        start = time.perf_counter()
+        result = engine.generate(GenerationRequest(**body, seed=i))
+        local.append(time.perf_counter() - start)
+        same_video &= result.video == video
+    med_served, med_local = statistics.median(served), statistics.median(local)
+    ratio = med_served / med_local
+    print(f"served median {med_served:.3f}s  engine median {med_local:.3f}s  ratio {ratio:.3f}  same mp4 {same_video}")
+    report = {
+        "command": f"python benchmarks/serving_overhead.py --repeats {args.repeats} --steps {args.steps} "
+        f"--switch {args.switch}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads 1 (engine and each replica)",
+        "note": "served = POST -> SSE until done -> GET mp4; engine = SRDiffusionEngine.generate in-process; "
+        "alternating, one request at a time; ratio of medians",
+        "served_s": served,
+        "engine_s": local,
+        "served_median_s": med_served,
+        "engine_median_s": med_local,
+        "ratio": ratio,
+        "identical_mp4": same_video,
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    from ray import serve
+
+    serve.delete("overhead")
+
+
+if __name__ == "__main__":
+    main()

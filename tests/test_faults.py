@@ -1,0 +1,239 @@
+"""Fault tests on a real local cluster, jobs in flight each time: nothing accepted is ever lost.
+
+- kill one replica of every deployment (ingress, text encoder, sketch, render), one at a time;
+- stop the PostgreSQL server for ~5 s under load (clear 503 / UNAVAILABLE meanwhile);
+- SIGKILL `srserve serve` together with its Ray cluster, start it again on the same store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import ray
+import requests
+import yaml
+
+from srserve.engine.video import read_mp4
+from tests.serving_helpers import TERMINAL, get, post, wait_state
+
+pytestmark = pytest.mark.slow
+APP = "faults"
+BODY = {"prompt": "a lighthouse in a storm", "num_inference_steps": 12, "switch": "fixed:4"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def faults(serving, tiny_config):
+    """A second app with every kind of deployment (text pool too), short leases so takeovers are quick."""
+    from ray import serve
+
+    from srserve.serving.app import build_app
+    from srserve.serving.config import IngressConfig, PoolConfig, ServingConfig
+
+    pool = PoolConfig(num_replicas=1, max_backlog=16, ray_actor_options={"num_cpus": 0.25})
+    config = ServingConfig(
+        app_name=APP,
+        model=tiny_config.model_copy(update={"num_threads": 1}),
+        text_encoder_placement="pool",
+        sketch_pool=pool,
+        render_pool=pool,
+        text_pool=pool,
+        ingress=IngressConfig(lease_ttl_s=3.0, claim_interval_s=0.5, default_deadline_s=900),
+    )
+    serve.run(build_app(config), name=APP, route_prefix=f"/{APP}")
+    yield serving.http + f"/{APP}"
+    serve.delete(APP)
+
+
+def _replica_actors(deployment: str) -> list[tuple[str, str]]:
+    out = []
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        name = actor["name"]
+        if name.startswith("SERVE_REPLICA::") and f"{APP}#{deployment}#" in name:
+            out.append((name, actor["namespace"]))
+    return out
+
+
+def _kill_one(deployment: str) -> None:
+    actors = _replica_actors(deployment)
+    assert actors, f"no replica of {deployment}"
+    name, namespace = actors[0]
+    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+
+
+def _submit_until_accepted(base: str, body: dict, timeout_s: float = 120) -> dict:
+    """POST until accepted: a 503 (store or ingress restarting) or 429 (full) is an answer, not a loss."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            r = post(base, "/v1/videos", json=body)
+        except requests.ConnectionError:
+            time.sleep(0.5)
+            continue
+        if r.status_code == 200:
+            return r.json()
+        assert r.status_code in (429, 503), (r.status_code, r.text)
+        time.sleep(0.5)
+    raise TimeoutError("not accepted")
+
+
+def _wait_done(base: str, job_id: str, timeout_s: float = 600) -> dict:
+    """Wait for a final state, riding out an ingress restart (connection refused, 503)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            r = get(base, f"/v1/videos/{job_id}")
+        except requests.RequestException:
+            time.sleep(0.5)
+            continue
+        if r.status_code == 200 and r.json()["srserve"]["state"] in TERMINAL:
+            return r.json()
+        assert r.status_code in (200, 503), (r.status_code, r.text)
+        time.sleep(0.2)
+    raise TimeoutError(job_id)
+
+
+def _check_video(base: str, job_id: str, tmp_path: Path) -> None:
+    r = get(base, f"/v1/videos/{job_id}/content")
+    assert r.status_code == 200, r.text
+    path = tmp_path / f"{job_id}.mp4"
+    path.write_bytes(r.content)
+    assert read_mp4(path).shape == (17, 64, 64, 3)
+
+
+@pytest.mark.parametrize("deployment", ["Ingress", "TextEncoderWorker", "SketchWorker", "RenderWorker"])
+def test_kill_a_replica_of_each_deployment(faults: str, deployment: str, tmp_path: Path) -> None:
+    jobs = [_submit_until_accepted(faults, {**BODY, "seed": i}) for i in range(4)]
+    stage = {"TextEncoderWorker": "encoding", "SketchWorker": "sketching", "RenderWorker": "rendering"}
+    if deployment in stage:  # kill it while it works on a job
+        wait_state(faults, jobs[0]["id"], until=lambda j: j["srserve"]["state"] in (stage[deployment], *TERMINAL))
+    else:
+        wait_state(faults, jobs[0]["id"], until=lambda j: j["srserve"]["state"] != "queued")
+    _kill_one(deployment)
+    for job in jobs:
+        done = _wait_done(faults, job["id"])
+        assert done["status"] == "completed", done
+        _check_video(faults, job["id"], tmp_path)
+
+
+def test_database_outage_under_load(serving, faults: str, embedded_db, tmp_path: Path) -> None:
+    """The store stops for ~5 s: new requests get 503 / UNAVAILABLE meanwhile; every accepted job completes."""
+    from srserve.client import SrserveClient
+    from srserve.client.grpc_client import GenerationFailed, make_request
+
+    jobs = [_submit_until_accepted(faults, {**BODY, "seed": 100 + i}) for i in range(4)]
+    wait_state(faults, jobs[0]["id"], until=lambda j: j["srserve"]["state"] not in ("queued", "encoding"))
+    embedded_db.stop()
+    try:
+        time.sleep(0.5)
+        r = post(faults, "/v1/videos", json=BODY)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "unavailable" and r.headers["retry-after"] == "1"
+        with SrserveClient(serving.grpc, application=APP) as client, pytest.raises(GenerationFailed) as err:
+            client.submit(make_request("during the outage", num_inference_steps=4))
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE and "unavailable" in err.value.details
+        time.sleep(4.5)
+    finally:
+        embedded_db.ensure_running()
+    for job in jobs:
+        done = _wait_done(faults, job["id"])
+        assert done["status"] == "completed", done
+        _check_video(faults, job["id"], tmp_path)
+
+
+# -- hard kill of the whole service ---------------------------------------------------------------
+def _serve_config(path: Path, http_port: int, grpc_port: int) -> None:
+    spec = {
+        "http_options": {"host": "127.0.0.1", "port": http_port},
+        "grpc_options": {"port": grpc_port},
+        "applications": [
+            {
+                "name": "srserve",
+                "route_prefix": "/",
+                "import_path": "srserve.serving.app:app_builder",
+                "args": {
+                    "model": "tiny",
+                    "sketch_pool": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}},
+                    "render_pool": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}},
+                    "ingress": {"lease_ttl_s": 3.0, "claim_interval_s": 0.5, "default_deadline_s": 900},
+                },
+            }
+        ],
+    }
+    path.write_text(yaml.safe_dump(spec))
+
+
+def _start_serve(config: Path, home: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "SRSERVE_HOME": str(home), "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    return subprocess.Popen(
+        [sys.executable, "-m", "srserve.cli.main", "serve", str(config), "--num-cpus", "4"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the kill takes Ray's processes with it
+    )
+
+
+def _wait_up(base: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if requests.get(base + "/health", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise TimeoutError(log.read_text()[-3000:])
+
+
+def test_hard_kill_of_srserve_serve_and_its_cluster(tmp_path: Path) -> None:
+    """SIGKILL the server's whole process group mid-work, start again: old videos download, jobs finish."""
+    from srserve.serving.control.database import EmbeddedPostgres
+
+    home = Path(tempfile.mkdtemp(prefix="srserve-hardkill-"))
+    http_port, grpc_port = _free_port(), _free_port()
+    config, log = tmp_path / "serve.yaml", tmp_path / "serve.log"
+    _serve_config(config, http_port, grpc_port)
+    base = f"http://127.0.0.1:{http_port}"
+    proc = _start_serve(config, home, log)
+    try:
+        _wait_up(base, proc, log)
+        finished = _submit_until_accepted(base, {**BODY, "seed": 1})
+        assert _wait_done(base, finished["id"])["status"] == "completed"
+        running = [_submit_until_accepted(base, {**BODY, "seed": 2 + i}) for i in range(3)]
+        wait_state(base, running[0]["id"], until=lambda j: j["srserve"]["state"] != "queued")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        time.sleep(2)
+        proc = _start_serve(config, home, log)
+        _wait_up(base, proc, log)
+        _check_video(base, finished["id"], tmp_path)
+        for job in running:
+            done = _wait_done(base, job["id"])
+            assert done["status"] == "completed", done
+            _check_video(base, job["id"], tmp_path)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        EmbeddedPostgres(home / "postgres").stop(mode="immediate")
+        subprocess.run(["rm", "-rf", str(home)], check=False)
