@@ -74,3 +74,12 @@ def test_a_pool_overrides_the_pairs_backend(tiny_config) -> None:
         PoolConfig(attention_backend="flash_hub")  # hub kernels download code: not offered
     with pytest.raises(ValueError, match="attention_backend"):
         ModelPairConfig(sketch_path="a", render_path="b", attention_backend="eager")
+
+
+def test_a_pool_overrides_compile(tiny_config) -> None:
+    """compile per pool, next to the attention backend: e.g. compile the sketch pool only."""
+    config = ServingConfig(model=tiny_config, sketch_pool=PoolConfig(compile=True))
+    pair = config.model_pair(write_tiny=False)
+    assert config.sketch_pool.model_for(pair).compile is True
+    assert config.render_pool.model_for(pair).compile is False
+    assert config.render_pool.model_for(pair) is pair  # no override: the pair itself

@@ -48,6 +48,9 @@ class PoolConfig(BaseModel):
     # autoscaling_config above (e.g. its default request-count policy). At most one of the two.
     queue_autoscaling: QueueWorkAutoscaling | None = None
     attention_backend: AttentionBackend | None = Field(None, description="overrides model.attention_backend here")
+    compile: bool | None = Field(
+        None, description="overrides model.compile here: regional compile of the transformers' repeated blocks"
+    )
     telemetry: GpuTelemetryConfig = GpuTelemetryConfig()
 
     @model_validator(mode="after")
@@ -59,10 +62,13 @@ class PoolConfig(BaseModel):
         return self
 
     def model_for(self, pair: ModelPairConfig) -> ModelPairConfig:
-        """The model pair as this pool loads it (its attention backend override applied)."""
-        if self.attention_backend is None:
-            return pair
-        return pair.model_copy(update={"attention_backend": self.attention_backend})
+        """The model pair as this pool loads it (its attention backend and compile overrides applied)."""
+        updates: dict[str, Any] = {}
+        if self.attention_backend is not None:
+            updates["attention_backend"] = self.attention_backend
+        if self.compile is not None:
+            updates["compile"] = self.compile
+        return pair.model_copy(update=updates) if updates else pair
 
     def deployment_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {
