@@ -24,6 +24,7 @@ from srserve.serving.ops.metrics import _metrics
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIGS = sorted((ROOT / "deploy").glob("*.yaml"))
 RAYSERVICE = ROOT / "deploy" / "kuberay" / "rayservice-wan2.1.yaml"
+RAYSERVICE_WAN22 = ROOT / "deploy" / "kuberay" / "rayservice-wan2.2.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "srserve-dashboard.json"
 
 
@@ -70,8 +71,8 @@ def test_the_wan_config_puts_each_pool_on_its_gpu_kind() -> None:
     assert spec.logging_config == {"encoding": "JSON", "log_level": "INFO", "enable_access_log": True}
 
 
-def _rayservice() -> tuple[dict, list[dict]]:
-    docs = list(yaml.safe_load_all(RAYSERVICE.read_text()))
+def _rayservice(path: Path = RAYSERVICE) -> tuple[dict, list[dict]]:
+    docs = list(yaml.safe_load_all(path.read_text()))
     (service,) = [d for d in docs if d["kind"] == "RayService"]
     return service, [d for d in docs if d["kind"] != "RayService"]
 
@@ -140,7 +141,8 @@ def test_rayservice_pods_read_the_job_store_dsn_from_a_secret() -> None:
     service, others = _rayservice()
     args = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
     variable = args["job_store"]["dsn_env"]
-    secrets = {d["metadata"]["name"]: d for d in others if d["kind"] == "Secret"}
+    example = yaml.safe_load_all((ROOT / "deploy" / "kuberay" / "secrets-example.yaml").read_text())
+    secrets = {d["metadata"]["name"]: d for d in example if d["kind"] == "Secret"}
     cluster = service["spec"]["rayClusterConfig"]
     specs = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
     for group in specs:
@@ -149,3 +151,45 @@ def test_rayservice_pods_read_the_job_store_dsn_from_a_secret() -> None:
         ref = env[variable]["valueFrom"]["secretKeyRef"]
         assert ref["key"] in secrets[ref["name"]]["stringData"]
     assert args["artifacts"]["kind"] == "s3" and args["artifacts"]["bucket"]
+
+
+def test_the_wan22_config_puts_each_expert_on_its_own_gpu() -> None:
+    spec = DeployFile.from_yaml(ROOT / "deploy" / "wan2.2.yaml")
+    pair = spec.serving.model_pair(write_tiny=False)
+    assert pair.family == "wan2.2" and pair.guidance_scale_2 == 3.0
+    assert pair.sketch_path.endswith("Wan2.2-T2V-A14B-Diffusers")
+    assert pair.render_path == pair.sketch_path + "/transformer_2"  # the low-noise expert, by its own path
+    sketch, render = spec.serving.sketch_pool, spec.serving.render_pool
+    for pool, resource in ((sketch, "wan22_high_noise"), (render, "wan22_low_noise")):
+        options = pool.ray_actor_options
+        assert (options["num_gpus"], options["accelerator_type"], options["resources"]) == (1, "H100", {resource: 1})
+        assert pool.queue_autoscaling is not None
+    assert render.queue_autoscaling.max_replicas > sketch.queue_autoscaling.max_replicas  # 27 of 40 steps
+
+
+def test_rayservice_wan22_embeds_its_serve_config_and_gives_each_expert_pool_its_group(database_url: None) -> None:
+    service, others = _rayservice(RAYSERVICE_WAN22)
+    embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
+    _check_serve_config(embedded, "serveConfigV2")
+    assert embedded == yaml.safe_load((ROOT / "deploy" / "wan2.2.yaml").read_text())
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == "2.60.0" and cluster["enableInTreeAutoscaling"] is True
+    offers = {g["groupName"]: _get_ray_resources_from_group_spec(g, False) for g in cluster["workerGroupSpecs"]}
+    args = embedded["applications"][0]["args"]
+    for pool in ("sketch_pool", "render_pool"):
+        wanted = args[pool]["ray_actor_options"]
+        needs = {"GPU": wanted["num_gpus"], f"accelerator_type:{wanted['accelerator_type']}": 1, **wanted["resources"]}
+        groups = [name for name, res in offers.items() if all(res.get(k, 0) >= v for k, v in needs.items())]
+        assert len(groups) == 1, (pool, needs, offers)  # one group per expert pool, one expert per GPU
+        group = next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == groups[0])
+        assert wanted["accelerator_type"] in group["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"]
+        assert group["maxReplicas"] >= args[pool]["queue_autoscaling"]["max_replicas"]
+    labels = cluster["headGroupSpec"]["template"]["metadata"]["labels"]
+    (api,) = [d for d in others if d["kind"] == "Service"]
+    assert api["spec"]["selector"]["srserve.io/service"] == labels["srserve.io/service"] == "srserve-wan22"
+    example = yaml.safe_load_all((ROOT / "deploy" / "kuberay" / "secrets-example.yaml").read_text())
+    secrets = {d["metadata"]["name"]: d for d in example if d["kind"] == "Secret"}
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        (container,) = group["template"]["spec"]["containers"]
+        ref = {e["name"]: e for e in container["env"]}[args["job_store"]["dsn_env"]]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] in secrets[ref["name"]]["stringData"]
