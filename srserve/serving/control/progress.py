@@ -38,6 +38,7 @@ class ProgressChannel:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
+        self._urgent: asyncio.Event | None = None  # a flush is waiting: skip the batching pause
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> ProgressChannel:
@@ -45,6 +46,7 @@ class ProgressChannel:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._urgent = asyncio.Event()
         self._tasks = [self._loop.create_task(self._writer()), self._loop.create_task(self._listener())]
         return self
 
@@ -85,12 +87,13 @@ class ProgressChannel:
                 empty = not self._pending
             if empty and self._idle is not None and self._idle.is_set():
                 return
-            if self._wake is not None:
+            if self._wake is not None and self._urgent is not None:
+                self._urgent.set()
                 self._wake.set()
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.002)
 
     async def _writer(self) -> None:
-        assert self._wake is not None and self._idle is not None
+        assert self._wake is not None and self._idle is not None and self._urgent is not None
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -116,7 +119,9 @@ class ProgressChannel:
             for job_id, why in refused.items():
                 verdict = _REFUSAL.get(why, Verdict.CANCELLED)
                 self.stop(job_id, verdict, fences[job_id] if verdict == Verdict.SUPERSEDED else None)
-            await asyncio.sleep(FLUSH_INTERVAL_S)  # batch what arrives meanwhile
+            with contextlib.suppress(TimeoutError):  # batch what arrives meanwhile, unless a flush waits
+                await asyncio.wait_for(self._urgent.wait(), FLUSH_INTERVAL_S)
+            self._urgent.clear()
 
     async def _listener(self) -> None:
         async for payload in self.store.listen(STOP_CHANNEL):
