@@ -63,3 +63,20 @@ def test_engine_refuses_stages_it_did_not_load(tiny_config) -> None:
     renderer = SRDiffusionEngine(tiny_config, roles={Role.RENDER})
     with pytest.raises(MissingRoleError, match="'text' role"):
         renderer.encode(renderer.resolve(GenerationRequest(prompt="x")))
+
+
+def test_config_check_is_the_engines_check(tiny_root, tmp_path) -> None:
+    """ModelPairConfig.check() runs the family's check without loading anything (what serving calls at config load)."""
+    config = _copy_with(tiny_root, tmp_path, "transformer", in_channels=48)
+    with pytest.raises(IncompatiblePairError, match="transformer mismatch on 'in_channels'"):
+        config.check()
+    ModelPairConfig.tiny(tiny_root, write=False).check()
+
+
+def test_tiny_pairs_by_name(tmp_path) -> None:
+    pair = ModelPairConfig.tiny_pair("tiny-wan2.2", root=tmp_path / "wan22")
+    assert (pair.family, pair.name) == ("wan2.2", "tiny-wan2.2")
+    assert pair.render_path == str(Path(pair.sketch_path) / "transformer_2")
+    pair.check()
+    with pytest.raises(ValueError, match="unknown tiny pair 'tiny-sora'"):
+        ModelPairConfig.tiny_pair("tiny-sora")
