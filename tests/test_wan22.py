@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from srserve.cli.main import main as cli_main
 from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine, components
-from srserve.engine.families import IncompatiblePairError
+from srserve.engine.families import IncompatiblePairError, get_family
 from srserve.engine.families.wan22 import HANDOFF_EXTRAS_KEY, Wan22Family
 from srserve.engine.tiny import write_tiny_wan22_pair, write_tiny_wan22_ti2v
 from srserve.engine.tiny.wan22 import A14B_DIR, LOW_NOISE_SUBFOLDER
@@ -317,11 +317,18 @@ def test_handoff_that_does_not_fit_the_render_model_is_refused(wan22_engine: SRD
     request = wan22_engine.resolve(_request(f"fixed:{BOUNDARY_STEP}"))
     blob = wan22_engine.sketch(request, wan22_engine.encode(request)).to_bytes()
 
+    weightless = get_family("wan2.2")  # what a server can run on an upload before queueing it: no weights
+    weightless.bind(wan22_engine.config)
+
     def refused(mutate, fragment: str) -> None:
         state = HandoffState.from_bytes(blob)
         mutate(state)
+        uploaded = HandoffState.from_bytes(state.to_bytes())
         with pytest.raises(IncompatiblePairError, match="handoff does not fit this render model") as caught:
-            wan22_engine.render(HandoffState.from_bytes(state.to_bytes()))
+            weightless.check_handoff(uploaded)
+        assert fragment in str(caught.value), str(caught.value)
+        with pytest.raises(IncompatiblePairError, match="handoff does not fit this render model") as caught:
+            wan22_engine.render(uploaded)
         assert fragment in str(caught.value), str(caught.value)
 
     def ti2v_latents(state: HandoffState) -> None:  # TI2V-5B: 48 channels, 16x spatial compression
@@ -339,6 +346,7 @@ def test_handoff_that_does_not_fit_the_render_model_is_refused(wan22_engine: SRD
     refused(ti2v_latents, "latents have shape [1, 48, 5, 4, 4], this render model takes [1, 16, 5, 8, 8]")
     refused(wider_text, "prompt_embeds have shape [1, 512, 128], this render model reads width 64")
     refused(ti2v_schedule, "differ from this render model's schedule for 8 steps")
+    weightless.check_handoff(HandoffState.from_bytes(blob))
     good = wan22_engine.render(HandoffState.from_bytes(blob))  # the untouched handoff still renders
     assert good.shape == (1, 16, 5, 8, 8)
 

@@ -118,6 +118,14 @@ class ModelFamily(ABC):
         """Map the sketch model's latent space to the render model's (identity when shared)."""
         return state
 
+    def check_handoff(self, state: HandoffState) -> None:
+        """Raise IncompatiblePairError, naming the misfit, if the render model cannot continue `state`.
+
+        Needs only `bind` (no weights), so a server can refuse an uploaded handoff before queueing it;
+        `render` checks again. By default nothing beyond `render_timesteps`' own check.
+        """
+        return None
+
     def render_timesteps(self, scheduler: Any, state: HandoffState) -> torch.Tensor:
         """The timesteps the render runs at (from switch_step on), on a scheduler after set_timesteps(N).
 

@@ -167,6 +167,7 @@ class Wan22Family(WanFamily):
         self._vae_config: dict[str, Any] = {}
         self._render_transformer: dict[str, Any] = {}
         self._sketch_scheduler: Any = None
+        self._render_scheduler: Any = None
         self._is_render: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 
     # -- the pair ---------------------------------------------------------------------------
@@ -295,6 +296,7 @@ class Wan22Family(WanFamily):
         self._vae_config = _with_defaults(AutoencoderKLWan, _require(vae_folder, "vae"))
         self._render_transformer = _require(self._render.pipeline, self._render.subfolder)
         self._sketch_scheduler = self.load_scheduler(config.sketch_path)
+        self._render_scheduler = self.load_render_scheduler(config)
 
     @property
     def boundary_ratio(self) -> float:
@@ -383,8 +385,20 @@ class Wan22Family(WanFamily):
         }
         return state
 
-    def render_timesteps(self, scheduler: Any, state: HandoffState) -> torch.Tensor:
+    def check_handoff(self, state: HandoffState) -> None:
         """Refuse a handoff that does not fit the render model, naming each mismatch (request time)."""
+        self._bound()
+        scheduler = type(self._render_scheduler).from_config(self._render_scheduler.config)
+        scheduler.set_timesteps(state.num_steps)
+        self._check_handoff(scheduler, state)
+
+    def render_timesteps(self, scheduler: Any, state: HandoffState) -> torch.Tensor:
+        """The render model's own schedule, after the same checks (an uploaded handoff may come from anywhere)."""
+        self._check_handoff(scheduler, state)
+        return scheduler.timesteps
+
+    def _check_handoff(self, scheduler: Any, state: HandoffState) -> None:
+        """The latent, the text embeddings and the schedule against the render model's, all misfits at once."""
         problems = []
         channels = int(self._render_transformer.get("in_channels", 0))
         text_dim = int(self._render_transformer.get("text_dim", 0))
@@ -413,7 +427,6 @@ class Wan22Family(WanFamily):
             problems.append(f"sigmas differ from this render model's schedule for {n} steps")
         if problems:
             raise IncompatiblePairError("handoff does not fit this render model: " + "; ".join(problems))
-        return scheduler.timesteps
 
 
 def _loaded_from(transformer: torch.nn.Module) -> Path | None:
