@@ -52,7 +52,9 @@ def faults(serving, tiny_config):
         sketch_pool=pool,
         render_pool=pool,
         text_pool=pool,
-        ingress=IngressConfig(lease_ttl_s=3.0, claim_interval_s=0.5, default_deadline_s=900),
+        ingress=IngressConfig(
+            lease_ttl_s=3.0, claim_interval_s=0.5, default_deadline_s=900, graceful_shutdown_timeout_s=5
+        ),
     )
     serve.run(build_app(config), name=APP, route_prefix=f"/{APP}")
     yield serving.http + f"/{APP}"
@@ -126,7 +128,7 @@ def test_kill_a_replica_of_each_deployment(faults: str, deployment: str, tmp_pat
     _kill_one(deployment)
     for job in jobs:
         done = _wait_done(faults, job["id"])
-        assert done["status"] == "completed", done
+        assert done["status"] == "completed", (done["error"], done["srserve"])
         _check_video(faults, job["id"], tmp_path)
 
 

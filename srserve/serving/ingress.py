@@ -37,8 +37,14 @@ REPLICA_LOST = (
 )
 
 
-def _replica_lost(exc: BaseException) -> bool:
-    return isinstance(exc, REPLICA_LOST)
+def _replica_lost(exc: BaseException | None, depth: int = 0) -> bool:
+    """A lost replica, also when it surfaces wrapped: a text-pool response passed into the sketch
+    call fails as the sketch call's error, with the dead actor as its cause."""
+    if exc is None or depth > 5:
+        return False
+    if isinstance(exc, REPLICA_LOST):
+        return True
+    return _replica_lost(getattr(exc, "cause", None), depth + 1) or _replica_lost(exc.__cause__, depth + 1)
 
 
 class IngressCore:

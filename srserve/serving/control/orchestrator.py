@@ -88,7 +88,7 @@ class Orchestrator:
         except StoreUnavailable as exc:  # for longer than until_stored waits: the lease lapses, another resumes
             logger.warning("job %s: store unreachable (%s); leaving it to be resumed", job_id, exc)
         except Exception as exc:  # anything unforeseen: the job must not stay in a running state
-            logger.warning("job %s failed: %s", job_id, exc)
+            logger.warning("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
             with contextlib.suppress(StoreUnavailable):
                 job = await self.store.fail(job_id, ErrorCode.INTERNAL, short_error(exc))
                 if job is not None:
