@@ -138,7 +138,7 @@ def test_grafana_dashboard_plots_metrics_that_exist() -> None:
 
 def test_rayservice_pods_read_the_job_store_dsn_from_a_secret() -> None:
     """Every pod (head and each worker group) gets the DSN the Serve config names, from the Secret."""
-    service, others = _rayservice()
+    service, _ = _rayservice()
     args = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
     variable = args["job_store"]["dsn_env"]
     example = yaml.safe_load_all((ROOT / "deploy" / "kuberay" / "secrets-example.yaml").read_text())

@@ -68,10 +68,22 @@ def test_wan22_cross_pair_served_through_the_pools(serving, cross_pair: ModelPai
         state.latents = torch.randn(1, 48, 5, 4, 4)
         blob = state.to_bytes()
         upload = post(base, "/v1/handoffs", data=blob, headers={"content-type": "application/octet-stream"})
-        assert upload.status_code == 200, upload.text
-        refused = wait_state(base, upload.json()["id"])
-        assert refused["status"] == "failed", refused
-        assert "handoff does not fit this render model" in refused["error"]["message"], refused
-        assert "this render model takes [1, 16, 5, 8, 8]" in refused["error"]["message"], refused
+        assert upload.status_code == 400, upload.text  # refused before it queues, naming the misfit
+        error = upload.json()["error"]
+        assert error["param"] == "handoff" and "handoff does not fit this render model" in error["message"], error
+        assert "this render model takes [1, 16, 5, 8, 8]" in error["message"], error
     finally:
         serve.delete("wan22")
+
+
+def test_incompatible_pair_is_refused_at_config_load(cross_pair: ModelPairConfig, tmp_path_factory) -> None:
+    """Building the app with a TI2V-5B-shaped render model (48 latent channels) fails, naming what differs."""
+    from srserve.engine.families.base import IncompatiblePairError
+    from srserve.engine.tiny import write_tiny_wan22_ti2v
+    from srserve.serving.app import build_app
+    from srserve.serving.config import ServingConfig
+
+    ti2v = write_tiny_wan22_ti2v(tmp_path_factory.mktemp("tiny-ti2v-serving"))
+    bad = cross_pair.model_copy(update={"render_path": str(ti2v)})
+    with pytest.raises(IncompatiblePairError, match="latent"):
+        build_app(ServingConfig(app_name="wan22_bad", model=bad))

@@ -44,7 +44,9 @@ class Ingress(GrpcApi, IngressCore):
 
     def __init__(self, config: ServingConfig, sketch, render, text=None, tls_gateway=None) -> None:
         pair = config.model_pair(write_tiny=False)
-        IngressCore.__init__(self, config, pair.defaults, pair.name, pair.family, sketch, render, text, replica_id())
+        IngressCore.__init__(
+            self, config, pair.defaults, pair.name, pair.family, sketch, render, text, replica_id(), pair
+        )
         install_job_log_filter()
         self.start()
         self._gauges = asyncio.get_event_loop().create_task(export_store_gauges(self.store))
@@ -73,6 +75,8 @@ def build_app(config: ServingConfig) -> Application:
     config = config.resolved()  # the embedded database started, paths made absolute
     migrate(config)
     pair = config.model_pair()
+    if config.layout == "disaggregated":
+        pair.check()  # an incompatible sketch/render pair is refused here, naming what differs
     stores = (config.job_store, config.artifacts)
     text = None
     if config.text_encoder_placement == "pool":

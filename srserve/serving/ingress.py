@@ -16,6 +16,9 @@ import ray
 from pydantic import ValidationError
 from ray.serve.handle import DeploymentHandle
 
+from srserve.engine.config import ModelPairConfig
+from srserve.engine.families import get_family
+from srserve.engine.families.base import IncompatiblePairError
 from srserve.engine.handoff import HandoffFormatError, HandoffState
 from srserve.engine.request import GenerationRequest, RequestDefaults, describe_validation_error, resolve_request
 from srserve.serving.api.errors import InvalidRequest, JobNotFound, NotReady, RequestTooLarge, Unauthenticated
@@ -58,6 +61,7 @@ class IngressCore:
         render: DeploymentHandle,
         text: DeploymentHandle | None = None,
         replica: str = "local",
+        pair: ModelPairConfig | None = None,
     ) -> None:
         self.config = config
         self.defaults = defaults
@@ -67,6 +71,10 @@ class IngressCore:
         self.render = render
         self.text = text
         self.auth = config.auth.resolve()
+        self._family = None
+        if pair is not None:  # configs only, no weights: lets uploads be checked before they queue
+            self._family = get_family(pair.family)
+            self._family.bind(pair)
         self.store = open_store(config.job_store)
         self.artifacts = ArtifactStore.from_config(config.artifacts)
         ing = config.ingress
@@ -138,6 +146,11 @@ class IngressCore:
                 f"handoff: switch step {state.switch_step} / {len(state.timesteps)} timesteps do not fit {n} steps",
                 param="handoff",
             )
+        if self._family is not None:
+            try:
+                self._family.check_handoff(state)
+            except IncompatiblePairError as exc:
+                raise InvalidRequest(f"handoff: {exc}", param="handoff") from None
         return await self._admit_job(state.request.model_dump(mode="json"), n, deadline_s, (blob, state.switch_step))
 
     async def _admit_job(
