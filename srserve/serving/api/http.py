@@ -1,29 +1,65 @@
 """OpenAI-compatible `/v1/videos` HTTP API (plus health and models), as a FastAPI app.
 
-The official `openai` SDK posts `create` as multipart/form-data with every value as a string
-(extra_body fields included); JSON bodies are accepted too. Values are coerced by the same
-pydantic request model the engine uses, so errors name the field either way.
+Every route declares its request and response models (`schemas.py`) and each status it can
+answer, so `/openapi.json` describes the whole API (with the served model's name and, when the
+deployment sets `auth`, the bearer scheme filled in). The official `openai` SDK posts `create` as
+multipart/form-data with every value as text (extra_body fields included); JSON bodies and
+urlencoded forms are accepted too, all checked by the one published model, so errors name the
+field either way.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict
-from typing import Any
+from importlib import metadata
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
-from srserve.serving.api.errors import InvalidRequest, RequestTooLarge, ServingError
+from srserve.serving.api.errors import (
+    InvalidRequest,
+    JobNotFound,
+    MethodNotAllowed,
+    RangeUnsatisfiable,
+    RequestTooLarge,
+    RouteNotFound,
+    ServingError,
+    UnsupportedMediaType,
+)
+from srserve.serving.api.schemas import (
+    DEFAULT_FPS,
+    VIDEO_ID_PATTERN,
+    ErrorResponse,
+    Health,
+    ModelList,
+    ProgressEvent,
+    Video,
+    VideoCreateParams,
+    VideoDeleted,
+    VideoList,
+    cap_switch,
+    form_values,
+    frames_for_seconds,
+    parse_create,
+)
 from srserve.serving.control.artifacts import RangeNotSatisfiable, parse_range_header
 from srserve.serving.control.jobs import Job, JobState
 from srserve.serving.ingress import IngressCore
 
-OPENAI_FIELDS = ("prompt", "model", "seconds", "size", "input_reference")
 POLL_AFTER_MS = "250"
+MAX_SEQ = 2**63 - 1  # event sequence numbers are PostgreSQL bigints
+RANGE_PATTERN = r"^[ \t]*[Bb][Yy][Tt][Ee][Ss][ \t]*=[ \t]*(?:[0-9]+[ \t]*-[ \t]*[0-9]*|-[ \t]*0*[1-9][0-9]*)[ \t]*$"
+_FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+_VIDEO_ID = re.compile(VIDEO_ID_PATTERN)
 _STATUS = {
     JobState.QUEUED: "queued",
     JobState.COMPLETED: "completed",
@@ -31,7 +67,19 @@ _STATUS = {
     JobState.CANCELLED: "failed",
 }
 
-app = FastAPI(title="srserve", description="SRDiffusion text-to-video, OpenAI-compatible /v1/videos")
+
+def _version() -> str:
+    try:
+        return metadata.version("srserve")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+app = FastAPI(
+    title="srserve",
+    version=_version(),
+    description="SRDiffusion text-to-video, OpenAI-compatible /v1/videos (srserve's fields as extra body fields)",
+)
 
 
 def _core() -> IngressCore:
@@ -40,17 +88,75 @@ def _core() -> IngressCore:
     return serve.get_replica_context().servable_object
 
 
+# -- errors ---------------------------------------------------------------------------------------
+
+_RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait before retrying", "required": True, "schema": {"type": "integer"}}
+}
+_ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
+    400: ("invalid_argument: the request does not match its schema; the message names the field", {}),
+    401: (
+        "unauthenticated: missing or wrong bearer token (only when the deployment sets `auth`)",
+        {"WWW-Authenticate": {"description": "always `Bearer`", "required": True, "schema": {"type": "string"}}},
+    ),
+    404: ("not_found: no video with this id (or its video is no longer retained)", {}),
+    409: ("failed_precondition: the video is not completed (yet)", {}),
+    413: ("request_too_large: the body exceeds the ingress's size limit", {}),
+    415: ("unsupported_media_type: send application/json, multipart/form-data or a urlencoded form", {}),
+    416: (
+        "range_not_satisfiable: the Range header names no byte of the video (one range, within its size)",
+        {"Content-Range": {"description": "`bytes */SIZE`", "required": True, "schema": {"type": "string"}}},
+    ),
+    429: ("resource_exhausted: a pool's backlog is full; nothing was created, retry later", _RETRY_AFTER),
+    503: ("unavailable: the job store cannot be reached; retry later", _RETRY_AFTER),
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for these error statuses, all with the error object."""
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        description, headers = _ERRORS[code]
+        out[code] = {"description": description, "content": content, **({"headers": headers} if headers else {})}
+    return out
+
+
 def _error(exc: ServingError) -> JSONResponse:
-    headers = {"retry-after": "1"} if exc.http_status in (429, 503) else None
+    headers = {"retry-after": "1"} if exc.http_status in (429, 503) else {}
     if exc.http_status == 401:
-        headers = {"www-authenticate": "Bearer"}
+        headers["www-authenticate"] = "Bearer"
     body = {"error": {"message": exc.message, "type": exc.code, "param": exc.param, "code": exc.code}}
-    return JSONResponse(body, status_code=exc.http_status, headers=headers)
+    return JSONResponse(body, status_code=exc.http_status, headers={**headers, **exc.headers})
 
 
 @app.exception_handler(ServingError)
 async def _serving_error(_request: Request, exc: ServingError) -> JSONResponse:
     return _error(exc)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Routing's own answers (unknown path, unsupported method, unreadable form) in the error format."""
+    if exc.status_code == 405:
+        allowed = sorted({m for route in app.router.routes for m in _route_methods(route, request)})
+        method = request.method
+        return _error(
+            MethodNotAllowed(
+                f"{method} is not allowed here; use {', '.join(allowed)}", None, {"allow": ", ".join(allowed)}
+            )
+        )
+    if exc.status_code == 404:
+        return _error(RouteNotFound(f"no route {request.url.path!r}"))
+    error = InvalidRequest(str(exc.detail)) if exc.status_code == 400 else ServingError(str(exc.detail))
+    error.http_status = exc.status_code
+    return _error(error)
+
+
+def _route_methods(route: Any, request: Request) -> set[str]:
+    """The methods `route` serves at this request's path (the union over routes is the `Allow` header)."""
+    match, _ = route.matches(request.scope)
+    return set(getattr(route, "methods", None) or ()) if match != Match.NONE else set()
 
 
 @app.middleware("http")
@@ -68,51 +174,32 @@ async def _authenticate(request: Request, call_next):
 async def _bad_parameters(_request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = []
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body")]
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "path", "header", "body")]
         problems.append(f"{'.'.join(loc) or 'request'}: {err.get('msg', 'invalid')}")
     first = exc.errors()[0].get("loc", ("", ""))[-1] if exc.errors() else None
     return _error(InvalidRequest("; ".join(problems), param=str(first) if first is not None else None))
 
 
-def frames_for_seconds(seconds: float, fps: int) -> int:
-    """The 4k+1 frame count closest to `seconds` of video at `fps`."""
-    return max(1, 4 * round(seconds * fps / 4) + 1)
+# -- the Video object -----------------------------------------------------------------------------
 
 
-def to_generation_fields(body: dict[str, Any], served_model: str) -> tuple[dict[str, Any], float | None]:
-    """Map an OpenAI-style body to GenerationRequest fields (+ an optional deadline)."""
-    fields = dict(body)
-    model = fields.pop("model", None)
-    if model not in (None, "", served_model):
-        raise InvalidRequest(f"model: unknown model {model!r}; this server serves {served_model!r}", param="model")
-    if fields.pop("input_reference", None) is not None:
-        raise InvalidRequest("input_reference: image-to-video is not supported", param="input_reference")
-    size = fields.pop("size", None)
-    if size is not None:
-        try:
-            width, height = (int(v) for v in str(size).lower().split("x"))
-        except ValueError:
-            raise InvalidRequest(f"size: expected WIDTHxHEIGHT such as '832x480', got {size!r}", param="size") from None
+def to_generation_fields(
+    params: VideoCreateParams, served_model: str, default_steps: int
+) -> tuple[dict[str, Any], float | None]:
+    """The checked body as GenerationRequest fields (+ the deadline)."""
+    if params.model is not None and params.model != served_model:
+        raise InvalidRequest(f"model: unknown model {params.model!r}; this server serves {served_model!r}", "model")
+    fields = params.model_dump(exclude_none=True, exclude={"model", "seconds", "size", "deadline_s"})
+    if params.size is not None:
+        width, height = (int(v) for v in params.size.split("x"))
         fields.setdefault("width", width)
         fields.setdefault("height", height)
-    seconds = fields.pop("seconds", None)
-    if seconds is not None and fields.get("num_frames") is None:
-        try:
-            secs = float(seconds)
-            fps = int(fields.get("fps", 16))
-        except (TypeError, ValueError):
-            raise InvalidRequest(f"seconds: expected a number, got {seconds!r}", param="seconds") from None
-        if not 0 < secs <= 60:
-            raise InvalidRequest("seconds: must be in (0, 60]", param="seconds")
-        fields["num_frames"] = frames_for_seconds(secs, fps)
-    deadline = fields.pop("deadline_s", None)
-    try:
-        deadline_s = None if deadline in (None, "") else float(deadline)
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"deadline_s: expected seconds, got {deadline!r}", param="deadline_s") from None
-    if deadline_s is not None and deadline_s <= 0:
-        raise InvalidRequest("deadline_s: must be positive", param="deadline_s")
-    return fields, deadline_s
+    if params.seconds is not None and params.num_frames is None:
+        fields["num_frames"] = frames_for_seconds(int(params.seconds), params.fps or DEFAULT_FPS)
+    if params.switch is not None:
+        steps = params.num_inference_steps if params.num_inference_steps is not None else default_steps
+        fields["switch"] = cap_switch(params.switch, steps)
+    return fields, params.deadline_s
 
 
 def video_object(job: Job | dict[str, Any], model: str) -> dict[str, Any]:
@@ -153,59 +240,130 @@ def video_object(job: Job | dict[str, Any], model: str) -> dict[str, Any]:
     }
 
 
-async def _read_body(request: Request, limit: int) -> dict[str, Any]:
+def _known_id(video_id: str) -> str:
+    """A path id that cannot be a video id is a video that does not exist (the store is not asked)."""
+    if not _VIDEO_ID.fullmatch(video_id):
+        raise JobNotFound(f"no job with id {video_id!r}", param="id")
+    return video_id
+
+
+# -- request bodies -------------------------------------------------------------------------------
+
+
+async def _read_create_body(request: Request, limit: int) -> dict[str, Any]:
+    """The create body as JSON types: parsed JSON, or a form's text fields typed by the schema."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise RequestTooLarge(f"request body of {length} bytes exceeds the {limit}-byte limit")
-    ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data") or ctype.startswith("application/x-www-form-urlencoded"):
-        form = await request.form()
-        body: dict[str, Any] = {}
-        for key, value in form.multi_items():
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in _FORMS:
+        items = []
+        for key, value in (await request.form()).multi_items():
             if isinstance(value, UploadFile):
-                body[key] = value.filename or "file"
-            else:
-                body[key] = value
-        return body
+                if key == "input_reference":
+                    raise InvalidRequest("input_reference: image-to-video is not supported", param=key)
+                raise InvalidRequest(f"{key}: expected a text field, got a file", param=key)
+            items.append((key, value))
+        return form_values(items)
+    if ctype not in ("", "application/json"):
+        raise UnsupportedMediaType(
+            f"content-type {ctype!r}: send application/json, multipart/form-data or application/x-www-form-urlencoded"
+        )
     raw = await request.body()
     if len(raw) > limit:
         raise RequestTooLarge(f"request body of {len(raw)} bytes exceeds the {limit}-byte limit")
     try:
         body = json.loads(raw or b"{}")
-    except ValueError:
-        raise InvalidRequest("body: not valid JSON (send application/json or multipart/form-data)") from None
+        json.dumps(body, ensure_ascii=False).encode()  # lone surrogates ("\ud800") are not text
+    except (ValueError, UnicodeError):
+        raise InvalidRequest("body: not valid JSON text (send application/json or multipart/form-data)") from None
     if not isinstance(body, dict):
         raise InvalidRequest("body: expected a JSON object")
     return body
 
 
-@app.post("/v1/videos")
-async def create_video(request: Request) -> JSONResponse:
+_CREATE_SCHEMA = {"$ref": "#/components/schemas/VideoCreateParams"}
+_CREATE_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": _CREATE_SCHEMA},
+        "multipart/form-data": {"schema": _CREATE_SCHEMA},
+        "application/x-www-form-urlencoded": {"schema": _CREATE_SCHEMA},
+    },
+}
+_HANDOFF_BODY = {
+    "required": True,
+    "description": "a handoff state in srserve's wire format (`srserve generate --handoff-out`)",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+_POLL = {"openai-poll-after-ms": {"description": "when to poll again", "schema": {"type": "integer"}}}
+_ID = {"video_id": "$response.body#/id"}
+_LINKS = {
+    "retrieve": {"operationId": "retrieveVideo", "parameters": _ID},
+    "events": {"operationId": "videoEvents", "parameters": _ID},
+    "cancel": {"operationId": "cancelVideo", "parameters": _ID},
+    "content": {"operationId": "downloadVideo", "parameters": _ID},
+    "delete": {"operationId": "deleteVideo", "parameters": _ID},
+}
+VideoId = Annotated[
+    str, Path(description="a video id: video_ and 32 hex digits", json_schema_extra={"pattern": VIDEO_ID_PATTERN})
+]
+
+
+# -- routes ---------------------------------------------------------------------------------------
+
+
+@app.post(
+    "/v1/videos",
+    operation_id="createVideo",
+    response_model=Video,
+    responses={200: {"headers": _POLL, "links": _LINKS}, **_errors(400, 401, 413, 415, 429, 503)},
+    openapi_extra={"requestBody": _CREATE_BODY},
+)
+async def create_video(request: Request, response: Response) -> dict[str, Any]:
+    """Queue a video; poll it (GET), follow its events (SSE) or wait for it, then download the mp4."""
     core = _core()
-    body = await _read_body(request, core.config.ingress.max_request_bytes)
-    fields, deadline_s = to_generation_fields(body, core.model_name)
+    body = await _read_create_body(request, core.config.ingress.max_request_bytes)
+    fields, deadline_s = to_generation_fields(parse_create(body), core.model_name, core.defaults.num_inference_steps)
     job = await core.submit(core.validate(fields), deadline_s)
-    return JSONResponse(video_object(job, core.model_name), headers={"openai-poll-after-ms": POLL_AFTER_MS})
+    response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
+    return video_object(job, core.model_name)
 
 
-@app.post("/v1/handoffs")
-async def render_handoff(request: Request, deadline_s: float | None = None) -> JSONResponse:
+@app.post(
+    "/v1/handoffs",
+    operation_id="renderHandoff",
+    response_model=Video,
+    responses={200: {"headers": _POLL, "links": _LINKS}, **_errors(400, 401, 413, 429, 503)},
+    openapi_extra={"requestBody": _HANDOFF_BODY},
+)
+async def render_handoff(
+    request: Request,
+    response: Response,
+    deadline_s: Annotated[float | None, Query(gt=0, description="seconds until the job fails")] = None,
+) -> dict[str, Any]:
     """srserve extension: render an uploaded handoff state (body: the handoff bytes)."""
     core = _core()
     limit = core.config.ingress.max_handoff_bytes
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise RequestTooLarge(f"handoff of {length} bytes exceeds the {limit}-byte limit")
-    if deadline_s is not None and deadline_s <= 0:
-        raise InvalidRequest("deadline_s: must be positive", param="deadline_s")
     job = await core.submit_handoff(await request.body(), deadline_s)
-    return JSONResponse(video_object(job, core.model_name), headers={"openai-poll-after-ms": POLL_AFTER_MS})
+    response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
+    return video_object(job, core.model_name)
 
 
-@app.get("/v1/videos")
-async def list_videos(limit: int = 20, after: str | None = None, order: str = "desc") -> dict[str, Any]:
+@app.get("/v1/videos", operation_id="listVideos", response_model=VideoList, responses=_errors(400, 401, 503))
+async def list_videos(
+    limit: Annotated[int, Query(ge=1, le=1000, description="videos per page")] = 20,
+    after: Annotated[str | None, Query(description="the last video id of the previous page")] = None,
+    order: Annotated[Literal["asc", "desc"], Query(description="by creation")] = "desc",
+) -> dict[str, Any]:
     core = _core()
-    jobs, has_more = await core.list(limit, after, order)
+    if after is not None and not _VIDEO_ID.fullmatch(after):  # no such video: nothing after it
+        jobs, has_more = [], False
+    else:
+        jobs, has_more = await core.list(limit, after, order)
     data = [video_object(j, core.model_name) for j in jobs]
     return {
         "object": "list",
@@ -216,39 +374,87 @@ async def list_videos(limit: int = 20, after: str | None = None, order: str = "d
     }
 
 
-@app.get("/v1/videos/{video_id}")
-async def retrieve_video(video_id: str) -> JSONResponse:
+@app.get(
+    "/v1/videos/{video_id}",
+    operation_id="retrieveVideo",
+    response_model=Video,
+    responses={200: {"headers": _POLL}, **_errors(401, 404, 503)},
+)
+async def retrieve_video(video_id: VideoId, response: Response) -> dict[str, Any]:
     core = _core()
-    job = await core.get(video_id)
-    return JSONResponse(video_object(job, core.model_name), headers={"openai-poll-after-ms": POLL_AFTER_MS})
+    job = await core.get(_known_id(video_id))
+    response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
+    return video_object(job, core.model_name)
 
 
-@app.post("/v1/videos/{video_id}/cancel")
-async def cancel_video(video_id: str) -> dict[str, Any]:
+@app.post(
+    "/v1/videos/{video_id}/cancel",
+    operation_id="cancelVideo",
+    response_model=Video,
+    responses=_errors(401, 404, 503),
+)
+async def cancel_video(video_id: VideoId) -> dict[str, Any]:
+    """Stops the job at its next step boundary; a finished job is returned as it is."""
     core = _core()
-    return video_object(await core.cancel(video_id), core.model_name)
+    return video_object(await core.cancel(_known_id(video_id)), core.model_name)
 
 
-@app.delete("/v1/videos/{video_id}")
-async def delete_video(video_id: str) -> dict[str, Any]:
+@app.delete(
+    "/v1/videos/{video_id}",
+    operation_id="deleteVideo",
+    response_model=VideoDeleted,
+    responses=_errors(401, 404, 503),
+)
+async def delete_video(video_id: VideoId) -> dict[str, Any]:
     """Cancels the job if it still runs, then forgets it and its video."""
-    core = _core()
-    await core.delete(video_id)
+    await _core().delete(_known_id(video_id))
     return {"id": video_id, "object": "video.deleted", "deleted": True}
 
 
-@app.get("/v1/videos/{video_id}/content")
-async def download_video(video_id: str, variant: str = "video", range: str | None = Header(None)) -> Response:
+class Mp4Response(Response):
+    media_type = "video/mp4"
+
+
+_MP4 = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
+_MP4_HEADERS = {
+    "Accept-Ranges": {"description": "`bytes`", "schema": {"type": "string"}},
+    "Content-Length": {"schema": {"type": "integer"}},
+    "Content-Disposition": {"schema": {"type": "string"}},
+}
+
+
+@app.get(
+    "/v1/videos/{video_id}/content",
+    operation_id="downloadVideo",
+    response_class=Mp4Response,
+    responses={
+        200: {"description": "the whole mp4", "content": _MP4, "headers": _MP4_HEADERS},
+        206: {
+            "description": "the requested byte range of the mp4",
+            "content": _MP4,
+            "headers": {
+                **_MP4_HEADERS,
+                "Content-Range": {"description": "`bytes START-END/SIZE`", "schema": {"type": "string"}},
+            },
+        },
+        **_errors(400, 401, 404, 409, 416, 503),
+    },
+)
+async def download_video(
+    video_id: VideoId,
+    variant: Annotated[Literal["video"], Query(description="only the mp4 is available")] = "video",
+    range: Annotated[
+        str | None, Header(description="one byte range", json_schema_extra={"pattern": RANGE_PATTERN})
+    ] = None,
+) -> Response:
     """Streams the mp4 from artifact storage; honours a single HTTP Range (206, or 416 when unsatisfiable)."""
-    if variant != "video":
-        raise InvalidRequest(f"variant: only 'video' is available, not {variant!r}", param="variant")
     core = _core()
-    job, size = await core.video(video_id)
+    job, size = await core.video(_known_id(video_id))
     headers = {"content-disposition": f'attachment; filename="{video_id}.mp4"', "accept-ranges": "bytes"}
     try:
         span = parse_range_header(range, size)
-    except RangeNotSatisfiable:
-        return Response(status_code=416, headers={**headers, "content-range": f"bytes */{size}"})
+    except RangeNotSatisfiable as exc:
+        raise RangeUnsatisfiable(f"range: {exc}", "range", {**headers, "content-range": f"bytes */{size}"}) from None
     start, end = span if span is not None else (0, size)
     headers["content-length"] = str(end - start)
     status = 200
@@ -259,8 +465,54 @@ async def download_video(video_id: str, variant: str = "video", range: str | Non
     return StreamingResponse(stream, status_code=status, media_type="video/mp4", headers=headers)
 
 
-@app.get("/v1/videos/{video_id}/events")
-async def video_events(video_id: str, after: int = 0, last_event_id: str | None = Header(None)) -> Response:
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+def _json_data(component: str) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{component}"}
+    return {"type": "string", "contentMediaType": "application/json", "contentSchema": ref}
+
+
+_SSE_EVENT = {
+    "description": "one event of the stream",
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {
+                "event": {"const": "progress"},
+                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                "data": _json_data("ProgressEvent"),
+            },
+            "required": ["event", "id", "data"],
+        },
+        {
+            "type": "object",
+            "properties": {"event": {"const": "done"}, "data": _json_data("Video")},
+            "required": ["event", "data"],
+        },
+    ],
+}
+_SSE = (
+    "Server-Sent Events: `progress` events (data: a ProgressEvent, id: its seq; reconnect with Last-Event-ID), "
+    "then one `done` event (data: the Video), after which the stream closes; `: keep-alive` comments between."
+)
+
+
+@app.get(
+    "/v1/videos/{video_id}/events",
+    operation_id="videoEvents",
+    response_class=EventStreamResponse,
+    responses={
+        200: {"description": _SSE, "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
+        **_errors(400, 401, 404, 503),
+    },
+)
+async def video_events(
+    video_id: VideoId,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="resume after this event seq")] = 0,
+    last_event_id: Annotated[str | None, Header(description="as `after`, when it is a number")] = None,
+) -> Response:
     """srserve extension: the job's progress as Server-Sent Events, pushed by the store's notifications.
 
     Each `progress` event carries a state/step/progress record (its `id` is the event's sequence
@@ -268,9 +520,9 @@ async def video_events(video_id: str, after: int = 0, last_event_id: str | None 
     Video object, after which the stream closes.
     """
     core = _core()
-    if last_event_id is not None and last_event_id.isdigit():
+    if last_event_id is not None and last_event_id.isdigit() and int(last_event_id) <= MAX_SEQ:
         after = int(last_event_id)
-    first = await core.events(video_id, after, 0.0)  # a 404 before the stream starts
+    first = await core.events(_known_id(video_id), after, 0.0)  # a 404 before the stream starts
 
     async def stream():
         batch, seq = first, after
@@ -286,10 +538,10 @@ async def video_events(video_id: str, after: int = 0, last_event_id: str | None 
                 yield ": keep-alive\n\n"
             batch = await core.events(video_id, seq, 10.0)
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    return EventStreamResponse(stream(), headers={"cache-control": "no-cache"})
 
 
-@app.get("/v1/models")
+@app.get("/v1/models", operation_id="listModels", response_model=ModelList, responses=_errors(401))
 async def list_models() -> dict[str, Any]:
     core = _core()
     return {
@@ -298,8 +550,65 @@ async def list_models() -> dict[str, Any]:
     }
 
 
-@app.get("/health")
-@app.get("/v1/health")
-async def health() -> dict[str, Any]:
+async def _health() -> dict[str, Any]:
     core = _core()
     return {"status": "ok", "model": core.model_name, **(await core.health())}
+
+
+_HEALTH = {"response_model": Health, "responses": _errors(503), "summary": "Health (no auth: for probes)"}
+app.get("/health", operation_id="health", **_HEALTH)(_health)
+app.get("/v1/health", operation_id="healthV1", **_HEALTH)(_health)
+
+
+# -- the OpenAPI document -------------------------------------------------------------------------
+
+
+def _collapse_nulls(schema: dict[str, Any]) -> None:
+    """Parameters are left out, never null: drop FastAPI's null branches and null defaults."""
+    branches = schema.pop("anyOf", None)
+    if branches is not None:
+        kept = [b for b in branches if b.get("type") != "null"]
+        if len(kept) == 1:
+            schema.update(kept[0])
+        else:
+            schema["anyOf"] = kept
+    if "default" in schema and schema["default"] is None:
+        del schema["default"]
+
+
+def openapi_document(model_name: str | None = None, auth: bool = False) -> dict[str, Any]:
+    """The whole API as OpenAPI 3.1: routes, bodies, every status; the deployment's model and auth."""
+    doc = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes, servers=app.servers
+    )
+    components = doc.setdefault("components", {}).setdefault("schemas", {})
+    for model in (VideoCreateParams, ProgressEvent, ErrorResponse):
+        spec = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(spec.pop("$defs", {}))
+        components[model.__name__] = spec
+    for unused in ("HTTPValidationError", "ValidationError"):  # validation answers 400, not FastAPI's 422
+        components.pop(unused, None)
+    if model_name is not None:
+        components["VideoCreateParams"]["properties"]["model"]["enum"] = [model_name]
+    if auth:
+        components_root = doc["components"]
+        components_root["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path, item in doc["paths"].items():
+        for operation in item.values():
+            operation["responses"].pop("422", None)
+            for parameter in operation.get("parameters", []):
+                _collapse_nulls(parameter["schema"])
+            if auth and not path.endswith("/health"):
+                operation["security"] = [{"bearer": []}]
+    return doc
+
+
+def _openapi() -> dict[str, Any]:
+    """Built once per replica, from the deployment it serves."""
+    if app.openapi_schema is None:
+        core = _core()
+        app.openapi_schema = openapi_document(core.model_name, core.auth is not None)
+    return app.openapi_schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]

@@ -40,8 +40,7 @@ class EventHub:
         try:
             while True:
                 wake.clear()
-                events = await self.store.events(job_id, after_seq)
-                job = await self.store.get(job_id)
+                events, job = await self.store.events_and_job(job_id, after_seq)
                 if job is None:
                     return None
                 remaining = end - loop.time()

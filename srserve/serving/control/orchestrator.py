@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from srserve.serving.control.artifacts import ArtifactStore
-from srserve.serving.control.jobs import ErrorCode, Job, artifact_prefix
-from srserve.serving.control.state_machine import next_stage
+from srserve.serving.control.jobs import ErrorCode, Job, JobState, artifact_prefix
 from srserve.serving.control.store import JobStore, StoreUnavailable, until_stored
 from srserve.serving.ops.job_logging import bind_job, log_job_finished
 from srserve.serving.ops.metrics import record_job_finished
@@ -95,19 +94,14 @@ class Orchestrator:
                     self._finished(await self.store.get(job_id))
 
     async def _attempt(self, job_id: str) -> bool:
-        """One stage attempt; True while the job goes on."""
-        job = await until_stored(lambda: self.store.get(job_id))
-        if job is None or job.terminal:
-            return False
-        stage = next_stage(job.state, job.handoff_key is not None)
-        if stage is None:
-            return False
+        """One stage attempt (the one the job needs next, decided by the store); True while the job goes on."""
         attempt = await until_stored(
-            lambda: self.store.begin_attempt(job_id, stage, self.owner, self.settings.max_attempts)
+            lambda: self.store.begin_attempt(job_id, None, self.owner, self.settings.max_attempts)
         )
         if attempt is None:  # ended, taken over, or out of attempts (then failed, with the reason)
             self._finished(await until_stored(lambda: self.store.get(job_id)))
             return False
+        stage = "render" if attempt.state == JobState.HANDED_OFF else "sketch"
         ticket = {
             "job_id": job_id,
             "fence": attempt.fence,

@@ -21,7 +21,7 @@ from srserve.serving.control.store import STOP_CHANNEL, JobStore, ProgressUpdate
 
 logger = logging.getLogger("ray.serve")
 
-FLUSH_INTERVAL_S = 0.05
+FLUSH_INTERVAL_S = 0.1  # at most ~10 progress transactions a second per replica
 MAX_PENDING = 10_000  # updates kept while the store is unreachable (then: newest per job only)
 _REFUSAL = {"cancelled": Verdict.CANCELLED, "deadline": Verdict.DEADLINE, "superseded": Verdict.SUPERSEDED}
 

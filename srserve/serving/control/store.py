@@ -36,7 +36,7 @@ from srserve.serving.control.jobs import (
     JobEvent,
     JobState,
 )
-from srserve.serving.control.state_machine import RESUMABLE_FROM, RESUME_STATE, can_move
+from srserve.serving.control.state_machine import RESUMABLE_FROM, RESUME_STATE, can_move, next_stage
 
 logger = logging.getLogger("ray.serve")
 
@@ -322,6 +322,17 @@ class JobStore:
             )
             return [_event(r) for r in await cur.fetchall()]
 
+    async def events_and_job(self, job_id: str, after_seq: int = 0) -> tuple[list[JobEvent], Job | None]:
+        """New events and the job as of them, on one connection (what a progress stream reads per wake)."""
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "SELECT * FROM srserve_job_events WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT 1000",
+                (job_id, after_seq),
+            )
+            events = [_event(r) for r in await cur.fetchall()]
+            row = await (await conn.execute("SELECT * FROM srserve_jobs WHERE id = %s", (job_id,))).fetchone()
+            return events, None if row is None else _job(row)
+
     async def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in JobState}
         async with self._tx() as conn:
@@ -341,8 +352,9 @@ class JobStore:
             return [_job(r) for r in await cur.fetchall()]
 
     # -- attempts (the orchestrator) ------------------------------------------------------
-    async def begin_attempt(self, job_id: str, stage: str, owner: str, max_attempts: int) -> Job | None:
-        """Start the next attempt of `stage`: a new fencing token, the state reset to the stage's start.
+    async def begin_attempt(self, job_id: str, stage: str | None, owner: str, max_attempts: int) -> Job | None:
+        """Start the next attempt of `stage` (None: the one the job needs next, from its last durable
+        point): a new fencing token, the state reset to the stage's start.
 
         None when the job ended, or another orchestrator holds it; a job whose stage has used up
         its attempts fails here with the reason.
@@ -351,6 +363,8 @@ class JobStore:
             job = await self._lock_row(conn, job_id)
             if job is None or job.state.value in TERMINAL or job.lease_owner != owner:
                 return None
+            stage = stage or next_stage(job.state, job.handoff_key is not None)
+            assert stage is not None
             if job.state not in RESUMABLE_FROM[stage]:
                 raise ValueError(f"job {job_id}: a {stage} attempt cannot start from {job.state.value}")
             used = job.attempts.get(stage, 0)

@@ -94,8 +94,7 @@ class PoolWorker(ReplicaOperations):
         """The sketch's durable point: handoff bytes to artifact storage, then the store (fenced)."""
         job_id, fence = ticket["job_id"], ticket["fence"]
         key = handoff_key(job_id, fence)
-        await self.artifacts.put_async(key, blob)
-        await self.progress.flush()
+        await asyncio.gather(self.artifacts.put_async(key, blob), self.progress.flush())
         ok = await until_stored(
             lambda: self.store.record_handoff(job_id, fence, key, len(blob), state.switch_step, stamps)
         )
@@ -108,8 +107,7 @@ class PoolWorker(ReplicaOperations):
         """The render's durable point: the mp4 to artifact storage, then the store (fenced)."""
         job_id, fence = ticket["job_id"], ticket["fence"]
         key = video_key(job_id, fence)
-        await self.artifacts.put_async(key, video)
-        await self.progress.flush()
+        await asyncio.gather(self.artifacts.put_async(key, video), self.progress.flush())
         job = await until_stored(lambda: self.store.complete(job_id, fence, key, len(video), stamps, digest))
         if job is None:
             await self.artifacts.delete_async(key)
