@@ -63,11 +63,15 @@ def test_smoke_suite_runs_every_part(tmp_path: Path) -> None:
         ("large", "native", "eager"),
     ]
     assert all(e["step_s"] > 0 and e["output_finite"] for e in steps["entries"])
-    assert steps["ratio_small_to_large"] > 0
+    small, large = (e["step_s"] for e in steps["entries"])
+    assert steps["ratio_small_to_large"] == pytest.approx(small / large)
 
     sr = parts["srdiffusion"]
     assert sr["num_steps"] == 4 and sr["switch_step"] == 1
-    assert sr["speedup_denoise"] > 0 and sr["amdahl_bound"] > 1
+    # Timings of tiny models on a shared CPU are noise: check the arithmetic, not the magnitudes.
+    n, k, r = sr["num_steps"], sr["switch_step"], sr["ratio_used"]
+    assert sr["amdahl_bound"] == pytest.approx(n / (k + (n - k) * r))
+    assert sr["speedup_denoise"] == pytest.approx(sr["large_only"]["denoise_s"] / sr["srdiffusion"]["denoise_s"])
     # The render replica's path (bytes -> engine {render, decode} loading its models from disk) is exact.
     assert sr["fresh_equals_colocated"] is True and sr["fresh_vs_colocated"]["max_abs_diff"] == 0
     replica = sr["render_replica"]
