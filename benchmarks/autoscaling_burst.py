@@ -2,7 +2,7 @@
 
 Deploys deploy/tiny-autoscaling.yaml (render pool autoscaled by srserve's QueueWorkPolicy, min 1,
 max 3) on a local Ray cluster, idles a few seconds, submits --requests jobs at once over HTTP and
-samples every 0.5 s: the render pool's replicas by state, the board's queued GPU-seconds of both
+samples every 0.5 s: the render pool's replicas by state, the job store's queued GPU-seconds of both
 pools and the jobs per state. When the jobs are done and the pool is back to its minimum it reads
 the policy's decisions and Serve's scaling actions from the Serve controller's log.
 
@@ -13,6 +13,7 @@ the policy's decisions and Serve's scaling actions from the Serve controller's l
 from __future__ import annotations
 
 import argparse
+import asyncio
 import glob
 import json
 import os
@@ -26,21 +27,36 @@ import requests
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from srserve.serving.config import DeployFile
+from srserve.serving.config import DeployFile, ServingConfig
+from srserve.serving.control.database import open_store
 from srserve.serving.launcher import deploy, ensure_ray
+from srserve.serving.ops.pool_work import estimate_pool_work
 
 TERMINAL = ("completed", "failed", "cancelled")
 DEPLOYMENT = "RenderWorker"
 
 
-def sample(app: str, board, t0: float) -> dict:
+class StoreReader:
+    """Each pool's queued work and the job counts, read from the job store as the replicas read them."""
+
+    def __init__(self, serving: ServingConfig) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.store = open_store(serving.resolved().job_store)
+
+    def read(self) -> tuple[list, dict[str, int]]:
+        jobs = self.loop.run_until_complete(self.store.jobs_for_work())
+        return jobs, self.loop.run_until_complete(self.store.counts())
+
+
+def sample(app: str, reader: StoreReader, t0: float) -> dict:
     from ray import serve
 
     status = serve.status().applications[app].deployments[DEPLOYMENT]
     replicas = {str(getattr(k, "value", k)): v for k, v in status.replica_states.items()}
-    render = board.pool_work.remote("render").result(timeout_s=10)
-    sketch = board.pool_work.remote("sketch").result(timeout_s=10)
-    counts = board.counts.remote().result(timeout_s=10)
+    jobs, counts = reader.read()
+    now = time.time()
+    render = estimate_pool_work(jobs, "render", now).as_metrics()
+    sketch = estimate_pool_work(jobs, "sketch", now).as_metrics()
     return {
         "t": round(time.time() - t0, 2),
         "render_replicas": replicas,
@@ -97,12 +113,12 @@ def main() -> None:
     app = spec.serving.app_name
     ensure_ray(num_cpus=8)
     deploy(spec)
-    board = serve.get_deployment_handle("JobBoard", app_name=app)
+    reader = StoreReader(spec.serving)
     base = f"http://127.0.0.1:{args.port}/v1/videos"
     t0 = time.time()
     samples = []
     while time.time() - t0 < args.idle:
-        samples.append(sample(app, board, t0))
+        samples.append(sample(app, reader, t0))
         time.sleep(0.5)
     burst_at = time.time() - t0
     body = {"prompt": "a red fox running through snow", "num_inference_steps": args.steps, "switch": args.switch}
@@ -111,7 +127,7 @@ def main() -> None:
     done_at = None
     min_replicas = spec.serving.render_pool.queue_autoscaling.min_replicas
     while time.time() - t0 < args.timeout:
-        s = sample(app, board, t0)
+        s = sample(app, reader, t0)
         samples.append(s)
         if done_at is None and s["completed"] + s["failed"] >= args.requests:
             done_at = s["t"]

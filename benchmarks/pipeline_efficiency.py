@@ -1,7 +1,7 @@
 """Pipelined throughput of 1 sketch + 1 render replica under saturation, against the bound.
 
 Deploys the tiny pair on a local Ray cluster, submits N requests at once over HTTP, and reads
-each request's stage timestamps from the job board. T_sketch / T_render are the per-request busy
+each request's stage timestamps from the job store. T_sketch / T_render are the per-request busy
 times measured inside the replicas in the same run; the bound is min(1/T_sketch, 1/T_render) and
 throughput is steady-state (completions after the first, over their span). It runs the default
 (max_ongoing_requests=4: the next request waits inside the replica) and, for comparison,

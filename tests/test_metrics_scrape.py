@@ -22,7 +22,7 @@ from tests.serving_helpers import get, post, wait_state
 pytestmark = pytest.mark.slow
 
 APP = "metricsapp"
-# Gauges set by the board, the ingress and the workers (GPU telemetry).
+# Gauges set by the ingress (from the job store) and the workers (GPU telemetry).
 GAUGES = {
     "ray_srserve_jobs",
     "ray_srserve_pool_queue_jobs",
@@ -152,10 +152,10 @@ def test_metrics_logs_telemetry_and_autoscaling_on_a_running_deployment(serving,
             time.sleep(1)
         assert all(v == 0 for v in gauges), gauges
 
-        # JSON logs: the board's summary line of each job carries its job_id.
+        # JSON logs: each job's summary line (from the replica that ended it) carries its job_id.
         logs = ray._private.worker._global_node.get_logs_dir_path()
         lines = []
-        for path in glob.glob(os.path.join(logs, "serve", f"replica_{APP}_JobBoard_*.log")):
+        for path in glob.glob(os.path.join(logs, "serve", f"replica_{APP}_*.log")):
             with open(path) as f:
                 lines += [json.loads(line) for line in f if line.startswith("{")]
         finished = {rec["srserve_job_id"]: rec["message"] for rec in lines if "job finished" in rec.get("message", "")}

@@ -1,4 +1,4 @@
-"""Pipeline efficiency from per-request stage timestamps (as recorded by the job board).
+"""Pipeline efficiency from per-request stage timestamps (as recorded in the job store).
 
 Busy times are measured inside the replicas (encode+sketch on the sketch replica, render+decode+
 export on the render replica), so CPU contention on a small machine is not counted against
@@ -33,7 +33,7 @@ class StageTimes:
 
 
 def stage_times(job: dict[str, Any]) -> StageTimes:
-    """From a job summary (board dict, or the `srserve` part of an HTTP video object)."""
+    """From a job summary (Job.summary(), or the `srserve` part of an HTTP video object)."""
     t = job["timeline"]
     return StageTimes(
         job_id=job.get("id", ""),

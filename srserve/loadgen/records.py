@@ -1,4 +1,4 @@
-"""Per-request records built from the job board's timeline, and the pool busy intervals they imply.
+"""Per-request records built from the job store's timeline, and the pool busy intervals they imply.
 
 Timeline stamps (unix seconds) come from the server: `submitted` (job created), `encode_start`,
 `encode_end`, `sketch_start`, `sketch_end`, `render_start`, `decode_start`, `render_end`,

@@ -1,6 +1,6 @@
 """CPU time of a local Ray cluster's processes, split into model replicas and everything else.
 
-On a CPU-only host the replicas share the cores with the ingress, the job board, Serve's proxy
+On a CPU-only host the replicas share the cores with the ingress, the job store, Serve's proxy
 and controller, Ray's own processes and the load generator. Measuring how much CPU those take
 (idle, and per busy replica) and how many cores a busy replica really uses lets the
 simulator share the cores the way the host does. A local cluster started by `ray.init` is made

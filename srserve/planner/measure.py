@@ -4,7 +4,7 @@ validated against) or from the engine in-process (no Ray, no serving overheads).
 Deployment: one sketch + one render replica, then one colocated replica, each sent requests one
 at a time with switch steps spread over 0..N; the job timelines give per-stage times, and a
 least-squares fit over k separates the per-step costs from each stage's fixed cost (which
-includes the per-step board reports, serialization and RPCs that the engine alone does not pay).
+includes the batched progress writes, serialization and RPCs that the engine alone does not pay).
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ class DeviceKind(BaseModel):
 
 
 class Delays(BaseModel):
-    """Latency that holds no replica (ingress, board, object store)."""
+    """Latency that holds no replica (ingress, job store, artifact storage)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -100,7 +100,7 @@ class Profile(BaseModel):
     role_memory_gib: dict[str, float] = Field(default_factory=dict)
     # CPU-only profiles: replicas share this many cores (the simulator models processor sharing):
     # a busy replica needs `replica_cpu_demand` cores to run at full speed, and the rest of the
-    # cluster (ingress, board, proxies, Ray, the load generator) takes `background_cpu_idle` cores
+    # cluster (ingress, job store, proxies, Ray, the load generator) takes `background_cpu_idle` cores
     # plus `background_cpu_per_busy_replica` for each replica running a job (its per-step reports,
     # the ingress and proxy work it causes). All measured by `srserve profile deployment`.
     host_cores: float | None = None

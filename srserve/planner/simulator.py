@@ -9,7 +9,7 @@ the profile for the replica's device kind, the request's shape, steps and switch
 
 On a CPU-only host (`host_cores`), busy replicas share the cores left by the rest of the cluster
 (processor sharing): each progresses at min(1, (host_cores - background) / (demand x busy)), with
-background = idle + per_busy x busy replicas (the ingress, board and proxy work that running jobs
+background = idle + per_busy x busy replicas (the ingress, job store and proxy work that running jobs
 cause), all from the profile. On GPUs every replica has its own device and runs at full speed.
 
 Output: the same RequestRecords a measured run yields, so `srserve.loadgen.stats.summarize`
