@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from srserve.serving.ops import metrics
 
 logger = logging.getLogger("ray.serve")
 
@@ -29,13 +30,6 @@ _REPORTED: set[str] = set()
 _REPORTED_LOCK = threading.Lock()
 # Re-export the last values this often, whatever the sampling interval (see the module docstring).
 GAUGE_REFRESH_S = 5.0
-
-
-def _metrics():
-    """srserve.serving.ops.metrics, imported on first record: it needs Ray, sampling does not (GPU suite)."""
-    from srserve.serving.ops import metrics
-
-    return metrics
 
 
 class GpuTelemetryConfig(BaseModel):
@@ -206,7 +200,7 @@ class GpuTelemetry:
                 self.available, self.reason = True, "sampling"
             except NvmlUnavailable as exc:
                 self.reason = str(exc)
-        _metrics().record_gpu_available(self.pool, self.available)
+        metrics.record_gpu_available(self.pool, self.available)
         if not self.available:
             _report_once(self.reason, self.pool)
         return self.available
@@ -216,7 +210,7 @@ class GpuTelemetry:
         if self._devices is None:
             return []
         self.last = self._devices.sample()
-        _metrics().record_gpu_samples(self.pool, self.last)
+        metrics.record_gpu_samples(self.pool, self.last)
         return self.last
 
     def start(self) -> GpuTelemetry:
@@ -240,12 +234,12 @@ class GpuTelemetry:
         next_sample = 0.0
         while not self._stop.is_set():
             try:
-                _metrics().record_gpu_available(self.pool, self.available)
+                metrics.record_gpu_available(self.pool, self.available)
                 if time.monotonic() >= next_sample:
                     self.sample_once()
                     next_sample = time.monotonic() + self.config.interval_s
                 else:  # keep the last sample's series alive between samples
-                    _metrics().record_gpu_samples(self.pool, self.last)
+                    metrics.record_gpu_samples(self.pool, self.last)
             except Exception as exc:  # a sampling failure must never take the replica down
                 _report_once(f"GPU sampling failed: {exc}", self.pool)
             self._wake.wait(min(self.config.interval_s, GAUGE_REFRESH_S))
