@@ -122,3 +122,65 @@ def test_retention_and_delete_remove_the_artifacts(store_dsn: str, tmp_path: Pat
         await store.close()
 
     asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_served_with_s3_artifact_storage(serving, tiny_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handoffs and videos in an S3-compatible server (moto's, on a local port): a job completes, its mp4
+    downloads (ranged too) from the bucket, and deleting the job deletes the object."""
+    from ray import serve
+
+    from srserve.serving.app import build_app
+    from srserve.serving.config import IngressConfig, PoolConfig, ServingConfig
+    from tests.s3_server import create_bucket, s3_server
+
+    env = {"SRSERVE_TEST_S3_KEY": "test", "SRSERVE_TEST_S3_SECRET": "test"}
+    options = {"num_cpus": 0.25, "runtime_env": {"env_vars": env}}
+    with s3_server() as endpoint:
+        create_bucket(endpoint, "srserve-test")
+        artifacts = ArtifactStoreConfig(
+            kind="s3",
+            bucket="srserve-test",
+            prefix="served",
+            endpoint_url=endpoint,
+            allow_http=True,
+            access_key_id_env="SRSERVE_TEST_S3_KEY",
+            secret_access_key_env="SRSERVE_TEST_S3_SECRET",
+        )
+        pool = PoolConfig(num_replicas=1, ray_actor_options=options)
+        config = ServingConfig(
+            app_name="s3app",
+            model=tiny_config.model_copy(update={"num_threads": 1}),
+            sketch_pool=pool,
+            render_pool=pool,
+            ingress=IngressConfig(ray_actor_options=options, graceful_shutdown_timeout_s=5),
+            artifacts=artifacts,
+        )
+        serve.run(build_app(config), name="s3app", route_prefix="/s3app")
+        try:
+            base = serving.http + "/s3app"
+            job = post(base, "/v1/videos", json=BODY).json()
+            done = wait_state(base, job["id"])
+            assert done["status"] == "completed", done
+            whole = get(base, f"/v1/videos/{job['id']}/content")
+            assert whole.status_code == 200 and whole.content[4:8] == b"ftyp"
+            part = get(base, f"/v1/videos/{job['id']}/content", headers={"Range": "bytes=0-7"})
+            assert part.status_code == 206 and part.content == whole.content[:8]
+            for name, value in env.items():
+                monkeypatch.setenv(name, value)
+            bucket = ArtifactStore.from_config(artifacts)
+            keys = [f"videos/{job['id']}/{n}.mp4" for n in range(1, 4)]
+            stored = [k for k in keys if _exists(bucket, k)]
+            assert len(stored) == 1 and bucket.get(stored[0]) == whole.content
+            assert requests.delete(base + f"/v1/videos/{job['id']}", timeout=30).status_code == 200
+            assert not _exists(bucket, stored[0])
+        finally:
+            serve.delete("s3app")
+
+
+def _exists(store: ArtifactStore, key: str) -> bool:
+    try:
+        store.size(key)
+    except ArtifactNotFound:
+        return False
+    return True
