@@ -27,13 +27,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from srserve.serving.launcher import deploy, drain_and_shutdown, ensure_ray
+    from srserve.serving.launcher import deploy, drain_and_shutdown, embedded_database, ensure_ray
 
     try:
         spec = DeployFile.from_yaml(args.config)
     except (OSError, ValueError) as exc:
         print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2
+    database = embedded_database(spec.serving)
+    started_db = database is not None and not database.running()  # ours to stop on the way out
     ensure_ray(args.address, args.num_cpus, args.num_gpus, args.metrics_export_port)
     deploy(spec)
     print(
@@ -47,5 +49,9 @@ def run(args: argparse.Namespace) -> int:
     stop.wait()
     print("draining running jobs ...", flush=True)
     left = drain_and_shutdown(spec.serving, args.drain_timeout)
-    print("stopped" + (f" ({left} job(s) were still running)" if left else ""), flush=True)
+    if started_db:
+        database.stop()
+    print(
+        "stopped" + (f" ({left} job(s) were still running; they resume at the next start)" if left else ""), flush=True
+    )
     return 0

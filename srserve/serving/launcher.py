@@ -95,10 +95,11 @@ def drain_and_shutdown(config: ServingConfig, timeout_s: float = 60.0) -> int:
     return left
 
 
-def stop_embedded_database(config: ServingConfig) -> None:
-    """Stop the embedded PostgreSQL server (data kept) when the config uses it."""
+def embedded_database(config: ServingConfig):
+    """The embedded PostgreSQL server the config uses, or None when it names a DSN."""
     from srserve.engine.config import srserve_home
     from srserve.serving.control.database import EmbeddedPostgres
 
-    if not config.job_store.dsn_env:
-        EmbeddedPostgres(srserve_home() / "postgres", config.job_store.embedded_port).stop()
+    if config.job_store.dsn_env:
+        return None
+    return EmbeddedPostgres(srserve_home() / "postgres", config.job_store.embedded_port)
