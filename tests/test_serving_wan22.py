@@ -50,6 +50,10 @@ def test_wan22_cross_pair_served_through_the_pools(serving, cross_pair: ModelPai
         done = [wait_state(base, job["id"]) for job in jobs]
         assert [d["status"] for d in done] == ["completed", "completed"], done
         assert done[0]["srserve"]["switch_step"] == 3 and done[0]["srserve"]["handoff_bytes"] > 0
+        unset = {k: v for k, v in body.items() if k != "switch"}
+        default = wait_state(base, post(base, "/v1/videos", json=unset).json()["id"])
+        assert default["srserve"]["switch_step"] == 3  # no switch given: the model's own boundary
+        assert default["srserve"]["latents_sha256"] == done[0]["srserve"]["latents_sha256"]
         served_mp4 = get(base, f"/v1/videos/{jobs[0]['id']}/content").content
         (tmp_path / "koi.mp4").write_bytes(served_mp4)
         assert read_mp4(tmp_path / "koi.mp4").shape == (17, 64, 64, 3)

@@ -125,6 +125,10 @@ class IngressCore:
 
     async def submit(self, request: GenerationRequest, deadline_s: float | None = None) -> Job:
         resolved = resolve_request(request, self.defaults)
+        boundary = getattr(self._family, "boundary_switch", None)
+        if "switch" not in request.model_fields_set and boundary is not None:
+            # A family with its own expert boundary (wan2.2) switches there unless the client says otherwise.
+            resolved = resolved.model_copy(update={"switch": boundary(resolved.num_inference_steps)})
         return await self._admit_job(resolved.model_dump(mode="json"), resolved.num_inference_steps, deadline_s)
 
     async def submit_handoff(self, blob: bytes, deadline_s: float | None = None) -> Job:
