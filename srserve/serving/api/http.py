@@ -588,6 +588,8 @@ def openapi_document(model_name: str | None = None, auth: bool = False) -> dict[
         components[model.__name__] = spec
     for unused in ("HTTPValidationError", "ValidationError"):  # validation answers 400, not FastAPI's 422
         components.pop(unused, None)
+    events = doc["paths"]["/v1/videos/{video_id}/events"]["get"]["responses"]["200"]["content"]
+    events["text/event-stream"]["schema"] = _SSE_EVENT  # exactly this (FastAPI adds its own "type")
     if model_name is not None:
         components["VideoCreateParams"]["properties"]["model"]["enum"] = [model_name]
     if auth:

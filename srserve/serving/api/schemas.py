@@ -1,0 +1,398 @@
+"""The HTTP API's request and response models: what /openapi.json publishes and what the routes check.
+
+The create body's schema is exact, so a client built from it never sends a request the server
+refuses for its shape (backpressure and outages aside): every limit is the engine's
+(`srserve.engine.request.GenerationRequest`), and the HTTP spellings (`size`, `seconds`, `switch`)
+are patterns over those limits. JSON Schema cannot compare two fields, so the two rules that
+would need it are made expressible: a switch step is capped at the step count (`fixed:K` with K at
+or past the step count runs the large model only, as `fixed:N` does; adaptive bounds are capped the
+same way), and each `seconds` value states the frame rates it allows (4k+1 frames at most 257).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from srserve.engine.request import MAX_STEPS, GenerationRequest
+from srserve.serving.api.errors import InvalidRequest
+from srserve.serving.control.jobs import JobState
+
+_ENGINE = GenerationRequest.model_json_schema()
+_JSON_KEYWORDS = {"minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt", "minLength": "min_length"}
+_JSON_KEYWORDS["maxLength"] = "max_length"
+
+
+def engine_limits(name: str) -> dict[str, Any]:
+    """The engine's bounds on one request field, as pydantic Field arguments (one source of truth)."""
+    spec = _ENGINE["properties"][name]
+    branch = next(b for b in spec.get("anyOf", [spec]) if b.get("type") != "null")
+    return {_JSON_KEYWORDS[k]: v for k, v in branch.items() if k in _JSON_KEYWORDS}
+
+
+def _digits(a: int, b: int) -> str:
+    return str(a) if a == b else f"[{a}-{b}]"
+
+
+def _any_digits(n: int) -> str:
+    return "[0-9]" if n == 1 else f"[0-9]{{{n}}}"
+
+
+def _range_alternatives(lo: str, hi: str) -> list[str]:
+    """Regex alternatives for the decimals lo..hi, both of one length."""
+    n = len(lo)
+    if lo == hi:
+        return [lo]
+    if n == 1:
+        return [_digits(int(lo), int(hi))]
+    if lo[0] == hi[0]:
+        return [lo[0] + rest for rest in _range_alternatives(lo[1:], hi[1:])]
+    out, first, last = [], int(lo[0]), int(hi[0])
+    if lo[1:] != "0" * (n - 1):
+        out += [lo[0] + rest for rest in _range_alternatives(lo[1:], "9" * (n - 1))]
+        first += 1
+    full_top = hi[1:] == "9" * (n - 1)
+    if first <= (last if full_top else last - 1):
+        out.append(_digits(first, last if full_top else last - 1) + _any_digits(n - 1))
+    if not full_top:
+        out += [hi[0] + rest for rest in _range_alternatives("0" * (n - 1), hi[1:])]
+    return out
+
+
+def integer_range_pattern(lo: int, hi: int) -> str:
+    """A regex group matching the canonical decimal spellings of lo..hi (0 <= lo <= hi)."""
+    parts: list[str] = []
+    for digits in range(len(str(lo)), len(str(hi)) + 1):
+        first = max(lo, 0 if digits == 1 else 10 ** (digits - 1))
+        last = min(hi, 10**digits - 1)
+        if first <= last:
+            parts += _range_alternatives(str(first), str(last))
+    return "(?:" + "|".join(parts) + ")"
+
+
+SIDE = engine_limits("height")
+SIDE_MULTIPLE = 16  # GenerationRequest's height/width validator: multiples of 16
+FRAMES = engine_limits("num_frames")
+FRAME_STRIDE = 4  # GenerationRequest's num_frames validator: 4k+1
+FPS = engine_limits("fps")
+DEFAULT_FPS: int = GenerationRequest.model_fields["fps"].default
+FRAME_COUNTS = list(range(FRAMES["ge"], FRAMES["le"] + 1, FRAME_STRIDE))
+SIDES = list(range(SIDE["ge"], SIDE["le"] + 1, SIDE_MULTIPLE))
+# Python's str.isspace() characters (the engine's "prompt must contain non-whitespace text") and NUL,
+# which PostgreSQL cannot store in text or jsonb.
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+PROMPT_PATTERN = rf"^[^\x00]*[^\x00{_SPACE}][^\x00]*$"
+NO_NUL_PATTERN = r"^[^\x00]*$"
+SIZE_PATTERN = "^(?:{0})x(?:{0})$".format("|".join(map(str, SIDES)))
+VIDEO_ID_PATTERN = r"^video_[0-9a-f]{32}$"
+_STEP = integer_range_pattern(0, MAX_STEPS)
+_FRACTION = r"(?:0\.[0-9]{0,15}|\.[0-9]{1,15}|1\.0{0,15})"  # [0, 1], always with a '.'
+_TAU = r"(?:0?\.[0-9]{0,14}[1-9][0-9]{0,14}|1(?:\.0{0,15})?)"  # (0, 1]
+SWITCH_PATTERN = rf"^(?:fixed:(?:{_STEP}|{_FRACTION})|adaptive(?::{_TAU}(?::{_STEP}:{_STEP})?)?)$"
+
+
+def frames_for_seconds(seconds: float, fps: int) -> int:
+    """The 4k+1 frame count closest to `seconds` of video at `fps`."""
+    return max(1, 4 * round(seconds * fps / 4) + 1)
+
+
+def max_fps(seconds: int) -> int:
+    """The highest frame rate at which `seconds` of video stays within the engine's frame limit."""
+    return max(f for f in range(FPS["ge"], FPS["le"] + 1) if frames_for_seconds(seconds, f) <= FRAMES["le"])
+
+
+# Whole seconds (as the openai SDK spells them: strings) that fit the frame limit at the default rate.
+SECONDS = [str(s) for s in range(1, 10_000) if frames_for_seconds(s, DEFAULT_FPS) <= FRAMES["le"]]
+
+
+_FIXED_STEP = re.compile(r"fixed:([0-9]+)")
+_BOUNDED = re.compile(r"adaptive:([^:]+):([0-9]+):([0-9]+)")
+
+
+def cap_switch(text: str, num_steps: int) -> str:
+    """A switch with its step counts capped at `num_steps`: what the engine does with them at run time.
+
+    `fixed:K` at or past the step count runs the large model for all steps (as `fixed:N` does);
+    adaptive bounds past it are clipped as SwitchPolicy.bounds clips them, and a lower bound above
+    the upper one meets it (the upper bound forces the switch first either way). Step counts beyond
+    the engine's limit are left for the engine to refuse.
+    """
+    fixed = _FIXED_STEP.fullmatch(text)
+    if fixed is not None and int(fixed[1]) <= MAX_STEPS:
+        return f"fixed:{min(int(fixed[1]), num_steps)}"
+    bounded = _BOUNDED.fullmatch(text)
+    if bounded is not None and max(int(bounded[2]), int(bounded[3])) <= MAX_STEPS:
+        high = min(int(bounded[3]), num_steps)
+        return f"adaptive:{bounded[1]}:{min(int(bounded[2]), high)}:{high}"
+    return text
+
+
+def _seconds_rules() -> list[dict[str, Any]]:
+    """`seconds` at an explicit `fps`: the rates each value allows (unless `num_frames` is given)."""
+    rules = []
+    for value in SECONDS:
+        top = max_fps(int(value))
+        if top < FPS["le"]:
+            rules.append(
+                {
+                    "if": {"properties": {"seconds": {"const": value}}, "required": ["seconds"]},
+                    "then": {"anyOf": [{"required": ["num_frames"]}, {"properties": {"fps": {"maximum": top}}}]},
+                }
+            )
+    return rules
+
+
+def _drop_nulls(schema: dict[str, Any]) -> None:
+    """Optional fields are left out, never null: drop pydantic's null branches and null defaults."""
+    for prop in schema.get("properties", {}).values():
+        branches = prop.pop("anyOf", None)
+        if branches is not None:
+            (kept,) = [b for b in branches if b.get("type") != "null"]
+            prop.update(kept)
+        if prop.get("default", 0) is None:
+            prop.pop("default")
+
+
+def _create_schema(schema: dict[str, Any]) -> None:
+    _drop_nulls(schema)
+    schema["allOf"] = _seconds_rules()
+    schema["examples"] = [
+        {"prompt": "a red fox running through snow", "size": "64x64", "seconds": "1"},
+        {"prompt": "a lighthouse at dusk", "num_inference_steps": 8, "switch": "fixed:3", "seed": 5},
+    ]
+
+
+Side = Annotated[int, Field(multiple_of=SIDE_MULTIPLE, **SIDE)]
+
+
+class VideoCreateParams(BaseModel):
+    """`POST /v1/videos`: the openai SDK's fields plus srserve's (sent by the SDK as `extra_body`).
+
+    As JSON the values have these types; as multipart/form-data (what the openai SDK sends) or a
+    urlencoded form, each value is the text of one. Leave a field out for its default; null is refused.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_create_schema)
+
+    prompt: Annotated[str, Field(pattern=PROMPT_PATTERN, **engine_limits("prompt"))] = Field(
+        description="what the video shows; must contain non-whitespace text"
+    )
+    model: str | None = Field(None, description="the served model pair (GET /v1/models); the only value allowed")
+    seconds: Literal[tuple(SECONDS)] | None = Field(  # type: ignore[valid-type]
+        None, description=f"clip length in seconds at `fps` ({DEFAULT_FPS} by default), mapped to 4k+1 frames"
+    )
+    size: Annotated[str, Field(pattern=SIZE_PATTERN)] | None = Field(
+        None, description="WIDTHxHEIGHT, each a multiple of 16; `width`/`height` take precedence"
+    )
+    negative_prompt: Annotated[str, Field(pattern=NO_NUL_PATTERN, **engine_limits("negative_prompt"))] | None = None
+    height: Side | None = Field(None, description="pixels; the model pair's default when left out")
+    width: Side | None = Field(None, description="pixels; the model pair's default when left out")
+    num_frames: Annotated[int, Field(json_schema_extra={"enum": FRAME_COUNTS}, **FRAMES)] | None = Field(
+        None, description="4k+1 frames; takes precedence over `seconds`"
+    )
+    num_inference_steps: Annotated[int, Field(**engine_limits("num_inference_steps"))] | None = None
+    guidance_scale: Annotated[float, Field(**engine_limits("guidance_scale"))] | None = None
+    seed: Annotated[int, Field(**engine_limits("seed"))] | None = None
+    switch: Annotated[str, Field(pattern=SWITCH_PATTERN)] | None = Field(
+        None,
+        description=(
+            "when the sketch model hands over: fixed:K (K large-model steps; K at or past the step count "
+            "runs the large model only), fixed:0.3 (a fraction), adaptive, adaptive:TAU or adaptive:TAU:MIN:MAX"
+        ),
+    )
+    fps: Annotated[int, Field(**FPS)] | None = None
+    deadline_s: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="seconds from submission after which the job fails with deadline_exceeded"
+    )
+
+    @field_validator("num_frames")
+    @classmethod
+    def _four_k_plus_one(cls, value: int | None) -> int | None:
+        if value is not None and (value - 1) % FRAME_STRIDE:
+            raise ValueError(f"must be of the form 4k+1 (1, 5, 9, ..., {FRAMES['le']}), got {value}")
+        return value
+
+
+FIELD_TYPES: dict[str, str] = {
+    name: spec["type"] for name, spec in VideoCreateParams.model_json_schema()["properties"].items()
+}
+_INTEGER = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def form_values(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A form's text values, typed as the JSON body would carry them (so one model checks both)."""
+    body: dict[str, Any] = {}
+    for key, value in items:
+        if key in body:
+            raise InvalidRequest(f"{key}: given more than once", param=key)
+        kind = FIELD_TYPES.get(key)
+        if not isinstance(value, str) or kind in (None, "string"):
+            body[key] = value
+        elif kind == "integer" and _INTEGER.fullmatch(value):
+            body[key] = int(value)
+        elif kind == "number" and _NUMBER.fullmatch(value):
+            body[key] = float(value)
+        else:
+            raise InvalidRequest(f"{key}: expected {'an' if kind == 'integer' else 'a'} {kind}, got {value!r}", key)
+    return body
+
+
+GRAMMARS = {
+    "prompt": "text with a non-whitespace character and no NUL",
+    "negative_prompt": "text without NUL",
+    "size": f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in {SIDE['ge']}..{SIDE['le']} (e.g. '832x480')",
+    "switch": (
+        f"fixed:K, fixed:FRACTION, adaptive, adaptive:TAU or adaptive:TAU:MIN:MAX (K, MIN, MAX in 0..{MAX_STEPS}; "
+        "FRACTION in [0, 1] with a '.'; TAU in (0, 1])"
+    ),
+    "seconds": f"whole seconds as text, '1'..'{SECONDS[-1]}'",
+}
+
+
+def _problem(err: Any) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
+    kind = err.get("type")
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown field"
+    if kind in ("string_pattern_mismatch", "literal_error") and loc in GRAMMARS:
+        return f"{loc}: expected {GRAMMARS[loc]}, got {err.get('input')!r}"
+    return f"{loc}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}"
+
+
+def parse_create(body: dict[str, Any]) -> VideoCreateParams:
+    """The create body checked against its published schema; errors name the field."""
+    body = dict(body)
+    for key, value in body.items():
+        if value is None:
+            raise InvalidRequest(f"{key}: must not be null (leave it out for the default)", param=key)
+        if FIELD_TYPES.get(key) == "integer" and isinstance(value, float) and value.is_integer():
+            body[key] = int(value)  # JSON Schema's integers include 5.0
+    if "input_reference" in body:
+        raise InvalidRequest("input_reference: image-to-video is not supported", param="input_reference")
+    try:
+        params = VideoCreateParams.model_validate(body)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = ".".join(str(p) for p in errors[0].get("loc", ())) if errors else None
+        raise InvalidRequest("; ".join(_problem(e) for e in errors), param=first or None) from None
+    if params.seconds is not None and params.num_frames is None:
+        fps = params.fps if params.fps is not None else DEFAULT_FPS
+        if fps > max_fps(int(params.seconds)):
+            frames = frames_for_seconds(int(params.seconds), fps)
+            raise InvalidRequest(
+                f"seconds: {params.seconds} s at {fps} fps is {frames} frames, over the {FRAMES['le']}-frame limit",
+                param="seconds",
+            )
+    return params
+
+
+# -- responses ------------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    message: str = Field(description="what went wrong, naming the field")
+    type: str
+    param: str | None = Field(description="the request field at fault, if one is")
+    code: str = Field(
+        description=(
+            "stable, shared with gRPC: invalid_argument, unauthenticated, not_found, failed_precondition, "
+            "request_too_large, unsupported_media_type, range_not_satisfiable, resource_exhausted, unavailable"
+        )
+    )
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: `{"error": {...}}` as the OpenAI API sends it."""
+
+    error: ErrorBody
+
+
+class VideoError(BaseModel):
+    code: str = Field(description="deadline_exceeded, cancelled, invalid_argument, internal or stalled")
+    message: str
+
+
+class SrserveDetails(BaseModel):
+    """srserve's view of the job: its state machine, step progress, handoff and timeline."""
+
+    state: JobState
+    step: int = Field(ge=0, description="step within the current stage")
+    total: int = Field(ge=0)
+    switch_step: int | None = Field(description="the sketch's last step; null until the handoff")
+    num_steps: int = Field(ge=0)
+    handoff_bytes: int = Field(ge=0)
+    latents_sha256: str | None = Field(description="digest of the final latents (float32), for exactness checks")
+    attempts: dict[str, int] = Field(description="attempts per stage (a lost replica's stage is retried)")
+    timeline: dict[str, float] = Field(description="stage edge -> unix time")
+    replicas: dict[str, str] = Field(description="stage -> replica id")
+
+
+class Video(BaseModel):
+    """The openai SDK's `Video`, plus srserve's details under `srserve`."""
+
+    id: str = Field(pattern=VIDEO_ID_PATTERN)
+    object: Literal["video"]
+    created_at: int
+    completed_at: int | None
+    expires_at: int | None
+    status: Literal["queued", "in_progress", "completed", "failed"]
+    progress: int = Field(ge=0, le=100)
+    model: str
+    prompt: str | None
+    seconds: str
+    size: str
+    error: VideoError | None
+    remixed_from_video_id: str | None
+    srserve: SrserveDetails
+
+
+class VideoList(BaseModel):
+    object: Literal["list"]
+    data: list[Video]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class VideoDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"]
+    deleted: bool
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str
+    jobs: dict[str, int] = Field(description="jobs in the store per state")
+    driving: int = Field(ge=0, description="jobs this ingress replica's orchestrator drives")
+
+
+class ProgressEvent(BaseModel):
+    """The data of an SSE `progress` event (its `id:` is `seq`); a final `done` event carries the Video."""
+
+    seq: int
+    job_id: str
+    state: JobState
+    step: int
+    total: int
+    progress: int = Field(ge=0, le=100)
+    time: float
+    message: str
+
+
+MODELS: list[type[BaseModel]] = [VideoCreateParams, ErrorResponse, Video, VideoList, ProgressEvent]
