@@ -1,0 +1,236 @@
+"""The HTTP API against its own /openapi.json: `schemathesis run` with every check, on the tiny deployment.
+
+Generated requests that create jobs are real jobs of the tiny model, so the hooks below (loaded by
+the schemathesis process through SCHEMATHESIS_HOOKS) keep them cheap: a create body that the
+server will accept is shrunk to at most the tiny defaults' size (64x64 pixels, 17 frames; still
+a valid body), and every job a call creates is cancelled right after the call. The schema itself
+is the server's, unchanged; CONFIG names the only statuses that the checks' defaults do not expect
+and that the request's shape cannot decide (416 for a range past a video's end, 413, and 400 for
+handoff bytes, whose validity no JSON Schema can state).
+
+The in-process tests below check the create body's schema against the server's own parsing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema_rs
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from srserve.engine.config import TINY_DEFAULTS
+from srserve.engine.request import GenerationRequest, resolve_request
+from srserve.serving.api import schemas
+from srserve.serving.api.errors import InvalidRequest
+from srserve.serving.api.http import openapi_document, to_generation_fields
+from srserve.serving.api.schemas import parse_create
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_EXAMPLES = 40
+SEED = int(os.environ.get("SRSERVE_CONTRACT_SEED", "20261201"))
+SIDE, FRAMES = 64, 17  # the tiny pair's defaults
+CREATING = {("POST", "/v1/videos"), ("POST", "/v1/handoffs")}
+# Statuses the schema declares that depend on state, not on the request's shape:
+#  416 - a well-formed Range past the end of this particular video (or ending before it starts);
+#  413 - a body over the deployment's size limit, whatever its fields.
+CONFIG = """
+[cache]
+enabled = false
+
+[generation]
+max-examples = {max_examples}
+
+[checks]
+negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "416",
+                                             "422", "428", "429", "5xx"]
+
+[[operations]]
+include-operation-id = "downloadVideo"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "416", "429", "5xx"]
+
+# The body is srserve's binary handoff format (safetensors with a versioned header): no JSON Schema
+# can say which bytes are a valid handoff, so generated bodies are refused (400), as they should be.
+[[operations]]
+include-operation-id = "renderHandoff"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
+"""
+
+
+def _cheap(body: Any) -> None:
+    """Shrink a create body the server accepts so its job stays small; it stays a body the server accepts."""
+    if not isinstance(body, dict):
+        return
+    try:
+        parse_create(body)
+    except InvalidRequest:
+        return  # a negative case: sent as generated
+    for side in ("width", "height"):
+        if isinstance(body.get(side), int) and body[side] > SIDE:
+            body[side] = SIDE
+    if isinstance(body.get("size"), str):
+        width, height = (min(int(v), SIDE) for v in body["size"].split("x"))
+        body["size"] = f"{width}x{height}"
+    if isinstance(body.get("num_frames"), int) and body["num_frames"] > FRAMES:
+        body["num_frames"] = FRAMES
+    if "seconds" in body:
+        body["seconds"] = "1"  # 17 frames at the default rate; valid at every fps
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs) -> None:
+    if (case.method.upper(), case.path) == ("POST", "/v1/videos"):
+        _cheap(case.body)
+
+
+@schemathesis.hook
+def after_call(context, case, response) -> None:
+    """Cancel every job a call created, so generated jobs never queue up behind each other."""
+    if (case.method.upper(), case.path) not in CREATING or response.status_code != 200:
+        return
+    url = urlsplit(response.request.url)
+    video_id = json.loads(response.content)["id"]
+    requests.post(f"{url.scheme}://{url.netloc}/v1/videos/{video_id}/cancel", timeout=30)
+
+
+def run_schemathesis(base_url: str, out: Path, max_examples: int = MAX_EXAMPLES) -> subprocess.CompletedProcess:
+    config = out / "schemathesis.toml"
+    config.write_text(CONFIG.format(max_examples=max_examples))
+    cli = Path(sys.executable).with_name("schemathesis")
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.test_api_contract", "PYTHONPATH": str(ROOT)}
+    command = [
+        str(cli),
+        "--config-file",
+        str(config),
+        "run",
+        f"{base_url}/openapi.json",
+        "--checks",
+        "all",
+        "--seed",
+        str(SEED),
+        "--workers",
+        "1",
+        "--request-timeout",
+        "60",
+        "--max-response-time",
+        "60",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(out),
+        "--no-color",
+    ]
+    return subprocess.run(command, cwd=out, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_schemathesis_all_checks_pass(serving, tmp_path) -> None:
+    run = run_schemathesis(serving.http, tmp_path)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-8000:]
+    cases = re.search(r"Test cases:\s+(\d+) generated, (\d+) passed", run.stdout)
+    assert cases is not None and cases[1] == cases[2] and int(cases[1]) > 0, output[-8000:]
+    for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
+        assert re.search(rf"✅\s+{phase}", run.stdout), (phase, output[-8000:])
+    print(f"schemathesis: {cases[1]} cases, 0 failures")
+
+
+# -- the create body's schema is exact: valid by the schema exactly when the server accepts it ------
+
+MODEL = "tiny-wan2.1"
+_CREATE = openapi_document(MODEL)["components"]["schemas"]["VideoCreateParams"]
+_SCHEMA_VALID = jsonschema_rs.validator_for(_CREATE).is_valid  # the validator schemathesis uses
+_SAMPLES = [
+    *["fixed:5", "fixed:99", "fixed:200", "fixed:201", "fixed:007", "fixed:+5", "fixed:0.3", "fixed:1.", "fixed:."],
+    *["adaptive", "adaptive:0.01", "adaptive:0.01:5:30", "adaptive:0.5:160:109", "adaptive:1e-3", "adaptive:0"],
+    *["adaptive::0.1", " fixed:5", "64x48", "64X48", "16x2048", "50x64", "2064x16", "1", "16", "17", "4.5", ""],
+    *[" ", "\x00", "a\x00b", "\x1c", "\u3000x", MODEL, "sora-2", "5", "abc"],
+]
+_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-20, 300),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([16, 64, 2048, 2064, 17, 257, 261, 0, 1, 120, 121, 50, 200, 201]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.0, 5.0, 50.0, 50.5, 64.0, 1e-9, 1e308]),
+    st.text(max_size=6),
+    st.sampled_from(_SAMPLES),
+    st.from_regex(schemas.SWITCH_PATTERN, fullmatch=True),
+    st.from_regex(schemas.SIZE_PATTERN, fullmatch=True),
+    st.sampled_from(schemas.SECONDS),
+    st.lists(st.integers(), max_size=2),
+)
+_FIELDS = [*schemas.FIELD_TYPES, "extra"]
+
+
+def _conforming(spec: dict[str, Any]) -> st.SearchStrategy:
+    """Values one property's schema allows (the cross-field rules aside), drawn from that schema."""
+    if "enum" in spec:
+        return st.sampled_from(spec["enum"])
+    if spec["type"] == "string":
+        text = st.from_regex(spec["pattern"], fullmatch=True) if "pattern" in spec else st.text(max_size=8)
+        return text.filter(lambda v: spec.get("minLength", 0) <= len(v) <= spec.get("maxLength", 10**9))
+    if spec["type"] == "integer":
+        step = spec.get("multipleOf", 1)
+        return st.integers(-(-spec["minimum"] // step), spec["maximum"] // step).map(lambda k: k * step)
+    low = spec.get("minimum", spec.get("exclusiveMinimum"))
+    return st.floats(low, spec.get("maximum"), exclude_min="exclusiveMinimum" in spec, allow_infinity=False)
+
+
+_PROPERTIES = _CREATE["properties"]
+_BODY = st.builds(
+    lambda valid, wild: {**valid, **wild},
+    st.fixed_dictionaries(
+        {"prompt": _conforming(_PROPERTIES["prompt"])},
+        optional={name: _conforming(spec) for name, spec in _PROPERTIES.items() if name != "prompt"},
+    ),
+    st.one_of(st.just({}), st.dictionaries(st.sampled_from(_FIELDS), _VALUE, max_size=2)),
+)
+
+
+def server_accepts(body: dict[str, Any]) -> bool:
+    """What POST /v1/videos does with a JSON body, short of storing the job."""
+    try:
+        fields, _ = to_generation_fields(parse_create(body), MODEL, TINY_DEFAULTS.num_inference_steps)
+        resolve_request(GenerationRequest.model_validate(fields), TINY_DEFAULTS)
+    except (InvalidRequest, ValidationError):
+        return False
+    return True
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=_BODY)
+def test_create_schema_is_exact(body: dict[str, Any]) -> None:
+    assert _SCHEMA_VALID(body) == server_accepts(body), body
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 3000), st.integers(0, 3000))
+def test_integer_range_pattern(lo: int, hi: int) -> None:
+    lo, hi = min(lo, hi), max(lo, hi)
+    pattern = schemas.integer_range_pattern(lo, hi)
+    for n in {0, lo - 1, lo, hi, hi + 1, (lo + hi) // 2, 9, 10, 99, 100, 999, 1000}:
+        if n >= 0:
+            assert bool(re.fullmatch(pattern, str(n))) == (lo <= n <= hi), (lo, hi, n, pattern)
+    assert not re.fullmatch(pattern, f"0{hi}")
+
+
+def test_switch_steps_are_capped_at_the_step_count() -> None:
+    assert schemas.cap_switch("fixed:99", 20) == "fixed:20"  # the large model runs every step
+    assert schemas.cap_switch("fixed:2", 6) == "fixed:2"
+    assert schemas.cap_switch("adaptive:0.5:160:109", 69) == "adaptive:0.5:69:69"
+    assert schemas.cap_switch("adaptive:0.5:30:10", 69) == "adaptive:0.5:10:10"
+    assert schemas.cap_switch("fixed:500", 20) == "fixed:500"  # past the engine's limit: the engine refuses it
+    assert schemas.cap_switch("fixed:0.3", 20) == "fixed:0.3"
