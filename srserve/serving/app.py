@@ -32,8 +32,8 @@ from srserve.serving.pools.worker import replica_id
 logger = logging.getLogger("ray.serve")
 
 GRPC_SERVICER_FUNCTIONS = [
-    "srserve.serving.proto.video_pb2_grpc.add_VideoGenerationServicer_to_server",
-    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
+    "srserve.serving.api.grpc_servicers.add_VideoGenerationServicer_to_server",
+    "srserve.serving.api.grpc_servicers.add_HealthServicer_to_server",
 ]
 
 

@@ -1,25 +1,35 @@
 """The srserve.v1 gRPC API as ingress methods (Serve's gRPC proxy calls them by RPC name).
 
-Errors carry standard status codes: INVALID_ARGUMENT (field named in the details),
-RESOURCE_EXHAUSTED (backpressure), NOT_FOUND, FAILED_PRECONDITION (video not ready),
-CANCELLED and DEADLINE_EXCEEDED (for a job that ended that way while streaming).
+Requests arrive as bytes (api/grpc_servicers.py registers the services without a deserializer)
+and are decoded here, so a message that is not valid protobuf is INVALID_ARGUMENT. Errors carry
+standard status codes: INVALID_ARGUMENT (field named in the details), UNAUTHENTICATED,
+RESOURCE_EXHAUSTED (backpressure, or a message over the size limit), NOT_FOUND,
+FAILED_PRECONDITION (video not ready), UNAVAILABLE (the job store cannot be reached), and
+CANCELLED / DEADLINE_EXCEEDED / INTERNAL for a job that ended that way while streaming.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2
 from ray.serve.grpc_util import RayServegRPCContext
 
-from srserve.serving.api.errors import InvalidRequest, ServingError
+from srserve.serving.api.errors import InvalidRequest, JobNotFound, ServingError
+from srserve.serving.api.schemas import VIDEO_ID_PATTERN, cap_switch
 from srserve.serving.control.jobs import ErrorCode, Job, JobState
 from srserve.serving.proto import video_pb2
 
 _OPTIONAL_FIELDS = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "fps")
+_VIDEO_ID = re.compile(VIDEO_ID_PATTERN)
+
+
+M = TypeVar("M", bound=Message)
 
 
 class StatusError(Exception):
@@ -37,13 +47,17 @@ def _serving_fail(context: RayServegRPCContext | None, exc: ServingError) -> Sta
     return _fail(context, getattr(grpc.StatusCode, exc.grpc_status), exc.message)
 
 
-def request_fields(msg: video_pb2.GenerateRequest) -> tuple[dict[str, Any], float | None]:
+def request_fields(msg: video_pb2.GenerateRequest, default_steps: int) -> tuple[dict[str, Any], float | None]:
+    """GenerationRequest fields of a GenerateRequest (switch steps capped as over HTTP) and its deadline."""
+    for name in ("prompt", "negative_prompt"):
+        if "\x00" in getattr(msg, name):
+            raise InvalidRequest(f"{name}: must not contain NUL characters", param=name)
     fields: dict[str, Any] = {"prompt": msg.prompt, "negative_prompt": msg.negative_prompt}
     for name in _OPTIONAL_FIELDS:
         if msg.HasField(name):
             fields[name] = getattr(msg, name)
     if msg.switch:
-        fields["switch"] = msg.switch
+        fields["switch"] = cap_switch(msg.switch, fields.get("num_inference_steps", default_steps))
     if msg.model:
         fields["model"] = msg.model
     deadline = msg.deadline_s if msg.HasField("deadline_s") else None
@@ -93,27 +107,46 @@ def _authorization(context: RayServegRPCContext | None) -> str | None:
     return dict(context.invocation_metadata()).get("authorization")
 
 
-def _check_size(context: RayServegRPCContext | None, message: Any, limit: int) -> None:
-    size = message.ByteSize()
+def _check_size(context: RayServegRPCContext | None, message: bytes | Message, limit: int) -> None:
+    size = len(message) if isinstance(message, bytes) else message.ByteSize()
     if size > limit:
         raise _fail(
             context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"message of {size} bytes exceeds the {limit}-byte limit"
         )
 
 
+def _decode(context: RayServegRPCContext | None, kind: type[M], request: bytes | M) -> M:
+    """The request message; bytes that are not one are INVALID_ARGUMENT."""
+    if isinstance(request, kind):
+        return request
+    try:
+        return kind.FromString(request)
+    except (DecodeError, TypeError) as exc:
+        details = f"request: not a valid {kind.DESCRIPTOR.full_name} message ({exc})"
+        raise _fail(context, grpc.StatusCode.INVALID_ARGUMENT, details) from None
+
+
+def _known_id(job_id: str) -> str:
+    """An id that cannot be a job id names no job (the store is not asked)."""
+    if not _VIDEO_ID.fullmatch(job_id):
+        raise JobNotFound(f"no job with id {job_id!r}", param="id")
+    return job_id
+
+
 class GrpcApi:
     """Mixed into the ingress; relies on IngressCore's submit/get/cancel/list/events/content."""
 
-    def _admit(self, context: RayServegRPCContext | None, message: Any, limit: int | None = None) -> None:
-        """Authentication and the message-size limit, before anything else looks at the request."""
+    def _admit(self, context: RayServegRPCContext | None, kind: type[M], request: bytes | M, limit: int = 0) -> M:
+        """Authentication, the message-size limit, then decoding, before anything else looks at the request."""
         try:
             self.authorize(_authorization(context))
         except ServingError as exc:
             raise _serving_fail(context, exc) from None
-        _check_size(context, message, limit or self.config.ingress.max_request_bytes)
+        _check_size(context, request, limit or self.config.ingress.max_request_bytes)
+        return _decode(context, kind, request)
 
     async def _submit_message(self, msg: video_pb2.GenerateRequest) -> Job:
-        fields, deadline = request_fields(msg)
+        fields, deadline = request_fields(msg, self.defaults.num_inference_steps)
         model = fields.pop("model", None)
         if model not in (None, self.model_name):
             raise InvalidRequest(
@@ -121,19 +154,19 @@ class GrpcApi:
             )
         return await self.submit(self.validate(fields), deadline)
 
-    async def Submit(self, request: video_pb2.GenerateRequest, grpc_context: RayServegRPCContext = None):
-        self._admit(grpc_context, request)
+    async def Submit(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.Job:
+        msg = self._admit(grpc_context, video_pb2.GenerateRequest, request)
         try:
-            return job_message(await self._submit_message(request))
+            return job_message(await self._submit_message(msg))
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
 
     async def Generate(
-        self, request: video_pb2.GenerateRequest, grpc_context: RayServegRPCContext = None
+        self, request: bytes, grpc_context: RayServegRPCContext = None
     ) -> AsyncIterator[video_pb2.GenerateEvent]:
-        self._admit(grpc_context, request)
+        msg = self._admit(grpc_context, video_pb2.GenerateRequest, request)
         try:
-            job = await self._submit_message(request)
+            job = await self._submit_message(msg)
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
         try:
@@ -159,46 +192,51 @@ class GrpcApi:
             raise _serving_fail(grpc_context, exc) from None
         yield video_pb2.GenerateEvent(video=video_pb2.Video(job_id=final.id, mp4=video, job=job_message(final)))
 
-    async def GetJob(self, request: video_pb2.JobRef, grpc_context: RayServegRPCContext = None):
-        self._admit(grpc_context, request)
+    async def GetJob(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.Job:
+        msg = self._admit(grpc_context, video_pb2.JobRef, request)
         try:
-            return job_message(await self.get(request.id))
+            return job_message(await self.get(_known_id(msg.id)))
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
 
-    async def Cancel(self, request: video_pb2.JobRef, grpc_context: RayServegRPCContext = None):
-        self._admit(grpc_context, request)
+    async def Cancel(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.Job:
+        msg = self._admit(grpc_context, video_pb2.JobRef, request)
         try:
-            return job_message(await self.cancel(request.id))
+            return job_message(await self.cancel(_known_id(msg.id)))
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
 
-    async def ListJobs(self, request: video_pb2.ListJobsRequest, grpc_context: RayServegRPCContext = None):
-        self._admit(grpc_context, request)
+    async def ListJobs(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.ListJobsResponse:
+        msg = self._admit(grpc_context, video_pb2.ListJobsRequest, request)
+        if msg.after and not _VIDEO_ID.fullmatch(msg.after):  # no such job: nothing after it
+            return video_pb2.ListJobsResponse(jobs=[], has_more=False)
         try:
-            jobs, has_more = await self.list(request.limit or 20, request.after or None, request.order or "desc")
+            jobs, has_more = await self.list(msg.limit or 20, msg.after or None, msg.order or "desc")
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
         return video_pb2.ListJobsResponse(jobs=[job_message(j) for j in jobs], has_more=has_more)
 
-    async def GetVideo(self, request: video_pb2.JobRef, grpc_context: RayServegRPCContext = None):
-        self._admit(grpc_context, request)
+    async def GetVideo(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.Video:
+        msg = self._admit(grpc_context, video_pb2.JobRef, request)
         try:
-            job = await self.get(request.id)
-            return video_pb2.Video(job_id=request.id, mp4=await self.content(request.id), job=job_message(job))
+            job = await self.get(_known_id(msg.id))
+            return video_pb2.Video(job_id=msg.id, mp4=await self.content(msg.id), job=job_message(job))
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
 
-    async def RenderHandoff(self, request: video_pb2.HandoffUpload, grpc_context: RayServegRPCContext = None):
-        self._admit(grpc_context, request, self.config.ingress.max_handoff_bytes)
+    async def RenderHandoff(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.Job:
+        msg = self._admit(grpc_context, video_pb2.HandoffUpload, request, self.config.ingress.max_handoff_bytes)
         try:
-            deadline = request.deadline_s if request.HasField("deadline_s") else None
-            return job_message(await self.submit_handoff(request.handoff, deadline))
+            deadline = msg.deadline_s if msg.HasField("deadline_s") else None
+            if deadline is not None and deadline <= 0:
+                raise InvalidRequest("deadline_s: must be positive", param="deadline_s")
+            return job_message(await self.submit_handoff(msg.handoff, deadline))
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
 
-    async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context: RayServegRPCContext = None):
+    async def Check(self, request: bytes, grpc_context: RayServegRPCContext = None) -> health_pb2.HealthCheckResponse:
         """Standard grpc.health.v1 health checking: SERVING once the app is up."""
-        if request.service not in ("", "srserve.v1.VideoGeneration"):
-            raise _fail(grpc_context, grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        msg = _decode(grpc_context, health_pb2.HealthCheckRequest, request)
+        if msg.service not in ("", "srserve.v1.VideoGeneration"):
+            raise _fail(grpc_context, grpc.StatusCode.NOT_FOUND, f"unknown service {msg.service!r}")
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)

@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class VideoGenerationStub:
-    """Missing associated documentation comment in .proto file."""
+    """Status codes: every RPC can answer UNAUTHENTICATED (the deployment sets `auth` and the
+    `authorization: Bearer <token>` metadata is missing or wrong), INVALID_ARGUMENT (the bytes are
+    not a valid request message) and UNAVAILABLE (the job store cannot be reached; retry later).
+    Besides those, each RPC lists its own below. Details name the field at fault.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -72,10 +76,17 @@ class VideoGenerationStub:
 
 
 class VideoGenerationServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Status codes: every RPC can answer UNAUTHENTICATED (the deployment sets `auth` and the
+    `authorization: Bearer <token>` metadata is missing or wrong), INVALID_ARGUMENT (the bytes are
+    not a valid request message) and UNAVAILABLE (the job store cannot be reached; retry later).
+    Besides those, each RPC lists its own below. Details name the field at fault.
+    """
 
     def Generate(self, request, context):
-        """Submit and stream progress events; the last message carries the video (or its job on failure).
+        """Submit and stream progress events; the last message carries the video.
+        INVALID_ARGUMENT (a field, named in the details), RESOURCE_EXHAUSTED (a pool's backlog is full,
+        or the message is over the size limit), and for a job that ends otherwise, after its progress
+        events: CANCELLED, DEADLINE_EXCEEDED, or INTERNAL (failed; the details say why).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,37 +94,44 @@ class VideoGenerationServicer:
 
     def Submit(self, request, context):
         """Submit and return at once with the job; poll with GetJob, fetch with GetVideo.
+        INVALID_ARGUMENT (a field), RESOURCE_EXHAUSTED (backlog full, or message over the size limit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """NOT_FOUND (no such job).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Cancel(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Stops the job at its next step boundary; a finished job is returned as it is. NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """INVALID_ARGUMENT (limit not in 1..1000, order not "asc"/"desc").
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetVideo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """NOT_FOUND (no such job, or its video is no longer retained), FAILED_PRECONDITION (not completed).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RenderHandoff(self, request, context):
         """Render an uploaded handoff state (e.g. sketched elsewhere: `srserve generate --handoff-out`).
+        INVALID_ARGUMENT (not a valid handoff for this model family), RESOURCE_EXHAUSTED (backlog
+        full, or the upload is over the handoff size limit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,7 +184,11 @@ def add_VideoGenerationServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class VideoGeneration:
-    """Missing associated documentation comment in .proto file."""
+    """Status codes: every RPC can answer UNAUTHENTICATED (the deployment sets `auth` and the
+    `authorization: Bearer <token>` metadata is missing or wrong), INVALID_ARGUMENT (the bytes are
+    not a valid request message) and UNAVAILABLE (the job store cannot be reached; retry later).
+    Besides those, each RPC lists its own below. Details name the field at fault.
+    """
 
     @staticmethod
     def Generate(request,
