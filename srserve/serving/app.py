@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -75,8 +76,10 @@ def build_app(config: ServingConfig) -> Application:
     config = config.resolved()  # the embedded database started, paths made absolute
     migrate(config)
     pair = config.model_pair()
-    if config.layout == "disaggregated":
-        pair.check()  # an incompatible sketch/render pair is refused here, naming what differs
+    if config.layout == "disaggregated" and all(Path(p).exists() for p in (pair.sketch_path, pair.render_path)):
+        # An incompatible sketch/render pair is refused here, naming what differs. Where the folders
+        # are only on the GPU nodes (a KubeRay head mounts none), each replica refuses it at load.
+        pair.check()
     stores = (config.job_store, config.artifacts)
     text = None
     if config.text_encoder_placement == "pool":
