@@ -12,6 +12,7 @@ from srserve.serving.control.jobs import TERMINAL_STATES, ErrorCode, JobState
 from srserve.serving.control.state_machine import ALLOWED, RESUMABLE_FROM, can_move, check_move, next_stage
 from srserve.serving.control.store import (
     STOP_CHANNEL,
+    AttemptsExhausted,
     JobStore,
     ProgressUpdate,
     StoreUnavailable,
@@ -169,7 +170,7 @@ def test_cancel_refuses_writes_and_notifies_the_replicas(store_dsn: str) -> None
     run(go())
 
 
-def test_deadline_fails_the_job_at_the_next_write_and_in_the_sweep(store_dsn: str) -> None:
+def test_deadline_stops_the_worker_at_the_next_write_and_the_sweep_fails_the_job(store_dsn: str) -> None:
     async def go():
         store = await _store(store_dsn)
         await _new(store, "j1", deadline_s=0.05)
@@ -179,8 +180,9 @@ def test_deadline_fails_the_job_at_the_next_write_and_in_the_sweep(store_dsn: st
         assert await store.apply_progress([ProgressUpdate("j1", attempt.fence, S.SKETCHING, 1, 5)]) == {
             "j1": "deadline"
         }
+        assert (await store.get("j1")).state == S.QUEUED  # refused, not ended: the sweep ends it, once
         swept = await store.sweep(stall_timeout_s=600)
-        assert [j.id for j in swept] == ["j2"]  # queued jobs expire too
+        assert sorted(j.id for j in swept) == ["j1", "j2"]  # queued jobs expire too
         for job_id in ("j1", "j2"):
             job = await store.get(job_id)
             assert job.state == S.FAILED and job.error_code == ErrorCode.DEADLINE_EXCEEDED
@@ -236,7 +238,9 @@ def test_attempts_are_bounded(store_dsn: str) -> None:
         await _new(store)
         for _ in range(2):
             assert await store.begin_attempt("j1", "sketch", "o1", 2) is not None
-        assert await store.begin_attempt("j1", "sketch", "o1", 2) is None
+        with pytest.raises(AttemptsExhausted):
+            await store.begin_attempt("j1", "sketch", "o1", 2)
+        assert await store.begin_attempt("j1", "sketch", "o1", 2) is None  # ended now
         job = await store.get("j1")
         assert job.state == S.FAILED and "sketch failed 2 times" in job.error
         await store.close()

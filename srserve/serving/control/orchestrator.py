@@ -22,7 +22,7 @@ from typing import Any
 
 from srserve.serving.control.artifacts import ArtifactStore
 from srserve.serving.control.jobs import ErrorCode, Job, JobState, artifact_prefix
-from srserve.serving.control.store import JobStore, StoreUnavailable, until_stored
+from srserve.serving.control.store import AttemptsExhausted, JobStore, StoreUnavailable, until_stored
 from srserve.serving.ops.job_logging import bind_job, log_job_finished
 from srserve.serving.ops.metrics import record_job_finished
 
@@ -89,17 +89,21 @@ class Orchestrator:
         except Exception as exc:  # anything unforeseen: the job must not stay in a running state
             logger.warning("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
             with contextlib.suppress(StoreUnavailable):
-                job = await self.store.fail(job_id, ErrorCode.INTERNAL, short_error(exc))
-                if job is not None:
+                before = await self.store.get(job_id)
+                if before is not None and not before.terminal:
+                    await self.store.fail(job_id, ErrorCode.INTERNAL, short_error(exc))
                     self._finished(await self.store.get(job_id))
 
     async def _attempt(self, job_id: str) -> bool:
         """One stage attempt (the one the job needs next, decided by the store); True while the job goes on."""
-        attempt = await until_stored(
-            lambda: self.store.begin_attempt(job_id, None, self.owner, self.settings.max_attempts)
-        )
-        if attempt is None:  # ended, taken over, or out of attempts (then failed, with the reason)
-            self._finished(await until_stored(lambda: self.store.get(job_id)))
+        try:
+            attempt = await until_stored(
+                lambda: self.store.begin_attempt(job_id, None, self.owner, self.settings.max_attempts)
+            )
+        except AttemptsExhausted as exc:  # failed here, with the reason: this orchestrator ended it
+            self._finished(exc.job)
+            return False
+        if attempt is None:  # ended elsewhere (cancelled, swept), or taken over
             return False
         stage = "render" if attempt.state == JobState.HANDED_OFF else "sketch"
         ticket = {
@@ -121,9 +125,7 @@ class Orchestrator:
             logger.warning("job %s: handoff %s missing from storage; sketching again", job_id, ticket["handoff_key"])
             await until_stored(lambda: self.store.drop_handoff(job_id, self.owner))
             return True
-        if outcome == "stopped":
-            if out.get("verdict") != "superseded":
-                self._finished(await until_stored(lambda: self.store.get(job_id)))
+        if outcome == "stopped":  # whoever ended the job (cancel, the sweep) recorded it
             return False
         return outcome == "handed_off"
 
@@ -158,7 +160,7 @@ class Orchestrator:
             logger.info("job %s: resuming (lease taken over by %s)", job_id, self.owner)
             self.drive(job_id)
         for job in await self.store.sweep(s.stall_timeout_s):
-            self._finished(await self.store.get(job.id))
+            self._finished(job)
         if expire:
             await self.expire()
         return claimed

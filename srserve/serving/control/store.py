@@ -53,6 +53,14 @@ class StoreUnavailable(ServingError):
     code, http_status, grpc_status = "unavailable", 503, "UNAVAILABLE"
 
 
+class AttemptsExhausted(RuntimeError):
+    """begin_attempt failed the job: its stage used up its attempts (the caller records the end)."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job.error)
+        self.job = job
+
+
 @dataclass
 class ProgressUpdate:
     """One attempt's report: a state and step, stage stamps, replica, details. Batched by workers."""
@@ -356,8 +364,8 @@ class JobStore:
         """Start the next attempt of `stage` (None: the one the job needs next, from its last durable
         point): a new fencing token, the state reset to the stage's start.
 
-        None when the job ended, or another orchestrator holds it; a job whose stage has used up
-        its attempts fails here with the reason.
+        None when the job ended, or another orchestrator holds it. A job whose stage has used up its
+        attempts fails here with the reason, and AttemptsExhausted is raised.
         """
         async with self._tx() as conn:
             job = await self._lock_row(conn, job_id)
@@ -372,19 +380,28 @@ class JobStore:
                 await self._finish(
                     conn, job, JobState.FAILED, ErrorCode.INTERNAL, f"{stage} failed {used} times; giving up"
                 )
-                return None
-            job.attempts[stage] = used + 1
-            job.fence += 1
-            restarted = job.state != RESUME_STATE[stage]
-            job.state = RESUME_STATE[stage]
-            if stage == "sketch":
-                job.step, job.total = 0, 0
+                exhausted = job
             else:
-                job.step, job.total = job.switch_step or 0, job.num_steps
-            await self._save(conn, job, last_progress=time.time())
-            if restarted:
-                await self._emit(conn, job, f"{stage} attempt {used + 1}")
-            return job
+                exhausted = None
+                job = await self._next_attempt(conn, job, stage, used)
+        if exhausted is not None:  # raised after the commit, so the failure is stored
+            raise AttemptsExhausted(exhausted)
+        return job
+
+    async def _next_attempt(self, conn: psycopg.AsyncConnection, job: Job, stage: str, used: int) -> Job:
+        """Bump the fencing token and reset the state to where the stage starts."""
+        job.attempts[stage] = used + 1
+        job.fence += 1
+        restarted = job.state != RESUME_STATE[stage]
+        job.state = RESUME_STATE[stage]
+        if stage == "sketch":
+            job.step, job.total = 0, 0
+        else:
+            job.step, job.total = job.switch_step or 0, job.num_steps
+        await self._save(conn, job, last_progress=time.time())
+        if restarted:
+            await self._emit(conn, job, f"{stage} attempt {used + 1}")
+        return job
 
     async def drop_handoff(self, job_id: str, owner: str) -> None:
         """The handoff artifact is gone: forget it so the next attempt sketches again."""
@@ -453,8 +470,7 @@ class JobStore:
                 job = jobs[u.job_id]
                 why = self._refusal(job, u.fence, u.state)
                 if why is None and job is not None and job.deadline is not None and time.time() > job.deadline:
-                    await self._finish(conn, job, JobState.FAILED, ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded")
-                    why = "deadline"
+                    why = "deadline"  # the worker stops now; the orchestrators' sweep fails the job (once)
                 if why is not None:
                     refused[u.job_id] = why
                     continue
