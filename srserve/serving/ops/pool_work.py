@@ -1,6 +1,6 @@
-"""Each pool's queue of work in expected GPU-seconds, computed from the job board's records.
+"""Each pool's queue of work in expected GPU-seconds, computed from the job store's records.
 
-The board knows every job's state, step, step count and switch step, and the stage stamps of
+The store knows every job's state, step, step count and switch step, and the stage stamps of
 recent jobs give the measured time of one sketch step, one render step, an encode and a decode.
 A pool's work is then, over the jobs waiting for or running in it,
 
@@ -78,7 +78,7 @@ def measure_stage_times(jobs: Iterable[Job], now: float, recent: int = RECENT_SA
     decode: list[float] = []
     switch_fraction: list[float] = []
     samples = (encode, sketch, render, decode, switch_fraction)
-    for job in reversed(list(jobs)):  # the board keeps jobs in creation order: newest last
+    for job in reversed(list(jobs)):  # the store returns jobs in creation order: newest last
         if all(len(s) >= recent for s in samples):
             break
         t = job.timeline
