@@ -26,7 +26,7 @@ from srserve.serving.config import ServingConfig
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore
 from srserve.serving.control.database import open_store
 from srserve.serving.control.events import EventHub
-from srserve.serving.control.jobs import ErrorCode, Job, JobEvent, JobState, handoff_key
+from srserve.serving.control.jobs import Job, JobEvent, JobState, handoff_key
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
 from srserve.serving.ops.job_logging import log_job_finished
 from srserve.serving.ops.metrics import record_job_finished
@@ -274,6 +274,3 @@ class IngressCore:
     async def drain(self, timeout_s: float) -> int:
         """Let the jobs this ingress drives finish (up to `timeout_s`); the rest are released to others."""
         return await self.orchestrator.drain(timeout_s)
-
-
-__all__ = ["REPLICA_LOST", "ErrorCode", "IngressCore"]

@@ -201,5 +201,5 @@ def open_store(config: JobStoreConfig):
     """A JobStore for this process (opened lazily in the event loop that first uses it)."""
     from srserve.serving.control.store import JobStore
 
-    dsn = config.embedded_dsn or resolve_dsn(config)
+    dsn = resolve_dsn(config)
     return JobStore(dsn, pool_size=config.pool_size, timeout_s=config.timeout_s)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -188,7 +187,3 @@ class Orchestrator:
         with contextlib.suppress(Exception):
             await self.store.release(self.owner)
         return len(still)
-
-
-def now() -> float:
-    return time.time()

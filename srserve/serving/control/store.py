@@ -276,7 +276,6 @@ class JobStore:
             job.timeline["submitted"] = created
             if handoff is not None:
                 job.handoff_key, job.handoff_bytes, job.switch_step = handoff
-                job.step = job.total = 0
             await conn.execute(
                 "INSERT INTO srserve_jobs (id, request, state, created_at, updated_at, last_progress, deadline, "
                 "num_steps, switch_step, handoff_key, handoff_bytes, timeline, lease_owner, lease_expires) "
@@ -322,22 +321,22 @@ class JobStore:
             rows = await cur.fetchall()
         return [_job(r) for r in rows[:limit]], len(rows) > limit
 
+    @staticmethod
+    async def _events(conn: psycopg.AsyncConnection, job_id: str, after_seq: int, limit: int) -> list[JobEvent]:
+        cur = await conn.execute(
+            "SELECT * FROM srserve_job_events WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+            (job_id, after_seq, limit),
+        )
+        return [_event(r) for r in await cur.fetchall()]
+
     async def events(self, job_id: str, after_seq: int = 0, limit: int = 1000) -> list[JobEvent]:
         async with self._tx() as conn:
-            cur = await conn.execute(
-                "SELECT * FROM srserve_job_events WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-                (job_id, after_seq, limit),
-            )
-            return [_event(r) for r in await cur.fetchall()]
+            return await self._events(conn, job_id, after_seq, limit)
 
     async def events_and_job(self, job_id: str, after_seq: int = 0) -> tuple[list[JobEvent], Job | None]:
         """New events and the job as of them, on one connection (what a progress stream reads per wake)."""
         async with self._tx() as conn:
-            cur = await conn.execute(
-                "SELECT * FROM srserve_job_events WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT 1000",
-                (job_id, after_seq),
-            )
-            events = [_event(r) for r in await cur.fetchall()]
+            events = await self._events(conn, job_id, after_seq, 1000)
             row = await (await conn.execute("SELECT * FROM srserve_jobs WHERE id = %s", (job_id,))).fetchone()
             return events, None if row is None else _job(row)
 

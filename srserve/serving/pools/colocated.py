@@ -23,7 +23,7 @@ from srserve.serving.control.artifacts import ArtifactStoreConfig
 from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.control.jobs import JobState
 from srserve.serving.pools import stages
-from srserve.serving.pools.worker import PoolWorker, stopped
+from srserve.serving.pools.worker import PoolWorker
 
 COLOCATED_STAGE = "colocated"
 
@@ -40,9 +40,7 @@ class ColocatedWorker(PoolWorker):
         request = ResolvedRequest.model_validate(ticket["request"])
 
         def run():
-            state = stages.sketch(
-                self.engine, reporter, request, stages.prompt(self.engine, reporter, request, encoded)
-            )
+            state = stages.sketch(self.engine, reporter, request, encoded)
             if state is None:
                 return None
             now = time.time()
@@ -56,11 +54,7 @@ class ColocatedWorker(PoolWorker):
             )
             return stages.render(self.engine, reporter, state)
 
-        out = await self.compute(reporter.job_id, run)
-        if out is None:
-            return stopped(reporter)
-        video, digest, stamps = out
-        return await self.complete(ticket, video, digest, stamps)
+        return await self.render_and_store(ticket, reporter, run)
 
 
 def colocated_deployment(**options: Any):

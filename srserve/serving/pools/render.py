@@ -11,7 +11,7 @@ from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStoreCon
 from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.ops.metrics import timed_handoff
 from srserve.serving.pools import stages
-from srserve.serving.pools.worker import PoolWorker, stopped
+from srserve.serving.pools.worker import PoolWorker
 
 
 class RenderWorker(PoolWorker):
@@ -29,11 +29,7 @@ class RenderWorker(PoolWorker):
             state = timed_handoff("parse", lambda: HandoffState.from_bytes(blob))
             return stages.render(self.engine, reporter, state)
 
-        out = await self.compute(reporter.job_id, run)
-        if out is None:
-            return stopped(reporter)
-        video, digest, stamps = out
-        return await self.complete(ticket, video, digest, stamps)
+        return await self.render_and_store(ticket, reporter, run)
 
 
 def render_deployment(**options: Any):

@@ -29,9 +29,7 @@ class SketchWorker(PoolWorker):
         request = ResolvedRequest.model_validate(ticket["request"])
 
         def run():
-            state = stages.sketch(
-                self.engine, reporter, request, stages.prompt(self.engine, reporter, request, encoded)
-            )
+            state = stages.sketch(self.engine, reporter, request, encoded)
             if state is None:
                 return None
             blob = timed_handoff("serialize", state.to_bytes)

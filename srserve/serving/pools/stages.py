@@ -37,16 +37,18 @@ def prompt(
 
 
 def sketch(
-    engine: SRDiffusionEngine, reporter: AttemptReporter, request: ResolvedRequest, encoded: EncodedPrompt
+    engine: SRDiffusionEngine, reporter: AttemptReporter, request: ResolvedRequest, encoded: dict[str, Any] | None
 ) -> HandoffState | None:
-    """The large model's steps; the handoff state, or None when stopped."""
+    """The prompt (`encoded` by the text pool, else here) and the large model's steps; the handoff
+    state, or None when stopped."""
     if reporter.cancelled():
         return None
+    embeddings = prompt(engine, reporter, request, encoded)
     reporter.report(JobState.SKETCHING, 0, 0, stamps={"sketch_start": time.time()})
     try:
         return engine.sketch(
             request,
-            encoded,
+            embeddings,
             job_id=reporter.job_id,
             on_step=reporter.on_step(JobState.SKETCHING),
             cancelled=reporter.cancelled,

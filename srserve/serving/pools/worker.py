@@ -103,6 +103,14 @@ class PoolWorker(ReplicaOperations):
             return {"outcome": "stopped", "verdict": "refused"}
         return {"outcome": "handed_off", "handoff_key": key, "switch_step": state.switch_step}
 
+    async def render_and_store(self, ticket: dict[str, Any], reporter: AttemptReporter, run: Callable[[], Any]) -> dict:
+        """Compute a stage body ending in the mp4 (`run`: (video, digest, stamps), or None when stopped),
+        then store it: the render pool's and the colocated pool's common end."""
+        out = await self.compute(reporter.job_id, run)
+        if out is None:
+            return stopped(reporter)
+        return await self.complete(ticket, *out)
+
     async def complete(self, ticket: dict[str, Any], video: bytes, digest: str, stamps: dict[str, float]) -> dict:
         """The render's durable point: the mp4 to artifact storage, then the store (fenced)."""
         job_id, fence = ticket["job_id"], ticket["fence"]
