@@ -26,7 +26,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from srserve.analysis.timeline import gantt, pipeline_report, stage_times
 from srserve.engine import ModelPairConfig
 from srserve.serving.config import DeployFile, PoolConfig, ServingConfig
-from srserve.serving.launcher import deploy, ensure_ray
+from srserve.serving.launcher import deploy, embedded_database, ensure_ray
 
 
 def run_variant(name: str, max_ongoing: int, args: argparse.Namespace) -> dict:
@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    database = embedded_database(ServingConfig(app_name="bench"))
+    started_db = database is not None and not database.running()  # ours to stop at the end
     ensure_ray(num_cpus=8)
     rows = [run_variant("queued in replica", 4, args), run_variant("no local queue", 1, args)]
     report = {
@@ -97,6 +99,8 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
+    if started_db:
+        database.stop()
 
 
 if __name__ == "__main__":

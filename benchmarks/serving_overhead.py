@@ -25,7 +25,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
 from srserve.serving.config import DeployFile, PoolConfig, ServingConfig
-from srserve.serving.launcher import deploy, ensure_ray
+from srserve.serving.launcher import deploy, embedded_database, ensure_ray
 
 
 def served_once(base: str, body: dict) -> tuple[float, bytes, dict]:
@@ -60,9 +60,11 @@ def main() -> None:
     pair = ModelPairConfig.tiny(num_threads=1)
     body = {"prompt": "a red fox running through snow", "num_inference_steps": args.steps, "switch": args.switch}
     engine = SRDiffusionEngine(pair)
-    ensure_ray(num_cpus=8)
     pool = PoolConfig(num_replicas=1, ray_actor_options={"num_cpus": 1})
     config = ServingConfig(app_name="overhead", model=pair, sketch_pool=pool, render_pool=pool)
+    database = embedded_database(config)
+    started_db = database is not None and not database.running()  # ours to stop at the end
+    ensure_ray(num_cpus=8)
     deploy(DeployFile(http_port=args.port, grpc_port=args.port + 1, serving=config))
     base = f"http://127.0.0.1:{args.port}"
 
@@ -100,6 +102,8 @@ def main() -> None:
     from ray import serve
 
     serve.delete("overhead")
+    if started_db:
+        database.stop()
 
 
 if __name__ == "__main__":

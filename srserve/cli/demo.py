@@ -37,12 +37,14 @@ def run(args: argparse.Namespace) -> int:
     from srserve.client.grpc_client import make_request, video_path
     from srserve.engine.video import read_mp4
     from srserve.serving.config import DeployFile
-    from srserve.serving.launcher import deploy, drain_and_shutdown, ensure_ray
+    from srserve.serving.launcher import deploy, drain_and_shutdown, embedded_database, ensure_ray
 
     spec = DeployFile.from_yaml(args.config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"starting a local Ray cluster and deploying {args.config} ...", flush=True)
+    database = embedded_database(spec.serving)
+    started_db = database is not None and not database.running()  # ours to stop at the end
     ensure_ray(num_cpus=max(4, os.cpu_count() or 1))
     deploy(spec)
     grpc_target = f"{spec.http_host}:{spec.grpc_port}"
@@ -105,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     )
     drain_and_shutdown(spec.serving, 30)
     ray.shutdown()
+    if started_db:
+        database.stop()
     return 0
 
 
