@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -191,6 +192,33 @@ def _start_serve(config: Path, home: Path, log: Path) -> subprocess.Popen:
     )
 
 
+def _session_members(sid: int) -> list[int]:
+    """Every process of a session: Ray gives each worker (replicas, proxy) its own process group,
+    so a process-group kill misses them and a surviving proxy keeps its SO_REUSEPORT port."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL `srserve serve` and everything it started, and wait until all of it is gone."""
+    while members := _session_members(proc.pid):
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+    proc.wait(30)
+
+
 def _wait_up(base: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> None:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -220,9 +248,7 @@ def test_hard_kill_of_srserve_serve_and_its_cluster(tmp_path: Path) -> None:
         assert _wait_done(base, finished["id"])["status"] == "completed"
         running = [_submit_until_accepted(base, {**BODY, "seed": 2 + i}) for i in range(3)]
         wait_state(base, running[0]["id"], until=lambda j: j["srserve"]["state"] != "queued")
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-        time.sleep(2)
+        _kill_session(proc)
         proc = _start_serve(config, home, log)
         _wait_up(base, proc, log)
         _check_video(base, finished["id"], tmp_path)
@@ -236,6 +262,6 @@ def test_hard_kill_of_srserve_serve_and_its_cluster(tmp_path: Path) -> None:
             try:
                 proc.wait(120)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _kill_session(proc)
         EmbeddedPostgres(home / "postgres").stop(mode="immediate")
         subprocess.run(["rm", "-rf", str(home)], check=False)

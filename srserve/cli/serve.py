@@ -27,13 +27,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from srserve.serving.launcher import deploy, drain_and_shutdown, embedded_database, ensure_ray
+    from srserve.serving.launcher import (
+        deploy,
+        drain_and_shutdown,
+        embedded_database,
+        ensure_ray,
+        wait_for_free_ports,
+    )
 
     try:
         spec = DeployFile.from_yaml(args.config)
     except (OSError, ValueError) as exc:
         print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2
+    if not args.address:  # a local cluster: its proxies must not share a port with a leftover one
+        try:
+            wait_for_free_ports(spec.http_host, [spec.http_port])
+            wait_for_free_ports("0.0.0.0", [spec.grpc_port])
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     database = embedded_database(spec.serving)
     started_db = database is not None and not database.running()  # ours to stop on the way out
     ensure_ray(args.address, args.num_cpus, args.num_gpus, args.metrics_export_port)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 
 import ray
@@ -37,6 +38,34 @@ def ensure_ray(
             include_dashboard=False,
             **extra,
         )
+
+
+def wait_for_free_ports(host: str, ports: list[int], timeout_s: float = 60.0) -> None:
+    """Wait until nothing listens on `ports`. Serve's proxies bind with SO_REUSEPORT, so a proxy left
+    by a killed earlier run would silently share the port (and answer 404s); refuse to start beside one."""
+    deadline = time.monotonic() + timeout_s
+    busy = ports
+    while True:
+        busy = [port for port in ports if not _port_free(host, port)]
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"port(s) {', '.join(map(str, busy))} on {host} are in use: another server (perhaps what is left "
+                "of an earlier srserve run) listens there; stop it or pick other ports"
+            )
+        logger.info("waiting for port(s) %s to be free", busy)
+        time.sleep(0.5)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no obstacle; a listener is
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def deploy(spec: DeployFile, timeout_s: float = 300.0) -> None:
