@@ -93,35 +93,35 @@ def deploy(spec: DeployFile, timeout_s: float = 300.0) -> None:
     raise TimeoutError(f"srserve did not become healthy within {timeout_s:.0f}s")
 
 
-def active_jobs(config: ServingConfig) -> int:
-    """Live jobs in the job store (all of them: the store is shared by every replica)."""
-    from srserve.serving.control.database import open_store
-    from srserve.serving.control.jobs import TERMINAL
-
-    async def count() -> int:
-        store = open_store(config.resolved().job_store)
-        try:
-            counts = await store.counts()
-        finally:
-            await store.close()
-        return sum(v for k, v in counts.items() if k not in TERMINAL)
-
-    return asyncio.run(count())
-
-
 def drain_and_shutdown(config: ServingConfig, timeout_s: float = 60.0) -> int:
     """Wait for live jobs to finish (up to `timeout_s`), then shut Serve down. Returns jobs left:
     they stay in the store and resume when srserve next starts on it."""
-    left = 0
-    deadline = time.monotonic() + timeout_s
     try:
-        while (left := active_jobs(config)) and time.monotonic() < deadline:
-            logger.info("draining: %d job(s) still running", left)
-            time.sleep(0.5)
+        left = asyncio.run(_drain(config, timeout_s))
     except Exception as exc:  # the store may already be gone
         logger.warning("drain skipped: %s", exc)
+        left = 0
     serve.shutdown()
     return left
+
+
+async def _drain(config: ServingConfig, timeout_s: float) -> int:
+    """Live jobs left after waiting up to `timeout_s` for them to end (one store connection throughout)."""
+    from srserve.serving.control.database import open_store
+    from srserve.serving.control.jobs import TERMINAL
+
+    store = open_store(config.resolved().job_store)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            counts = await store.counts()
+            left = sum(v for k, v in counts.items() if k not in TERMINAL)
+            if not left or time.monotonic() >= deadline:
+                return left
+            logger.info("draining: %d job(s) still running", left)
+            await asyncio.sleep(0.5)
+    finally:
+        await store.close()
 
 
 def embedded_database(config: ServingConfig):
