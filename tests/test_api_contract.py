@@ -232,5 +232,6 @@ def test_switch_steps_are_capped_at_the_step_count() -> None:
     assert schemas.cap_switch("fixed:2", 6) == "fixed:2"
     assert schemas.cap_switch("adaptive:0.5:160:109", 69) == "adaptive:0.5:69:69"
     assert schemas.cap_switch("adaptive:0.5:30:10", 69) == "adaptive:0.5:10:10"
+    assert schemas.cap_switch("load:0.5:5:99", 20) == "load:0.5:5:20"
     assert schemas.cap_switch("fixed:500", 20) == "fixed:500"  # past the engine's limit: the engine refuses it
     assert schemas.cap_switch("fixed:0.3", 20) == "fixed:0.3"

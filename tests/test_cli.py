@@ -59,3 +59,33 @@ def test_generate_rejects_bad_input_naming_fields(tmp_path: Path) -> None:
     assert "height: must be a multiple of 16" in run.stderr
     run = _srserve("generate", "--prompt", "x", "--model-pair", "wan2.1", home=tmp_path)
     assert run.returncode == 2 and "needs --sketch-model PATH and --render-model PATH" in run.stderr
+
+
+def test_calibrate_mag_then_generate_with_caches(tmp_path: Path) -> None:
+    ratios = tmp_path / "mag.json"
+    made = _srserve("calibrate-mag", "--steps", "8", "--out", str(ratios), home=tmp_path)
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "cached.mp4"
+    common = ("generate", "--prompt", "a fox", "--steps", "8", "--switch", "fixed:3", "--no-progress")
+    run = _srserve(*common, "--cache", "sketch=mag:0.3,render=first_block:0.2", "--mag-ratios", str(ratios),
+                   "--out", str(out), home=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert read_mp4(out).shape[0] == 17
+    bad = _srserve(*common, "--cache", "first_block:7", "--out", str(out), home=tmp_path)
+    assert bad.returncode == 2 and "cache" in bad.stderr
+    missing = _srserve(*common, "--cache", "mag", "--out", str(out), home=tmp_path)
+    assert missing.returncode != 0 and "ratios_file" in missing.stderr
+
+
+def test_plan_emits_a_config_for_the_profiles_family(tmp_path: Path) -> None:
+    from srserve.serving.config import DeployFile
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    for family in ("wan2.1", "wan2.2"):
+        out = tmp_path / f"{family}.yaml"
+        profile = root / f"profile_{family.replace('.', '')}_a100_derived.json"
+        args = ["--gpus", "3", "--requests", "100", "--switch", "fixed:0.5", "--top", "1"]
+        args += ["--cache-speedup", "sketch=1.5"]
+        run = _srserve("plan", "--profile", str(profile), *args, "--emit-config", str(out), home=tmp_path)
+        assert run.returncode == 0, run.stderr
+        assert DeployFile.from_yaml(out).serving.model.family == family

@@ -57,3 +57,12 @@ def test_compile_defaults_off() -> None:
     assert ModelPairConfig.model_fields["compile"].default is False
     assert components.transformer_kind("native") == "transformer[native]"
     assert components.transformer_kind("flash", compiled=True) == "transformer[flash,compiled]"
+
+
+def test_compile_accepts_both_wan22_experts(tmp_path) -> None:
+    """The render model of a two-expert folder is its transformer_2/: the check reads that expert's class."""
+    pair = ModelPairConfig.tiny_wan22(tmp_path, compile=True)
+    engine = SRDiffusionEngine(pair)
+    for model in (engine.sketch_model, engine.render_model):
+        assert type(model).__name__ == "WanTransformer3DModel"
+    assert engine.family.transformer_config(pair.render_path, render=True)["_class_name"] == "WanTransformer3DModel"

@@ -84,6 +84,7 @@ def test_a_finished_job_gets_one_summary_line() -> None:
     logger.addHandler(handler)
     try:
         job = Job(id="video_xyz", request={}, created_at=1.0, num_steps=20, switch_step=6, handoff_bytes=4096)
+        job.switch_cap, job.switch_reason = 8, "balance"
         job.state = JobState.COMPLETED
         job.timeline.update({"submitted": 1.0, "finished": 3.5})
         job.replicas.update({"sketch": "r1", "render": "r2"})
@@ -93,6 +94,6 @@ def test_a_finished_job_gets_one_summary_line() -> None:
     (record,) = handler.records
     assert record.srserve_job_id == "video_xyz"
     assert record.getMessage() == (
-        "job_id=video_xyz job finished state=completed error_code=- steps=20 switch_step=6 "
-        "handoff_bytes=4096 total_s=2.500 replicas=sketch:r1,render:r2"
+        "job_id=video_xyz job finished state=completed error_code=- steps=20 switch_step=6 switch_cap=8 "
+        "switch_reason=balance handoff_bytes=4096 total_s=2.500 replicas=sketch:r1,render:r2"
     )

@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--application", default="srserve")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--switch", default="")
+    p.add_argument("--switch", default="", help="fixed:K, adaptive[...], load[...] (default: the server's)")
+    p.add_argument("--cache", default="", help="step caches, e.g. first_block:0.05 or sketch=taylorseer,render=none")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--frames", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         args.prompt,
         negative_prompt=args.negative_prompt,
         switch=args.switch,
+        cache=args.cache,
         num_inference_steps=args.steps,
         num_frames=args.frames,
         height=args.height,
@@ -69,5 +71,6 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(video.mp4)
     job = video.job
-    print(f"wrote {out} ({len(video.mp4)} bytes); job {job.id}, switch step {job.switch_step} of {job.num_steps}")
+    cap = f" (load cap {job.switch_cap}: {job.switch_reason})" if job.switch_reason else ""
+    print(f"wrote {out} ({len(video.mp4)} bytes); job {job.id}, switch step {job.switch_step} of {job.num_steps}{cap}")
     return 0

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from srserve.cli.progress import StageBars
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
+from srserve.engine.cache import with_ratios_file
 from srserve.engine.families import IncompatiblePairError
 from srserve.engine.families.wan22 import Wan22Family, low_noise_expert_path
 from srserve.engine.request import describe_validation_error
@@ -73,6 +74,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="fixed:STEP, fixed:FRACTION, adaptive[:TAU[:MIN:MAX]], or boundary (wan2.2: the model's own switch "
         "step, its default; other pairs default to adaptive)",
     )
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="step caches: KIND[:N] for both stages or sketch=KIND[:N],render=KIND[:N]; KIND: none, "
+        "first_block[:THRESHOLD], taylorseer[:INTERVAL], mag[:THRESHOLD] (mag needs --mag-ratios)",
+    )
+    p.add_argument("--mag-ratios", default=None, help="the file `srserve calibrate-mag` wrote (for a mag cache)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pair's)")
     p.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: the pair's)")
     p.add_argument("--height", type=int, default=None)
@@ -100,7 +108,10 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             switch="adaptive" if args.switch in (None, "boundary") else args.switch,
             fps=args.fps,
+            cache=args.cache,
         )
+        if request.cache is not None and args.mag_ratios:
+            request = request.model_copy(update={"cache": with_ratios_file(request.cache, args.mag_ratios)})
         config = model_pair_from_args(args)
         engine = SRDiffusionEngine(config)
         boundary = boundary or (args.switch is None and config.family == Wan22Family.name)

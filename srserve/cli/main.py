@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from srserve.cli import bench, client, demo, generate, make_tiny, plan, profile, serve
+from srserve.cli import bench, calibrate, client, demo, generate, make_tiny, plan, profile, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srserve", description="SRDiffusion video generation and serving")
     sub = parser.add_subparsers(dest="command", required=True)
     generate.add_parser(sub)
+    calibrate.add_parser(sub)
     make_tiny.add_parser(sub)
     serve.add_parser(sub)
     client.add_parser(sub)

@@ -41,7 +41,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sketch-model", default=None, help="sketch checkpoint folder for the emitted config")
     p.add_argument("--render-model", default=None, help="render checkpoint folder for the emitted config")
     p.add_argument("--json", default=None, help="write the ranked results as JSON here")
+    p.add_argument(
+        "--cache-speedup",
+        default=None,
+        help="step caches' speed factors per pool: POOL=F[,POOL=F] (sketch, render, colocated; e.g. sketch=1.6)",
+    )
+    p.add_argument(
+        "--load-floor", type=float, default=None, help="a `load` switch's quality floor (share of the steps)"
+    )
+    p.add_argument(
+        "--sketch-parallel",
+        default="1",
+        help="parallel degrees to try for sketch replicas, e.g. 1,u2,u2xc2 (step times from the profile's `parallel`)",
+    )
+    p.add_argument("--render-parallel", default="1", help="parallel degrees to try for render replicas, e.g. 1,c2")
     p.set_defaults(func=run)
+
+
+# Where the emitted config expects the checkpoints unless --sketch-model/--render-model say otherwise.
+PLACEHOLDER_PATHS = {
+    "wan2.1": ("/models/Wan2.1-T2V-14B-Diffusers", "/models/Wan2.1-T2V-1.3B-Diffusers"),
+    "wan2.2": ("/models/Wan2.2-T2V-A14B-Diffusers", "/models/Wan2.2-T2V-A14B-Diffusers/transformer_2"),
+}
 
 
 def parse_budget(text: str | None, gpus: int | None, profile) -> dict[str, int]:
@@ -54,6 +75,24 @@ def parse_budget(text: str | None, gpus: int | None, profile) -> dict[str, int]:
     if gpus is None:
         raise ValueError("give --budget KIND=N[,...] or --gpus N")
     return {next(iter(profile.kinds)): gpus}
+
+
+def parse_speedups(text: str | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in filter(None, (text or "").split(",")):
+        pool, _, value = item.partition("=")
+        try:
+            out[pool.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--cache-speedup: expected POOL=FACTOR, got {item!r}") from None
+    return out
+
+
+def parse_degrees(text: str) -> tuple[str, ...]:
+    """`1,u2,u2xc2` -> the degrees' canonical labels (ValueError names a bad one)."""
+    from srserve.engine.parallel.config import ParallelSpec
+
+    return tuple(ParallelSpec.parse(item).label() for item in text.split(",") if item.strip())
 
 
 def build_mix(args: argparse.Namespace):
@@ -102,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
             layouts=tuple(args.layouts.split(",")),
             max_simulated=args.max_simulated,
             objective=args.objective,
+            cache_speedup=parse_speedups(args.cache_speedup),
+            parallel={"sketch": parse_degrees(args.sketch_parallel), "render": parse_degrees(args.render_parallel)},
+            **({} if args.load_floor is None else {"load_switch": {"floor_fraction": args.load_floor}}),
         )
         results, slo = plan(profile, spec, profile.defaults)
     except (ValueError, KeyError, OSError) as exc:
@@ -125,10 +167,12 @@ def run(args: argparse.Namespace) -> int:
     if args.emit_config and results:
         model: object = "tiny"
         if not profile.model_pair.startswith("tiny") or args.sketch_model or args.render_model:
+            family = "wan2.2" if profile.model_pair.startswith("wan2.2") else "wan2.1"
+            sketch, render = PLACEHOLDER_PATHS[family]
             model = {
-                "family": "wan2.1",
-                "sketch_path": args.sketch_model or "/models/Wan2.1-T2V-14B-Diffusers",
-                "render_path": args.render_model or "/models/Wan2.1-T2V-1.3B-Diffusers",
+                "family": family,
+                "sketch_path": args.sketch_model or sketch,
+                "render_path": args.render_model or render,
             }
         best = results[0]
         header = (

@@ -41,7 +41,10 @@ class GenerationFailed(Exception):
 def make_request(prompt: str, **fields: Any) -> video_pb2.GenerateRequest:
     """Build a GenerateRequest; unset (None) fields take the server's defaults."""
     msg = video_pb2.GenerateRequest(
-        prompt=prompt, negative_prompt=fields.pop("negative_prompt", "") or "", switch=fields.pop("switch", "") or ""
+        prompt=prompt,
+        negative_prompt=fields.pop("negative_prompt", "") or "",
+        switch=fields.pop("switch", "") or "",
+        cache=fields.pop("cache", "") or "",
     )
     for name in _OPTIONAL:
         value = fields.pop(name, None)

@@ -18,10 +18,12 @@ import torch
 
 from srserve.engine import components
 from srserve.engine.attention import apply_attention_backend, check_attention_backend
+from srserve.engine.cache import step_cache
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.families import EncodedPrompt, get_family
 from srserve.engine.families.wan import read_component_config
 from srserve.engine.handoff import HandoffState
+from srserve.engine.parallel import ParallelRuntime, check_parallel
 from srserve.engine.request import GenerationRequest, ResolvedRequest, resolve_request
 from srserve.engine.scheduler_state import capture, restore
 from srserve.engine.switch import SwitchDecider
@@ -69,9 +71,16 @@ class GenerationResult:
 class SRDiffusionEngine:
     """One model pair, loaded for a subset of roles, with the stages as methods."""
 
-    def __init__(self, config: ModelPairConfig, roles: frozenset[Role] | set[Role] = ALL_ROLES) -> None:
+    def __init__(
+        self,
+        config: ModelPairConfig,
+        roles: frozenset[Role] | set[Role] = ALL_ROLES,
+        parallel: ParallelRuntime | None = None,
+    ) -> None:
         self.config = config
         self.roles = frozenset(roles)
+        # This process's rank of a multi-device replica (srserve.engine.parallel); None: one device.
+        self.parallel = parallel
         self.family = get_family(config.family)
         self.family.check_pair(config)
         self.family.bind(config)
@@ -85,8 +94,14 @@ class SRDiffusionEngine:
         if self.roles & {Role.SKETCH, Role.RENDER}:  # fail before any weights load
             check_attention_backend(backend, self.family.name, self.family.attention_backends, self.device, self.dtype)
             if config.compile:
-                for path in (config.sketch_path, config.render_path):
-                    components.check_compilable((read_component_config(path, "transformer") or {}).get("_class_name"))
+                for path, render in ((config.sketch_path, False), (config.render_path, True)):
+                    components.check_compilable((self.family.transformer_config(path, render) or {}).get("_class_name"))
+            if parallel is not None:
+                heads = {
+                    label: int((read_component_config(path, "transformer") or {}).get("num_attention_heads", 0))
+                    for label, path in (("sketch", config.sketch_path), ("render", config.render_path))
+                }
+                check_parallel(parallel.spec, self.family.name, backend, self.device, heads)
         vae_path = config.vae_path or config.render_path
         self.vae_config: dict[str, Any] = read_component_config(vae_path, "vae") or {}
         self._scheduler_template = self.family.load_scheduler(config.sketch_path)
@@ -105,7 +120,7 @@ class SRDiffusionEngine:
             )
         if Role.SKETCH in self.roles:
             self.sketch_model = components.load_shared(
-                components.transformer_kind(backend, config.compile),
+                self._transformer_kind(),
                 config.sketch_path,
                 self.dtype,
                 self.device,
@@ -115,7 +130,7 @@ class SRDiffusionEngine:
             )
         if Role.RENDER in self.roles:
             self.render_model = components.load_shared(
-                components.transformer_kind(backend, config.compile),
+                self._transformer_kind(),
                 config.render_path,
                 self.render_dtype,
                 self.device,
@@ -136,7 +151,23 @@ class SRDiffusionEngine:
     def _prepare_transformer(self, model: torch.nn.Module) -> torch.nn.Module:
         """Set the pair's attention backend, then (compile: true) compile the repeated blocks around it."""
         model = apply_attention_backend(model, self.config.attention_backend)
+        if self.parallel is not None:  # diffusers' context-parallel hooks, before compile traces the blocks
+            model = self.parallel.apply(model)
         return components.compile_repeated_blocks(model) if self.config.compile else model
+
+    def _transformer_kind(self) -> str:
+        """Component-cache kind of this engine's transformers (backend, compile, parallel degree)."""
+        kind = components.transformer_kind(self.config.attention_backend, self.config.compile)
+        return kind if self.parallel is None else f"{kind}{self.parallel.cache_tag()}"
+
+    def _predict(
+        self, model: torch.nn.Module, latents: torch.Tensor, t: torch.Tensor, encoded: EncodedPrompt, scale: float
+    ) -> torch.Tensor:
+        """The family's step prediction; with CFG parallel this rank runs one branch and exchanges."""
+        split = None if self.parallel is None else self.parallel.cfg_split
+        if split is None:
+            return self.family.predict(model, latents, t, encoded, scale)
+        return self.family.predict(model, latents, t, encoded, scale, cfg_split=split)
 
     def _need(self, role: Role) -> None:
         if role not in self.roles:
@@ -179,19 +210,22 @@ class SRDiffusionEngine:
         latents = self.family.initial_latents(request, encoded, sched, generator, self.device, self.vae_config)
         decider = SwitchDecider(request.switch, num_steps)
         done = 0
-        while done < num_steps and not decider.done_before(done):
+        policy = request.cache.sketch if request.cache is not None else None
+        if not decider.done_before(0):
             self._need(Role.SKETCH)
-            if cancelled is not None and cancelled():
-                raise Cancelled(f"cancelled during sketch at step {done}/{num_steps}")
-            t = timesteps[done]
-            scale = self.family.guidance_scale(request, t, num_steps)
-            pred = self.family.predict(self.sketch_model, latents, t, encoded, scale)
-            latents = self.family.step(sched, pred, timesteps, done, latents, generator)
-            done += 1
-            if on_step is not None:
-                on_step("sketch", done, decider.max_steps)
-            if decider.observe(done - 1, pred):
-                break
+        with step_cache(self.sketch_model, policy, num_steps, 0, "sketch", self.family.cached_modules):
+            while done < num_steps and not decider.done_before(done):
+                if cancelled is not None and cancelled():
+                    raise Cancelled(f"cancelled during sketch at step {done}/{num_steps}")
+                t = timesteps[done]
+                scale = self.family.guidance_scale(request, t, num_steps)
+                pred = self._predict(self.sketch_model, latents, t, encoded, scale)
+                latents = self.family.step(sched, pred, timesteps, done, latents, generator)
+                done += 1
+                if on_step is not None:
+                    on_step("sketch", done, decider.max_steps)
+                if decider.observe(done - 1, pred):
+                    break
         state = HandoffState(
             family=self.family.name,
             request=request,
@@ -232,15 +266,17 @@ class SRDiffusionEngine:
         latents = state.latents.to(self.device)
         if state.switch_step < num_steps:
             self._need(Role.RENDER)
-        for i in range(state.switch_step, num_steps):
-            if cancelled is not None and cancelled():
-                raise Cancelled(f"cancelled during render at step {i}/{num_steps}")
-            t = timesteps[i]
-            scale = self.family.guidance_scale(state.request, t, num_steps)
-            pred = self.family.predict(self.render_model, latents, t, encoded, scale)
-            latents = self.family.step(sched, pred, timesteps, i, latents, generator)
-            if on_step is not None:
-                on_step("render", i + 1, num_steps)
+        policy = state.request.cache.render if state.request.cache is not None else None
+        with step_cache(self.render_model, policy, num_steps, state.switch_step, "render", self.family.cached_modules):
+            for i in range(state.switch_step, num_steps):
+                if cancelled is not None and cancelled():
+                    raise Cancelled(f"cancelled during render at step {i}/{num_steps}")
+                t = timesteps[i]
+                scale = self.family.guidance_scale(state.request, t, num_steps)
+                pred = self._predict(self.render_model, latents, t, encoded, scale)
+                latents = self.family.step(sched, pred, timesteps, i, latents, generator)
+                if on_step is not None:
+                    on_step("render", i + 1, num_steps)
         return self.family.output_latents(latents, state)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:

@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from srserve.engine.cache import CacheSpec
+
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
 MAX_STEPS = 200
@@ -19,11 +21,14 @@ class SwitchPolicy(BaseModel):
     `fixed`: after `step` large-model steps, or after `round(fraction * N)` steps.
     `adaptive`: SRDiffusion's self-difference rule with threshold `tau`, bounded by
     `min_step`/`max_step` (defaults 10% / 60% of N, i.e. 5 / 30 of 50 steps).
+    `load`: adaptive, with an upper bound the serving layer lowers while the sketch pool is the
+    bottleneck or the SLO is at risk (srserve.serving.control.load_switch); the engine alone, with
+    no load to look at, runs it as `adaptive`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["fixed", "adaptive"] = "adaptive"
+    kind: Literal["fixed", "adaptive", "load"] = "adaptive"
     step: Annotated[int, Field(ge=0, le=MAX_STEPS)] | None = None
     fraction: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     tau: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
@@ -43,7 +48,7 @@ class SwitchPolicy(BaseModel):
 
     @classmethod
     def parse(cls, text: str) -> SwitchPolicy:
-        """Parse `fixed:10`, `fixed:0.3`, `adaptive`, `adaptive:0.01` or `adaptive:0.01:5:30`."""
+        """Parse `fixed:10`, `fixed:0.3`, `adaptive`, `adaptive:0.01`, `adaptive:0.01:5:30` (and `load` alike)."""
         kind, _, rest = text.strip().partition(":")
         parts = [p for p in rest.split(":") if p] if rest else []
         try:
@@ -54,7 +59,7 @@ class SwitchPolicy(BaseModel):
                 if "." in value:
                     return cls(kind="fixed", fraction=float(value))
                 return cls(kind="fixed", step=int(value))
-            if kind == "adaptive":
+            if kind in ("adaptive", "load"):
                 if len(parts) > 3 or len(parts) == 2:
                     raise ValueError
                 fields: dict[str, float | int] = {}
@@ -62,17 +67,17 @@ class SwitchPolicy(BaseModel):
                     fields["tau"] = float(parts[0])
                 if len(parts) == 3:
                     fields["min_step"], fields["max_step"] = int(parts[1]), int(parts[2])
-                return cls(kind="adaptive", **fields)
+                return cls(kind=kind, **fields)
         except ValueError as exc:
             if str(exc):
                 raise
         raise ValueError(
             f"switch: cannot parse {text!r}; use fixed:STEP, fixed:FRACTION (e.g. fixed:0.3), "
-            "adaptive, adaptive:TAU or adaptive:TAU:MIN:MAX"
+            "adaptive, adaptive:TAU or adaptive:TAU:MIN:MAX (or load, load:TAU, load:TAU:MIN:MAX)"
         )
 
     def bounds(self, num_steps: int) -> tuple[int, int]:
-        """(min, max) number of sketch steps for an adaptive switch over `num_steps` steps."""
+        """(min, max) number of sketch steps for an adaptive (or load) switch over `num_steps` steps."""
         lo = self.min_step if self.min_step is not None else round(0.1 * num_steps)
         hi = self.max_step if self.max_step is not None else round(0.6 * num_steps)
         return min(lo, num_steps), min(hi, num_steps)
@@ -87,7 +92,7 @@ class SwitchPolicy(BaseModel):
         if self.kind == "fixed":
             return f"fixed:{self.step if self.step is not None else self.fraction}"
         lo = "" if self.min_step is None else f":{self.min_step}:{self.max_step}"
-        return f"adaptive:{self.tau}{lo}"
+        return f"{self.kind}:{self.tau}{lo}"
 
 
 class GenerationRequest(BaseModel):
@@ -104,6 +109,8 @@ class GenerationRequest(BaseModel):
     guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] = 5.0
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     switch: SwitchPolicy = SwitchPolicy()
+    # Step caches per stage (srserve.engine.cache); unset: none in the engine, the pools' in serving.
+    cache: CacheSpec | None = None
     fps: Annotated[int, Field(ge=1, le=120)] = 16
 
     @field_validator("prompt")
@@ -132,6 +139,11 @@ class GenerationRequest(BaseModel):
     def _switch_from_text(cls, value: object) -> object:
         return SwitchPolicy.parse(value) if isinstance(value, str) else value
 
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_from_text(cls, value: object) -> object:
+        return CacheSpec.parse(value) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _switch_within_steps(self) -> GenerationRequest:
         steps = self.num_inference_steps
@@ -140,7 +152,7 @@ class GenerationRequest(BaseModel):
         sw = self.switch
         if sw.kind == "fixed" and sw.step is not None and sw.step > steps:
             raise ValueError(f"switch: step {sw.step} is beyond num_inference_steps ({steps})")
-        if sw.kind == "adaptive" and sw.max_step is not None and sw.max_step > steps:
+        if sw.kind != "fixed" and sw.max_step is not None and sw.max_step > steps:
             raise ValueError(f"switch: max_step {sw.max_step} is beyond num_inference_steps ({steps})")
         return self
 

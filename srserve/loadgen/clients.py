@@ -36,6 +36,7 @@ class JobView:
     switch_step: int | None = None
     num_steps: int = 0
     replicas: dict[str, str] = field(default_factory=dict)
+    switch_reason: str | None = None
     error_code: str | None = None
     error: str | None = None
 
@@ -61,6 +62,7 @@ def _from_grpc(job: video_pb2.Job) -> JobView:
         switch_step=None if job.switch_step < 0 else job.switch_step,
         num_steps=job.num_steps,
         replicas=dict(job.replicas),
+        switch_reason=job.switch_reason or None,
         error_code=job.error_code or None,
         error=job.error or None,
     )
@@ -102,6 +104,7 @@ def _from_http(video: dict[str, Any]) -> JobView:
         switch_step=s.get("switch_step"),
         num_steps=s.get("num_steps", 0),
         replicas=s.get("replicas", {}),
+        switch_reason=s.get("switch_reason"),
         error_code=err.get("code"),
         error=err.get("message"),
     )

@@ -30,6 +30,7 @@ class RequestRecord:
     error: str | None = None
     timeline: dict[str, float] = field(default_factory=dict)
     switch_step: int | None = None
+    switch_reason: str | None = None  # the load-aware switch's reason for its cap (srserve: switch_reason)
     num_steps: int = 0
     replicas: dict[str, str] = field(default_factory=dict)
     seen_done_at: float | None = None  # client clock, when the poller saw the job end

@@ -205,6 +205,7 @@ class LoadRunner:
         rec.status = view.state
         rec.timeline = dict(view.timeline)
         rec.switch_step = view.switch_step
+        rec.switch_reason = view.switch_reason
         rec.num_steps = view.num_steps
         rec.replicas = dict(view.replicas)
         rec.error = view.error

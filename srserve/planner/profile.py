@@ -30,6 +30,15 @@ def shape_key(width: int, height: int, num_frames: int) -> str:
     return f"{width}x{height}x{num_frames}"
 
 
+class DegreeCosts(BaseModel):
+    """Step seconds of one replica of a parallel degree (all its devices busy together)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    large_step_s: float | None = Field(None, gt=0)
+    small_step_s: float | None = Field(None, gt=0)
+
+
 class ShapeCosts(BaseModel):
     """Seconds per stage for one output shape on one device kind (CFG on, as served)."""
 
@@ -44,6 +53,27 @@ class ShapeCosts(BaseModel):
     colocated_overhead_s: float = 0.0
     # Extra figures a GPU profile records (not needed by the simulator).
     detail: dict[str, float] = Field(default_factory=dict)
+    # Step times of a multi-device replica, per parallel degree (ParallelSpec.label(): u2, c2, u2xc2):
+    # such a replica costs that many devices of this kind. The one-device figures above are degree 1.
+    parallel: dict[str, DegreeCosts] = Field(default_factory=dict)
+
+    def at_degree(self, label: str, step: Literal["large", "small"]) -> ShapeCosts:
+        """These costs on a replica of degree `label`: its `step` time from the profile (KeyError if unmeasured)."""
+        if label == "1":
+            return self
+        degree = self.parallel.get(label)
+        value = None if degree is None else getattr(degree, f"{step}_step_s")
+        if value is None:
+            raise KeyError(f"profile has no {step}-model step time for parallel degree {label!r} at this shape")
+        return self.model_copy(update={f"{step}_step_s": value})
+
+    def with_cache(self, large: float = 1.0, small: float = 1.0) -> ShapeCosts:
+        """These costs with step caches speeding the large and the small model's steps up."""
+        if large == 1.0 and small == 1.0:
+            return self
+        return self.model_copy(
+            update={"large_step_s": self.large_step_s / large, "small_step_s": self.small_step_s / small}
+        )
 
     def sketch_s(self, k: int) -> float:
         return max(0.0, self.encode_s + k * self.large_step_s + self.sketch_overhead_s)

@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from srserve.engine.parallel.config import ParallelSpec
 from srserve.engine.request import RequestDefaults, SwitchPolicy
 from srserve.loadgen.arrivals import GammaArrivals, PoissonArrivals, TraceArrivals
 from srserve.loadgen.mix import RequestClass, RequestMix
@@ -30,6 +31,7 @@ from srserve.planner.simulator import (
     simulate,
     unloaded_latency,
 )
+from srserve.serving.control.load_switch import LoadSwitchConfig
 
 
 class PlanSpec(BaseModel):
@@ -47,6 +49,24 @@ class PlanSpec(BaseModel):
     max_ongoing: int = 4
     max_simulated: int = Field(24, ge=1)
     objective: Literal["goodput", "goodput_per_gpu"] = "goodput"
+    # Step caches' speed factors per pool (sketch, render, colocated), e.g. from benchmarks/speed_knobs.py.
+    cache_speedup: dict[Literal["sketch", "render", "colocated"], float] = Field(default_factory=dict)
+    load_switch: LoadSwitchConfig = LoadSwitchConfig()
+    # Parallel degrees to try per pool (ParallelSpec labels: 1, u2, c2, u2xc2); a replica of degree
+    # U x C costs U x C GPUs of the budget and steps at the profile's time for that degree.
+    parallel: dict[Literal["sketch", "render"], tuple[str, ...]] = Field(default_factory=dict)
+
+    def pool(self, name: str, kind: str, replicas: int, parallel: str = "1") -> PoolSpec:
+        return PoolSpec(
+            kind=kind,
+            replicas=replicas,
+            max_ongoing=self.max_ongoing,
+            cache_speedup=self.cache_speedup.get(name, 1.0),
+            parallel=parallel,
+        )
+
+    def degrees(self, pool: Literal["sketch", "render"]) -> tuple[str, ...]:
+        return self.parallel.get(pool) or ("1",)
 
 
 @dataclass
@@ -93,14 +113,30 @@ def _mean_switch(cls: RequestClass, n: int, profile: Profile) -> float:
     return sum(k * p for k, p in dist.items()) / total
 
 
-def mean_work(profile: Profile, mix: RequestMix, defaults: RequestDefaults, pool: str, kind: str) -> float:
-    """Expected replica-seconds one request costs `pool` on a device of `kind`."""
+def mean_work(
+    profile: Profile,
+    mix: RequestMix,
+    defaults: RequestDefaults,
+    pool: str,
+    kind: str,
+    speedup: float = 1.0,
+    parallel: str = "1",
+) -> float:
+    """Expected replica-seconds one request costs `pool` on a device of `kind` (its cache: `speedup`).
+
+    A `load` switch counts as adaptive here; the simulation applies its caps under load."""
     total_w = sum(c.weight for c in mix.classes)
     out = 0.0
     for cls in mix.classes:
         w, h, f, n = _shape(cls, defaults)
         k = _mean_switch(cls, n, profile)
         c = profile.costs(kind, w, h, f)
+        if pool in ("sketch", "render"):  # a multi-device replica's step time (degree 1: unchanged)
+            c = c.at_degree(parallel, "large" if pool == "sketch" else "small")
+        c = c.with_cache(
+            large=speedup if pool in ("sketch", "colocated") else 1.0,
+            small=speedup if pool in ("render", "colocated") else 1.0,
+        )
         cost = {"sketch": c.sketch_s(k), "render": c.render_s(n, k), "colocated": c.colocated_s(n, k)}[pool]
         out += cls.weight / total_w * cost
     return out
@@ -111,7 +147,7 @@ def analytic_capacity(profile: Profile, cluster: ClusterLayout, mix: RequestMix,
     caps = []
     demand = 0.0
     for name, spec in cluster.pools().items():
-        w = mean_work(profile, mix, defaults, name, spec.kind)
+        w = mean_work(profile, mix, defaults, name, spec.kind, spec.cache_speedup, spec.parallel)
         caps.append(spec.replicas / w if w > 0 else math.inf)
         demand += w
     cap = min(caps)
@@ -125,17 +161,26 @@ def _fits(profile: Profile, kind: str, roles: tuple[str, ...]) -> bool:
     return profile.fits(kind, roles)
 
 
+def _replica_pairs(spec: PlanSpec, a: str, b: str, ds: str, dr: str) -> list[tuple[int, int]]:
+    """(sketch, render) replica counts within the budget, a replica of degree d costing d's devices;
+    one kind for both pools: all of it used that replicas can use."""
+    da, db = ParallelSpec.parse(ds).world_size, ParallelSpec.parse(dr).world_size
+    if a == b:
+        n = spec.budget[a]
+        return [(s, (n - s * da) // db) for s in range(1, n // da + 1) if (n - s * da) // db >= 1]
+    return [(s, r) for s in range(1, spec.budget[a] // da + 1) for r in range(1, spec.budget[b] // db + 1)]
+
+
 def enumerate_candidates(profile: Profile, spec: PlanSpec) -> list[ClusterLayout]:
     out: list[ClusterLayout] = []
     kinds = [k for k, n in spec.budget.items() if n > 0]
     for kind in kinds:
         if kind not in profile.kinds:
             raise KeyError(f"budget names kind {kind!r}, which the profile lacks (have {sorted(profile.kinds)})")
-    mo = spec.max_ongoing
     if "colocated" in spec.layouts:
         for kind in kinds:
             if _fits(profile, kind, COLOCATED_ROLES):
-                pool = PoolSpec(kind=kind, replicas=spec.budget[kind], max_ongoing=mo)
+                pool = spec.pool("colocated", kind, spec.budget[kind])
                 out.append(ClusterLayout(layout="colocated", colocated=pool))
     if "disaggregated" in spec.layouts:
         for a in kinds:
@@ -144,19 +189,15 @@ def enumerate_candidates(profile: Profile, spec: PlanSpec) -> list[ClusterLayout
             for b in kinds:
                 if not _fits(profile, b, RENDER_ROLES):
                     continue
-                if a == b:
-                    n = spec.budget[a]
-                    pairs = [(s, n - s) for s in range(1, n)]
-                else:
-                    pairs = [(s, r) for s in range(1, spec.budget[a] + 1) for r in range(1, spec.budget[b] + 1)]
-                for s, r in pairs:
-                    out.append(
-                        ClusterLayout(
-                            layout="disaggregated",
-                            sketch=PoolSpec(kind=a, replicas=s, max_ongoing=mo),
-                            render=PoolSpec(kind=b, replicas=r, max_ongoing=mo),
+                for ds, dr in ((ds, dr) for ds in spec.degrees("sketch") for dr in spec.degrees("render")):
+                    for s, r in _replica_pairs(spec, a, b, ds, dr):
+                        out.append(
+                            ClusterLayout(
+                                layout="disaggregated",
+                                sketch=spec.pool("sketch", a, s, ds),
+                                render=spec.pool("render", b, r, dr),
+                            )
                         )
-                    )
     if not out:
         raise ValueError("no candidate fits: no device kind in the budget holds the models (see role_memory_gib)")
     return out
@@ -194,7 +235,15 @@ def evaluate(
     profile: Profile, spec: PlanSpec, cluster: ClusterLayout, defaults: RequestDefaults, slo: SloPolicy
 ) -> Summary:
     recs = simulate(
-        profile, cluster, spec.arrival, spec.mix, defaults, max_requests=spec.requests, seed=spec.seed, slo=slo
+        profile,
+        cluster,
+        spec.arrival,
+        spec.mix,
+        defaults,
+        max_requests=spec.requests,
+        seed=spec.seed,
+        slo=slo,
+        load_switch=spec.load_switch,
     )
     # Steady state: the empty-system start and the drain of a bounded run would bias the figures.
     return summarize(recs, cluster.gpus, cluster.replicas_per_pool(), steady_window(recs))

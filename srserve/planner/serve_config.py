@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from srserve.engine.parallel.config import ParallelSpec
 from srserve.planner.profile import Profile
 from srserve.planner.simulator import ClusterLayout, PoolSpec
 from srserve.serving.app import GRPC_SERVICER_FUNCTIONS
@@ -18,12 +19,16 @@ def _pool(spec: PoolSpec, profile: Profile, backlog: int) -> dict[str, Any]:
         actor = {"num_cpus": 1, "num_gpus": 1, "accelerator_type": kind.accelerator_type}
     else:
         actor = {"num_cpus": 1}
-    return {
+    out: dict[str, Any] = {
         "num_replicas": spec.replicas,
         "max_ongoing_requests": spec.max_ongoing,
         "max_backlog": backlog,
-        "ray_actor_options": actor,
+        "ray_actor_options": actor,  # per rank, for a multi-device replica
     }
+    degree = ParallelSpec.parse(spec.parallel)
+    if degree.enabled:
+        out["parallel"] = degree.model_dump(include={"ulysses", "ring", "cfg"})
+    return out
 
 
 def serve_config(

@@ -25,14 +25,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from srserve.engine.parallel.config import ParallelSpec
 from srserve.engine.request import RequestDefaults, SwitchPolicy
 from srserve.loadgen.arrivals import ClosedLoop, GammaArrivals, PoissonArrivals, TraceArrivals
 from srserve.loadgen.mix import RequestClass, RequestMix
 from srserve.loadgen.plan import PlannedRequest, SloPolicy, closed_loop_stream, open_loop_plan
 from srserve.loadgen.records import COLOCATED, RENDER, SKETCH, RequestRecord
 from srserve.planner.profile import Profile, ShapeCosts
+from srserve.serving.control.load_switch import LoadSnapshot, LoadSwitchConfig, choose_switch
 
 SKETCH_ROLES = ("large", "text_encoder")
 RENDER_ROLES = ("small", "vae")
@@ -45,6 +47,23 @@ class PoolSpec(BaseModel):
     kind: str
     replicas: int = Field(ge=1)
     max_ongoing: int = Field(4, ge=1)
+    # A step cache's speed factor on this pool's denoising steps (benchmarks/speed_knobs.py measures one).
+    cache_speedup: float = Field(1.0, ge=1.0)
+    # Devices per replica (ParallelSpec.label(): 1, u2, c2, u2xc2); its step time is the profile's for it.
+    parallel: str = "1"
+
+    @field_validator("parallel")
+    @classmethod
+    def _known_degree(cls, value: str) -> str:
+        return ParallelSpec.parse(value).label()
+
+    @property
+    def devices_per_replica(self) -> int:
+        return ParallelSpec.parse(self.parallel).world_size
+
+    def label(self) -> str:
+        degree = "" if self.parallel == "1" else f"[{self.parallel}]"
+        return f"{self.replicas}x{self.kind}{degree}"
 
 
 class ClusterLayout(BaseModel):
@@ -66,15 +85,16 @@ class ClusterLayout(BaseModel):
 
     @property
     def gpus(self) -> int:
-        return sum(p.replicas for p in self.pools().values())
+        """Devices: a replica of parallel degree U x C costs U x C of them."""
+        return sum(p.replicas * p.devices_per_replica for p in self.pools().values())
 
     def replicas_per_pool(self) -> dict[str, int]:
         return {name: p.replicas for name, p in self.pools().items()}
 
     def label(self) -> str:
         if self.layout == "colocated":
-            return f"colocated {self.colocated.replicas}x{self.colocated.kind}"
-        return f"sketch {self.sketch.replicas}x{self.sketch.kind} + render {self.render.replicas}x{self.render.kind}"
+            return f"colocated {self.colocated.label()}"
+        return f"sketch {self.sketch.label()} + render {self.render.label()}"
 
 
 @dataclass
@@ -111,10 +131,13 @@ class Simulation:
         cluster: ClusterLayout,
         defaults: RequestDefaults,
         seed: int = 0,
+        load_switch: LoadSwitchConfig | None = None,
     ) -> None:
         self.profile = profile
         self.cluster = cluster
         self.defaults = defaults
+        self.load_switch = load_switch or LoadSwitchConfig()
+        self.speedup = {name: spec.cache_speedup for name, spec in cluster.pools().items()}
         self.rng = random.Random(seed)
         self.switch_rng = random.Random(seed + 2)
         self.cores = profile.host_cores
@@ -150,12 +173,19 @@ class Simulation:
             num_steps=n,
         )
         rec.timeline["submitted"] = arrival
-        return _Job(rec, cls, width, height, frames, n, self._switch_step(cls, n))
+        job = _Job(rec, cls, width, height, frames, n, 0)
+        job.k = self._switch_step(cls, n, job)
+        return job
 
-    def _switch_step(self, cls: RequestClass, n: int) -> int:
+    def _switch_step(self, cls: RequestClass, n: int, job: _Job) -> int:
         policy = SwitchPolicy.parse(cls.switch)
         if policy.kind == "fixed":
             return min(policy.fixed_step(n), n)
+        cap = n
+        if policy.kind == "load":  # as the ingress does at admission, from the pools' queued work
+            choice = choose_switch(policy, n, self._load(job), self.load_switch, job.rec.slo_s)
+            cap = choice.cap
+            job.rec.switch_reason = choice.reason
         dist = cls.switch_steps or self.profile.adaptive_switch.get(n)
         if not dist:
             raise ValueError(
@@ -163,13 +193,54 @@ class Simulation:
                 "(the class's switch_steps or the profile's adaptive_switch)"
             )
         steps, weights = zip(*sorted(dist.items()), strict=True)
-        return int(self.switch_rng.choices(steps, weights=weights)[0])
+        return min(int(self.switch_rng.choices(steps, weights=weights)[0]), cap)
 
-    def _costs(self, job: _Job, kind: str) -> ShapeCosts:
-        return self.profile.costs(kind, job.width, job.height, job.frames)
+    def _load(self, job: _Job) -> LoadSnapshot:
+        """The load snapshot the ingress would see now (queued and remaining work per pool)."""
+        if self.cluster.layout == "colocated":
+            c = self._costs(job, self.cluster.colocated.kind, COLOCATED)
+            work = sum(self._queued(COLOCATED))
+            replicas = self.cluster.colocated.replicas
+            return LoadSnapshot(work, 0.0, replicas, replicas, c.large_step_s, c.small_step_s, c.encode_s, c.decode_s)
+        s = self._costs(job, self.cluster.sketch.kind, SKETCH)
+        r = self._costs(job, self.cluster.render.kind, RENDER)
+        incoming = sum(r.render_s(j.n, j.k) for j in self._jobs_in(SKETCH))
+        return LoadSnapshot(
+            sum(self._queued(SKETCH)),
+            sum(self._queued(RENDER)) + incoming,
+            self.cluster.sketch.replicas,
+            self.cluster.render.replicas,
+            s.large_step_s,
+            r.small_step_s,
+            s.encode_s,
+            r.decode_s,
+        )
+
+    def _jobs_in(self, pool: str) -> list[_Job]:
+        jobs = list(self.waiting[pool])
+        for r in self.pools[pool]:
+            jobs.extend(r.local)
+        return jobs
+
+    def _queued(self, pool: str) -> list[float]:
+        """Seconds of work each job in `pool` still needs (the running ones: what is left)."""
+        out = [self._work(pool, j, self.pools[pool][0].kind) for j in self._jobs_in(pool)]
+        out.extend(r.remaining for r in self.pools[pool] if r.current is not None)
+        return out
+
+    def _costs(self, job: _Job, kind: str, pool: str | None = None) -> ShapeCosts:
+        """The profile's costs, with `pool`'s step cache (sketch: large steps, render: small, colocated: both)."""
+        costs = self.profile.costs(kind, job.width, job.height, job.frames)
+        spec = self.cluster.pools().get(pool) if pool is not None else None
+        if spec is not None and pool in (SKETCH, RENDER):  # a multi-device replica's step time, from the profile
+            costs = costs.at_degree(spec.parallel, "large" if pool == SKETCH else "small")
+        speedup = self.speedup.get(pool, 1.0) if pool is not None else 1.0
+        return costs.with_cache(
+            large=speedup if pool in (SKETCH, COLOCATED) else 1.0, small=speedup if pool in (RENDER, COLOCATED) else 1.0
+        )
 
     def _work(self, pool: str, job: _Job, kind: str) -> float:
-        c = self._costs(job, kind)
+        c = self._costs(job, kind, pool)
         if pool == SKETCH:
             return c.sketch_s(job.k)
         if pool == RENDER:
@@ -246,10 +317,10 @@ class Simulation:
             self._push(self.now + delays.handoff_s, "arrive", (RENDER, job))
         else:
             t["render_end"] = self.now
-            decode = self._costs(job, r.kind).decode_s
+            decode = self._costs(job, r.kind, r.pool).decode_s
             t["decode_start"] = self.now - (self.now - r.started) * min(1.0, decode / r.work if r.work else 0.0)
             if r.pool == COLOCATED:
-                c = self._costs(job, r.kind)
+                c = self._costs(job, r.kind, r.pool)
                 frac = (c.encode_s + job.k * c.large_step_s) / r.work if r.work else 0.0
                 t["sketch_end"] = r.started + (self.now - r.started) * min(1.0, frac)
             self._push(self.now + delays.completion_s, "finish", job)
@@ -311,9 +382,10 @@ def simulate(
     max_duration_s: float | None = None,
     seed: int = 0,
     slo: SloPolicy | None = None,
+    load_switch: LoadSwitchConfig | None = None,
 ) -> list[RequestRecord]:
     """Predicted per-request records for the same load a LoadRunner would send (same seed, same sequence)."""
-    sim = Simulation(profile, cluster, defaults, seed)
+    sim = Simulation(profile, cluster, defaults, seed, load_switch)
     if isinstance(arrival, ClosedLoop):
         if max_requests is None:
             raise ValueError("a simulated closed loop needs max_requests")

@@ -25,6 +25,7 @@ from srserve.serving.ingress import IngressCore
 from srserve.serving.ops.job_logging import install_job_log_filter
 from srserve.serving.ops.metrics import export_store_gauges
 from srserve.serving.pools.colocated import colocated_deployment, colocated_ingress_config
+from srserve.serving.pools.ranks import check_pool_parallel
 from srserve.serving.pools.render import render_deployment
 from srserve.serving.pools.sketch import sketch_deployment
 from srserve.serving.pools.text import text_deployment
@@ -90,11 +91,16 @@ def build_app(config: ServingConfig) -> Application:
         )
         config = colocated_ingress_config(config)
     else:
+        for pool in (config.sketch_pool, config.render_pool):  # a degree that cannot run fails here, with why
+            check_pool_parallel(pool.parallel, pool.model_for(pair), pool.ray_actor_options)
         sketch = sketch_deployment(**config.sketch_pool.deployment_options()).bind(
-            config.sketch_pool.model_for(pair), *stores, config.text_encoder_placement == "sketch"
+            config.sketch_pool.model_for(pair),
+            *stores,
+            config.text_encoder_placement == "sketch",
+            config.sketch_pool.parallel,
         )
         render = render_deployment(**config.render_pool.deployment_options()).bind(
-            config.render_pool.model_for(pair), *stores
+            config.render_pool.model_for(pair), *stores, config.render_pool.parallel
         )
     ingress = Ingress.options(
         num_replicas=config.ingress.num_replicas,

@@ -9,11 +9,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from srserve.engine.attention import AttentionBackend
+from srserve.engine.cache import CachePolicy
 from srserve.engine.config import ModelPairConfig
+from srserve.engine.parallel import ParallelSpec
 from srserve.serving.api.auth import AuthConfig
 from srserve.serving.api.tls_gateway import GrpcTlsConfig
 from srserve.serving.control.artifacts import ArtifactStoreConfig
 from srserve.serving.control.database import JobStoreConfig, resolve_dsn
+from srserve.serving.control.load_switch import LoadSwitchConfig
+from srserve.serving.control.request_cache import CacheLimits
 from srserve.serving.ops.autoscaling import QueueWorkAutoscaling
 from srserve.serving.ops.gpu_telemetry import GpuTelemetryConfig
 
@@ -24,6 +28,19 @@ class ReplicaSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     telemetry: GpuTelemetryConfig = GpuTelemetryConfig()
+
+
+def rank_bundles(actor_options: dict[str, Any], world_size: int) -> list[dict[str, float]]:
+    """One placement-group bundle per rank, each what one rank's actor options ask for (Ray's resource names)."""
+    bundle: dict[str, float] = {"CPU": float(actor_options.get("num_cpus", 1))}
+    if actor_options.get("num_gpus"):
+        bundle["GPU"] = float(actor_options["num_gpus"])
+    if actor_options.get("accelerator_type"):  # how Ray expresses accelerator_type as a resource demand
+        bundle[f"accelerator_type:{actor_options['accelerator_type']}"] = 0.001
+    if actor_options.get("memory"):
+        bundle["memory"] = float(actor_options["memory"])
+    bundle.update({k: float(v) for k, v in (actor_options.get("resources") or {}).items()})
+    return [dict(bundle) for _ in range(world_size)]
 
 
 class PoolConfig(BaseModel):
@@ -51,7 +68,16 @@ class PoolConfig(BaseModel):
     compile: bool | None = Field(
         None, description="overrides model.compile here: regional compile of the transformers' repeated blocks"
     )
+    parallel: ParallelSpec = Field(
+        ParallelSpec(),
+        description="devices per replica (ulysses x ring x cfg; sketch and render pools): each replica reserves "
+        "that many bundles of ray_actor_options, STRICT_PACK on one node; docs/parallel.md",
+    )
     telemetry: GpuTelemetryConfig = GpuTelemetryConfig()
+    cache: CachePolicy = Field(
+        CachePolicy(), description="the step cache of this pool's stage (colocated: of both); docs/caching.md"
+    )
+    cache_limits: CacheLimits = Field(CacheLimits(), description="what a request may choose instead of `cache`")
 
     @model_validator(mode="after")
     def _scale_one_way(self) -> PoolConfig:
@@ -60,6 +86,14 @@ class PoolConfig(BaseModel):
         if self.autoscaling_config is not None or self.queue_autoscaling is not None:
             self.num_replicas = None
         return self
+
+    def replica_floor(self) -> int:
+        """Replicas the pool has at least (autoscaled pools: their minimum), for load estimates."""
+        if self.num_replicas is not None:
+            return self.num_replicas
+        if self.queue_autoscaling is not None:
+            return max(self.queue_autoscaling.min_replicas, 1)
+        return max(int((self.autoscaling_config or {}).get("min_replicas", 1)), 1)
 
     def model_for(self, pair: ModelPairConfig) -> ModelPairConfig:
         """The model pair as this pool loads it (its attention backend and compile overrides applied)."""
@@ -84,6 +118,9 @@ class PoolConfig(BaseModel):
             opts["autoscaling_config"] = dict(self.autoscaling_config)
         else:
             opts["num_replicas"] = self.num_replicas
+        if self.parallel.enabled:  # rank 0 is the replica (bundle 0), ranks 1.. its actors (serving/pools/ranks.py)
+            opts["placement_group_bundles"] = rank_bundles(self.ray_actor_options, self.parallel.world_size)
+            opts["placement_group_strategy"] = "STRICT_PACK"
         # Applied live by the replicas' `reconfigure` (srserve.serving.ops.replica_operations).
         opts["user_config"] = ReplicaSettings(telemetry=self.telemetry).model_dump()
         return opts
@@ -113,6 +150,9 @@ class IngressConfig(BaseModel):
     claim_interval_s: float = Field(
         1.0, gt=0, description="how often each ingress looks for jobs nobody drives, sweeps and expires"
     )
+    load_switch: LoadSwitchConfig = Field(
+        LoadSwitchConfig(), description="the `load` switch policy's floor and SLO (docs/caching.md)"
+    )
 
 
 class ServingConfig(BaseModel):
@@ -135,6 +175,19 @@ class ServingConfig(BaseModel):
     grpc_tls: GrpcTlsConfig | None = None
     job_store: JobStoreConfig = JobStoreConfig()
     artifacts: ArtifactStoreConfig = ArtifactStoreConfig()
+
+    @model_validator(mode="after")
+    def _parallel_on_stage_pools_only(self) -> ServingConfig:
+        """Multi-device replicas run the sketch or the render loop SPMD; a text or colocated replica is one device."""
+        for name in ("text_pool", "colocated_pool"):
+            if getattr(self, name).parallel.enabled:
+                raise ValueError(f"{name}.parallel: only sketch_pool and render_pool take a parallel degree")
+        for name in ("sketch_pool", "render_pool"):
+            pool = getattr(self, name)
+            if pool.parallel.context_degree > 1 and "first_block" in (pool.cache.kind, *pool.cache_limits.kinds):
+                # Its skip decision would be taken per token slice: the ranks would diverge (docs/parallel.md).
+                raise ValueError(f"{name}: a first_block cache cannot run with ulysses/ring; use taylorseer or mag")
+        return self
 
     def resolved(self) -> ServingConfig:
         """The config the replicas get: the embedded server started and its DSN filled in (no DSN is

@@ -8,6 +8,7 @@ comes here: the sketch replica writes the handoff to artifact storage, the rende
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,20 +17,30 @@ import ray
 from pydantic import ValidationError
 from ray.serve.handle import DeploymentHandle
 
+from srserve.engine.cache import CacheSpec
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.families import get_family
 from srserve.engine.families.base import IncompatiblePairError
 from srserve.engine.handoff import HandoffFormatError, HandoffState
-from srserve.engine.request import GenerationRequest, RequestDefaults, describe_validation_error, resolve_request
+from srserve.engine.request import (
+    GenerationRequest,
+    RequestDefaults,
+    ResolvedRequest,
+    describe_validation_error,
+    resolve_request,
+)
 from srserve.serving.api.errors import InvalidRequest, JobNotFound, NotReady, RequestTooLarge, Unauthenticated
-from srserve.serving.config import ServingConfig
+from srserve.serving.api.schemas import cache_pattern
+from srserve.serving.config import PoolConfig, ServingConfig
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore
 from srserve.serving.control.database import open_store
 from srserve.serving.control.events import EventHub
 from srserve.serving.control.jobs import Job, JobEvent, JobState, handoff_key
+from srserve.serving.control.load_switch import SwitchChoice, choose_switch, load_snapshot
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
+from srserve.serving.control.request_cache import CacheRefused, allowed_kinds, resolve_cache
 from srserve.serving.ops.job_logging import log_job_finished
-from srserve.serving.ops.metrics import record_job_finished
+from srserve.serving.ops.metrics import record_job_finished, record_switch_choice
 
 # What a caller sees when the replica running its request dies (Serve does not retry these).
 REPLICA_LOST = (
@@ -129,7 +140,58 @@ class IngressCore:
         if "switch" not in request.model_fields_set and boundary is not None:
             # A family with its own expert boundary (wan2.2) switches there unless the client says otherwise.
             resolved = resolved.model_copy(update={"switch": boundary(resolved.num_inference_steps)})
-        return await self._admit_job(resolved.model_dump(mode="json"), resolved.num_inference_steps, deadline_s)
+        resolved = resolved.model_copy(update={"cache": self._caches(resolved.cache)})
+        choice = None
+        if resolved.switch.kind == "load":
+            choice = await self._choose_switch(resolved, deadline_s)
+            resolved = resolved.model_copy(update={"switch": choice.policy})
+        job = await self._admit_job(
+            resolved.model_dump(mode="json"),
+            resolved.num_inference_steps,
+            deadline_s,
+            switch_choice=None if choice is None else (choice.cap, choice.reason),
+        )
+        record_switch_choice(job)
+        return job
+
+    def _cache_pools(self) -> tuple[PoolConfig, PoolConfig]:
+        cfg = self.config
+        if cfg.layout == "colocated":
+            return cfg.colocated_pool, cfg.colocated_pool
+        return cfg.sketch_pool, cfg.render_pool
+
+    def cache_pattern(self) -> str:
+        """The `cache` field's grammar for this deployment: the kinds each stage's pool allows."""
+        sketch, render = self._cache_pools()
+        return cache_pattern(
+            allowed_kinds(sketch.cache, sketch.cache_limits), allowed_kinds(render.cache, render.cache_limits)
+        )
+
+    def _caches(self, asked: CacheSpec | None, render_only: bool = False) -> CacheSpec | None:
+        """The step caches the job runs: the request's within the pools' limits, else the pools' own."""
+        sketch, render = self._cache_pools()
+        if render_only and asked is not None:
+            asked = CacheSpec(render=asked.render)
+        try:
+            return resolve_cache(asked, (sketch.cache, sketch.cache_limits), (render.cache, render.cache_limits))
+        except CacheRefused as exc:
+            raise InvalidRequest(str(exc), param=exc.param) from None
+
+    async def _choose_switch(self, request: ResolvedRequest, deadline_s: float | None) -> SwitchChoice:
+        """The load-aware switch's cap for a new job, from the pools' queued work in the store."""
+        cfg = self.config
+        jobs = await self.store.jobs_for_work()
+        colocated = cfg.layout == "colocated"
+        replicas = (
+            (cfg.colocated_pool.replica_floor(),) * 2
+            if colocated
+            else (cfg.sketch_pool.replica_floor(), cfg.render_pool.replica_floor())
+        )
+        load = load_snapshot(jobs, time.time(), *replicas, colocated=colocated, text_pool=self.text is not None)
+        slo = cfg.ingress.load_switch.slo_s
+        if slo is None:
+            slo = deadline_s if deadline_s is not None else cfg.ingress.default_deadline_s
+        return choose_switch(request.switch, request.num_inference_steps, load, cfg.ingress.load_switch, slo)
 
     async def submit_handoff(self, blob: bytes, deadline_s: float | None = None) -> Job:
         """Accept a client's handoff state and render it; the blob is parsed safely and checked first."""
@@ -155,6 +217,10 @@ class IngressCore:
                 self._family.check_handoff(state)
             except IncompatiblePairError as exc:
                 raise InvalidRequest(f"handoff: {exc}", param="handoff") from None
+        caches = self._caches(state.request.cache, render_only=True)
+        if caches != state.request.cache:  # the render runs what this server allows, never a client's file
+            state.request = state.request.model_copy(update={"cache": caches})
+            blob = state.to_bytes()
         return await self._admit_job(state.request.model_dump(mode="json"), n, deadline_s, (blob, state.switch_step))
 
     async def _admit_job(
@@ -163,6 +229,7 @@ class IngressCore:
         num_steps: int,
         deadline_s: float | None,
         handoff: tuple[bytes, int] | None = None,
+        switch_choice: tuple[int, str] | None = None,
     ) -> Job:
         """One admission path for prompts and uploaded handoffs: store the job (and handoff), drive it."""
         job_id = f"video_{uuid.uuid4().hex}"
@@ -175,7 +242,15 @@ class IngressCore:
             stored = (key, len(blob), switch_step)
         try:
             job = await self.store.create(
-                job_id, request, num_steps, deadline, self.owner, self.config.ingress.lease_ttl_s, self.limits, stored
+                job_id,
+                request,
+                num_steps,
+                deadline,
+                self.owner,
+                self.config.ingress.lease_ttl_s,
+                self.limits,
+                stored,
+                switch_choice,
             )
         except Exception:
             if stored is not None:

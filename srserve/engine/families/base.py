@@ -12,6 +12,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.handoff import HandoffState
+from srserve.engine.parallel.cfg import CfgSplit
 from srserve.engine.request import ResolvedRequest
 
 
@@ -35,6 +36,8 @@ class ModelFamily(ABC):
     # Attention backends (srserve.engine.attention) this family's processors can run. Only `native`
     # unless a family's attention goes through diffusers' dispatcher and was checked with the others.
     attention_backends: frozenset[str] = frozenset({"native"})
+    # Block submodules whose outputs a TaylorSeer step cache extrapolates (srserve.engine.cache).
+    cached_modules: tuple[str, ...] = ()
 
     @abstractmethod
     def check_pair(self, config: ModelPairConfig) -> None:
@@ -47,6 +50,12 @@ class ModelFamily(ABC):
     def max_sequence_length(self, config: ModelPairConfig) -> int:
         """Text tokens per prompt: the pair's setting, else the family's default."""
         return config.max_sequence_length or 512
+
+    def transformer_config(self, path: str, render: bool) -> dict[str, Any] | None:
+        """The config of the sketch (or render) transformer a path names, without weights."""
+        from srserve.engine.families.wan import read_component_config
+
+        return read_component_config(path, "transformer")
 
     @abstractmethod
     def load_transformer(self, path: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module: ...
@@ -82,8 +91,14 @@ class ModelFamily(ABC):
         timestep: torch.Tensor,
         encoded: EncodedPrompt,
         guidance_scale: float,
+        *,
+        cfg_split: CfgSplit | None = None,
     ) -> torch.Tensor:
-        """The CFG-combined model output for one denoising step."""
+        """The CFG-combined model output for one denoising step.
+
+        `cfg_split` (CFG parallel): run only this rank's branch and get the other's by exchange;
+        a family that cannot split its branches refuses it (srserve.engine.parallel.check_parallel).
+        """
 
     def initial_latents(
         self,

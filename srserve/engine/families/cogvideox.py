@@ -45,6 +45,7 @@ from srserve.engine.config import ModelPairConfig
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily
 from srserve.engine.families.wan import read_component_config
 from srserve.engine.handoff import HandoffState
+from srserve.engine.parallel import CfgSplit, ParallelUnsupported
 from srserve.engine.request import ResolvedRequest
 from srserve.engine.scheduler_state import SchedulerSnapshot
 from srserve.engine.snr_match import SnrMatch
@@ -129,6 +130,7 @@ class RenderPlan:
 
 class CogVideoXFamily(ModelFamily):
     name = "cogvideox"
+    cached_modules = (r"transformer_blocks\.\d+\.(attn1|ff)",)
 
     def __init__(self) -> None:
         self._config: ModelPairConfig | None = None
@@ -300,7 +302,11 @@ class CogVideoXFamily(ModelFamily):
         timestep: torch.Tensor,
         encoded: EncodedPrompt,
         guidance_scale: float,
+        *,
+        cfg_split: CfgSplit | None = None,
     ) -> torch.Tensor:
+        if cfg_split is not None:  # both branches are one batched forward here (check_parallel refuses it first)
+            raise ParallelUnsupported("CFG parallel is not supported for CogVideoX (one batched forward)")
         dtype = transformer.dtype
         cfg = encoded.negative_prompt_embeds is not None
         if cfg:

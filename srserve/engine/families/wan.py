@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 from srserve.engine.attention import AttentionBackend
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily
+from srserve.engine.parallel.cfg import CfgSplit
 from srserve.engine.request import ResolvedRequest
 
 # Transformer fields that must agree for a latent to cross from one model to the other.
@@ -58,6 +59,7 @@ class WanFamily(ModelFamily):
     # WanAttnProcessor calls diffusers' dispatch_attention_fn (no mask, no joint text+video RoPE),
     # so every dispatcher backend applies.
     attention_backends = frozenset(get_args(AttentionBackend))
+    cached_modules = (r"blocks\.\d+\.(attn1|attn2|ffn)",)
 
     def check_pair(self, config: ModelPairConfig) -> None:
         if config.use_dynamic_cfg:
@@ -151,8 +153,11 @@ class WanFamily(ModelFamily):
         timestep: torch.Tensor,
         encoded: EncodedPrompt,
         guidance_scale: float,
+        *,
+        cfg_split: CfgSplit | None = None,
     ) -> torch.Tensor:
-        return self._guided(transformer, latents, timestep, encoded, guidance_scale, cfg=guidance_scale > 1.0)
+        cfg = guidance_scale > 1.0
+        return self._guided(transformer, latents, timestep, encoded, guidance_scale, cfg=cfg, cfg_split=cfg_split)
 
     def _guided(
         self,
@@ -163,25 +168,39 @@ class WanFamily(ModelFamily):
         guidance_scale: float,
         *,
         cfg: bool,
+        cfg_split: CfgSplit | None = None,
     ) -> torch.Tensor:
         """WanPipeline's step prediction; `cfg` apart from the scale, since Wan2.2 decides it on another scale."""
         dtype = transformer.dtype
         model_input = latents.to(dtype)
         t = timestep.expand(latents.shape[0])
-        pred = transformer(
-            hidden_states=model_input,
-            timestep=t,
-            encoder_hidden_states=encoded.prompt_embeds.to(dtype),
-            return_dict=False,
-        )[0]
-        if cfg:
+        if cfg and cfg_split is not None:  # CFG parallel: this rank's branch only, the other's by exchange
             assert encoded.negative_prompt_embeds is not None
-            uncond = transformer(
+            branch = cfg_split.branch
+            embeds = encoded.prompt_embeds if branch == "cond" else encoded.negative_prompt_embeds
+            with transformer.cache_context(branch):
+                mine = transformer(
+                    hidden_states=model_input, timestep=t, encoder_hidden_states=embeds.to(dtype), return_dict=False
+                )[0]
+            pred, uncond = cfg_split.exchange(mine)
+            return uncond + guidance_scale * (pred - uncond)
+        # The named contexts keep a step cache's state per branch (as WanPipeline does); no-ops without one.
+        with transformer.cache_context("cond"):
+            pred = transformer(
                 hidden_states=model_input,
                 timestep=t,
-                encoder_hidden_states=encoded.negative_prompt_embeds.to(dtype),
+                encoder_hidden_states=encoded.prompt_embeds.to(dtype),
                 return_dict=False,
             )[0]
+        if cfg:
+            assert encoded.negative_prompt_embeds is not None
+            with transformer.cache_context("uncond"):
+                uncond = transformer(
+                    hidden_states=model_input,
+                    timestep=t,
+                    encoder_hidden_states=encoded.negative_prompt_embeds.to(dtype),
+                    return_dict=False,
+                )[0]
             pred = uncond + guidance_scale * (pred - uncond)
         return pred
 

@@ -41,6 +41,7 @@ from srserve.engine.config import ModelPairConfig
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError
 from srserve.engine.families.wan import WanFamily, read_component_config
 from srserve.engine.handoff import HandoffState
+from srserve.engine.parallel.cfg import CfgSplit
 from srserve.engine.request import ResolvedRequest, SwitchPolicy
 
 HIGH_NOISE = "transformer"
@@ -329,6 +330,11 @@ class Wan22Family(WanFamily):
             return self._bound()[0]
         return locate(path, render=False)
 
+    def transformer_config(self, path: str, render: bool) -> dict[str, Any] | None:
+        """The expert's own config: a two-expert folder's render model is its transformer_2/."""
+        config = locate(path, render=render).transformer / "config.json"
+        return json.loads(config.read_text()) if config.is_file() else None
+
     def load_transformer(self, path: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
         folder = self._location_of(path).transformer
         model = WanTransformer3DModel.from_pretrained(str(folder), torch_dtype=dtype)
@@ -370,12 +376,14 @@ class Wan22Family(WanFamily):
         timestep: torch.Tensor,
         encoded: EncodedPrompt,
         guidance_scale: float,
+        *,
+        cfg_split: CfgSplit | None = None,
     ) -> torch.Tensor:
         scale_2 = self._config.guidance_scale_2 if self._config is not None else None
         if scale_2 is not None and self._is_render_model(transformer):
             guidance_scale = scale_2
         cfg = encoded.negative_prompt_embeds is not None  # the request's guidance_scale > 1, as WanPipeline decides
-        return self._guided(transformer, latents, timestep, encoded, guidance_scale, cfg=cfg)
+        return self._guided(transformer, latents, timestep, encoded, guidance_scale, cfg=cfg, cfg_split=cfg_split)
 
     def convert_handoff(self, state: HandoffState) -> HandoffState:
         """Latents cross unchanged (one latent space); the state records the model's boundary for reference."""

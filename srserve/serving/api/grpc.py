@@ -60,6 +60,8 @@ def request_fields(msg: video_pb2.GenerateRequest, default_steps: int) -> tuple[
         fields["switch"] = cap_switch(msg.switch, fields.get("num_inference_steps", default_steps))
     if msg.model:
         fields["model"] = msg.model
+    if msg.cache:
+        fields["cache"] = msg.cache
     deadline = msg.deadline_s if msg.HasField("deadline_s") else None
     if deadline is not None and deadline <= 0:
         raise InvalidRequest("deadline_s: must be positive", param="deadline_s")
@@ -87,6 +89,8 @@ def job_message(job: Job | dict[str, Any]) -> video_pb2.Job:
         replicas=job.get("replicas", {}),
         request_json=json.dumps(job["request"]),
         latents_sha256=job.get("latents_sha256") or "",
+        switch_cap=-1 if job.get("switch_cap") is None else job["switch_cap"],
+        switch_reason=job.get("switch_reason") or "",
     )
 
 

@@ -25,6 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from srserve.engine.cache import CacheSpec
 from srserve.serving.api.errors import (
     InvalidRequest,
     JobNotFound,
@@ -236,6 +237,9 @@ def video_object(job: Job | dict[str, Any], model: str) -> dict[str, Any]:
             "attempts": job.get("attempts", {}),
             "timeline": job.get("timeline", {}),
             "replicas": job.get("replicas", {}),
+            "switch_cap": job.get("switch_cap"),
+            "switch_reason": job.get("switch_reason"),
+            "cache": str(CacheSpec.model_validate(req["cache"])) if req.get("cache") else "none",
         },
     }
 
@@ -576,8 +580,11 @@ def _collapse_nulls(schema: dict[str, Any]) -> None:
         del schema["default"]
 
 
-def openapi_document(model_name: str | None = None, auth: bool = False) -> dict[str, Any]:
-    """The whole API as OpenAPI 3.1: routes, bodies, every status; the deployment's model and auth."""
+def openapi_document(
+    model_name: str | None = None, auth: bool = False, cache_pattern: str | None = None
+) -> dict[str, Any]:
+    """The whole API as OpenAPI 3.1: routes, bodies, every status; the deployment's model, auth and
+    the cache kinds its pools allow requests (`cache_pattern`)."""
     doc = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes, servers=app.servers
     )
@@ -592,6 +599,8 @@ def openapi_document(model_name: str | None = None, auth: bool = False) -> dict[
     events["text/event-stream"]["schema"] = _SSE_EVENT  # exactly this (FastAPI adds its own "type")
     if model_name is not None:
         components["VideoCreateParams"]["properties"]["model"]["enum"] = [model_name]
+    if cache_pattern is not None:
+        components["VideoCreateParams"]["properties"]["cache"]["pattern"] = cache_pattern
     if auth:
         components_root = doc["components"]
         components_root["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -609,7 +618,7 @@ def _openapi() -> dict[str, Any]:
     """Built once per replica, from the deployment it serves."""
     if app.openapi_schema is None:
         core = _core()
-        app.openapi_schema = openapi_document(core.model_name, core.auth is not None)
+        app.openapi_schema = openapi_document(core.model_name, core.auth is not None, core.cache_pattern())
     return app.openapi_schema
 
 

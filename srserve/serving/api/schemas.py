@@ -12,10 +12,12 @@ same way), and each `seconds` value states the frame rates it allows (4k+1 frame
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from srserve.engine.cache import CACHE_KINDS
 from srserve.engine.request import MAX_STEPS, GenerationRequest
 from srserve.serving.api.errors import InvalidRequest
 from srserve.serving.control.jobs import JobState
@@ -90,7 +92,30 @@ VIDEO_ID_PATTERN = r"^video_[0-9a-f]{32}$"
 _STEP = integer_range_pattern(0, MAX_STEPS)
 _FRACTION = r"(?:0\.[0-9]{0,15}|\.[0-9]{1,15}|1\.0{0,15})"  # [0, 1], always with a '.'
 _TAU = r"(?:0?\.[0-9]{0,14}[1-9][0-9]{0,14}|1(?:\.0{0,15})?)"  # (0, 1]
-SWITCH_PATTERN = rf"^(?:fixed:(?:{_STEP}|{_FRACTION})|adaptive(?::{_TAU}(?::{_STEP}:{_STEP})?)?)$"
+SWITCH_PATTERN = rf"^(?:fixed:(?:{_STEP}|{_FRACTION})|(?:adaptive|load)(?::{_TAU}(?::{_STEP}:{_STEP})?)?)$"
+_THRESHOLD = r"(?:0?\.[0-9]{0,14}[1-9][0-9]{0,14}|1(?:\.0{0,15})?)"  # (0, 1]
+_CACHE_KIND_PATTERNS = {
+    "none": "none",
+    "first_block": rf"first_block(?::{_THRESHOLD})?",
+    "taylorseer": r"taylorseer(?::(?:[1-9]|[1-4][0-9]|50))?",
+    "mag": rf"mag(?::{_THRESHOLD})?",
+}
+
+
+def cache_pattern(sketch_kinds: Sequence[str] = CACHE_KINDS, render_kinds: Sequence[str] = CACHE_KINDS) -> str:
+    """The `cache` field's grammar for the kinds each stage allows (a deployment's, or all kinds)."""
+
+    def alt(kinds: Iterable[str]) -> str:
+        return "(?:" + "|".join(_CACHE_KIND_PATTERNS[k] for k in kinds) + ")"
+
+    both = [k for k in sketch_kinds if k in render_kinds]
+    forms = [alt(both)] if both else []
+    sketch, render = alt(sketch_kinds), alt(render_kinds)
+    forms += [f"sketch={sketch}(?:,render={render})?", f"render={render}(?:,sketch={sketch})?"]
+    return "^(?:" + "|".join(forms) + ")$"
+
+
+CACHE_PATTERN = cache_pattern()
 
 
 def frames_for_seconds(seconds: float, fps: int) -> int:
@@ -108,7 +133,7 @@ SECONDS = [str(s) for s in range(1, 10_000) if frames_for_seconds(s, DEFAULT_FPS
 
 
 _FIXED_STEP = re.compile(r"fixed:([0-9]+)")
-_BOUNDED = re.compile(r"adaptive:([^:]+):([0-9]+):([0-9]+)")
+_BOUNDED = re.compile(r"(adaptive|load):([^:]+):([0-9]+):([0-9]+)")
 
 
 def cap_switch(text: str, num_steps: int) -> str:
@@ -123,9 +148,9 @@ def cap_switch(text: str, num_steps: int) -> str:
     if fixed is not None and int(fixed[1]) <= MAX_STEPS:
         return f"fixed:{min(int(fixed[1]), num_steps)}"
     bounded = _BOUNDED.fullmatch(text)
-    if bounded is not None and max(int(bounded[2]), int(bounded[3])) <= MAX_STEPS:
-        high = min(int(bounded[3]), num_steps)
-        return f"adaptive:{bounded[1]}:{min(int(bounded[2]), high)}:{high}"
+    if bounded is not None and max(int(bounded[3]), int(bounded[4])) <= MAX_STEPS:
+        high = min(int(bounded[4]), num_steps)
+        return f"{bounded[1]}:{bounded[2]}:{min(int(bounded[3]), high)}:{high}"
     return text
 
 
@@ -199,7 +224,15 @@ class VideoCreateParams(BaseModel):
         None,
         description=(
             "when the sketch model hands over: fixed:K (K large-model steps; K at or past the step count "
-            "runs the large model only), fixed:0.3 (a fraction), adaptive, adaptive:TAU or adaptive:TAU:MIN:MAX"
+            "runs the large model only), fixed:0.3 (a fraction), adaptive, adaptive:TAU or adaptive:TAU:MIN:MAX; "
+            "load, load:TAU or load:TAU:MIN:MAX: adaptive under a cap the server lowers under load"
+        ),
+    )
+    cache: Annotated[str, Field(pattern=CACHE_PATTERN)] | None = Field(
+        None,
+        description=(
+            "step caches: KIND for both stages, or sketch=KIND,render=KIND; KIND is none, first_block[:THRESHOLD], "
+            "taylorseer[:INTERVAL] or mag[:THRESHOLD]; within the server's limits (default: the pools' own)"
         ),
     )
     fps: Annotated[int, Field(**FPS)] | None = None
@@ -245,8 +278,13 @@ GRAMMARS = {
     "negative_prompt": "text without NUL",
     "size": f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in {SIDE['ge']}..{SIDE['le']} (e.g. '832x480')",
     "switch": (
-        f"fixed:K, fixed:FRACTION, adaptive, adaptive:TAU or adaptive:TAU:MIN:MAX (K, MIN, MAX in 0..{MAX_STEPS}; "
+        f"fixed:K, fixed:FRACTION, adaptive, adaptive:TAU or adaptive:TAU:MIN:MAX, or load alike (K, MIN, MAX in "
+        f"0..{MAX_STEPS}; "
         "FRACTION in [0, 1] with a '.'; TAU in (0, 1])"
+    ),
+    "cache": (
+        "KIND or sketch=KIND,render=KIND; KIND: none, first_block[:THRESHOLD], taylorseer[:INTERVAL 1..50], "
+        "mag[:THRESHOLD] (THRESHOLD in (0, 1])"
     ),
     "seconds": f"whole seconds as text, '1'..'{SECONDS[-1]}'",
 }
@@ -328,6 +366,9 @@ class SrserveDetails(BaseModel):
     attempts: dict[str, int] = Field(description="attempts per stage (a lost replica's stage is retried)")
     timeline: dict[str, float] = Field(description="stage edge -> unix time")
     replicas: dict[str, str] = Field(description="stage -> replica id")
+    switch_cap: int | None = Field(description="the load-aware switch's cap on the sketch steps; null otherwise")
+    switch_reason: str | None = Field(description="why that cap: unmeasured, adaptive, balance, slo or floor")
+    cache: str = Field(description="the step caches the job runs (as in the request's `cache`), or none")
 
 
 class Video(BaseModel):

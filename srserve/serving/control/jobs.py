@@ -97,6 +97,9 @@ class Job:
     handoff_key: str | None = None
     fence: int = 0
     lease_owner: str | None = None
+    # The load-aware switch's cap on the sketch steps and its reason (srserve.serving.control.load_switch).
+    switch_cap: int | None = None
+    switch_reason: str | None = None
     events: list[JobEvent] = field(default_factory=list)
 
     @property

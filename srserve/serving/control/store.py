@@ -100,6 +100,8 @@ def _job(row: dict[str, Any]) -> Job:
         handoff_key=row["handoff_key"],
         fence=row["fence"],
         lease_owner=row["lease_owner"],
+        switch_cap=row.get("switch_cap"),
+        switch_reason=row.get("switch_reason"),
     )
 
 
@@ -248,10 +250,12 @@ class JobStore:
         lease_ttl_s: float,
         limits: dict[str, int],
         handoff: tuple[str, int, int] | None = None,
+        switch_choice: tuple[int, str] | None = None,
     ) -> Job:
         """Admit a job under the global per-phase limits (counted here, across every ingress replica).
 
-        `handoff` (key, bytes, switch step) admits an uploaded handoff straight to `handed_off`.
+        `handoff` (key, bytes, switch step) admits an uploaded handoff straight to `handed_off`;
+        `switch_choice` (cap, reason) is the load-aware switch's decision for it.
         """
         created = time.time()
         state = JobState.QUEUED if handoff is None else JobState.HANDED_OFF
@@ -276,10 +280,13 @@ class JobStore:
             job.timeline["submitted"] = created
             if handoff is not None:
                 job.handoff_key, job.handoff_bytes, job.switch_step = handoff
+            if switch_choice is not None:
+                job.switch_cap, job.switch_reason = switch_choice
             await conn.execute(
                 "INSERT INTO srserve_jobs (id, request, state, created_at, updated_at, last_progress, deadline, "
-                "num_steps, switch_step, handoff_key, handoff_bytes, timeline, lease_owner, lease_expires) "
-                f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {_NOW} + %s)",
+                "num_steps, switch_step, handoff_key, handoff_bytes, timeline, switch_cap, switch_reason, "
+                f"lease_owner, lease_expires) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                f"{_NOW} + %s)",
                 (
                     job_id,
                     json.dumps(request),
@@ -293,6 +300,8 @@ class JobStore:
                     job.handoff_key,
                     job.handoff_bytes,
                     json.dumps(job.timeline),
+                    job.switch_cap,
+                    job.switch_reason,
                     owner,
                     lease_ttl_s,
                 ),

@@ -79,11 +79,14 @@ def log_job_finished(job: Job) -> None:
     t = job.timeline
     total = t["finished"] - t["submitted"] if "finished" in t and "submitted" in t else None
     job_logger("ray.serve").info(
-        "job finished state=%s error_code=%s steps=%d switch_step=%s handoff_bytes=%d total_s=%s replicas=%s",
+        "job finished state=%s error_code=%s steps=%d switch_step=%s switch_cap=%s switch_reason=%s handoff_bytes=%d "
+        "total_s=%s replicas=%s",
         job.state.value,
         job.error_code or "-",
         job.num_steps,
         "-" if job.switch_step is None else job.switch_step,
+        "-" if job.switch_cap is None else job.switch_cap,
+        job.switch_reason or "-",
         job.handoff_bytes,
         "-" if total is None else f"{total:.3f}",
         ",".join(f"{stage}:{replica}" for stage, replica in job.replicas.items()) or "-",

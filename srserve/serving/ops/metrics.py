@@ -6,6 +6,7 @@ histogram `srserve_stage_seconds` is scraped as `ray_srserve_stage_seconds_bucke
 Inside a replica, `ray.serve.metrics` adds `deployment`, `replica` and `application` tags.
 
 Where each metric is recorded:
+- ingress, at admission: the load-aware switch's cap and reason per job;
 - where a job ends (the render replica that completes it, the ingress that fails or cancels it):
   stage latencies, step times, switch step, handoff bytes and latency, jobs by final state;
 - ingress (from the job store): jobs per state, each pool's queue depth and queued GPU-seconds, the
@@ -71,6 +72,17 @@ def _metrics() -> dict[str, Any]:
             description="Submission to final state, by final state.",
             boundaries=SECONDS_BUCKETS,
             tag_keys=("state",),
+        ),
+        "switch_cap": Histogram(
+            "srserve_load_switch_cap_fraction",
+            description="The load-aware switch's cap on a job's sketch steps (share of its steps), by reason.",
+            boundaries=FRACTION_BUCKETS,
+            tag_keys=("reason",),
+        ),
+        "switch_choices": Counter(
+            "srserve_load_switch_choices_total",
+            description="Jobs admitted with the load-aware switch, by the reason of their cap.",
+            tag_keys=("reason",),
         ),
         "step": Histogram(
             "srserve_step_seconds",
@@ -199,6 +211,16 @@ def record_job_finished(job: Job) -> None:
         m["handoff_bytes"].observe(job.handoff_bytes)
     if (d := _span(t, "sketch_end", "render_start")) is not None:
         m["handoff_seconds"].observe(d)
+
+
+def record_switch_choice(job: Job) -> None:
+    """The load-aware switch's decision for an admitted job (where it was made: the ingress)."""
+    if job.switch_reason is None or job.switch_cap is None:
+        return
+    m = _metrics()
+    m["switch_choices"].inc(1, tags={"reason": job.switch_reason})
+    if job.num_steps:
+        m["switch_cap"].observe(job.switch_cap / job.num_steps, tags={"reason": job.switch_reason})
 
 
 def record_board(counts: Mapping[str, int], pools: Iterable[PoolWork]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from ray import serve
 
 from srserve.engine import HandoffState, ModelPairConfig, Role
+from srserve.engine.parallel import ParallelSpec
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStoreConfig
 from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.ops.metrics import timed_handoff
@@ -15,8 +16,14 @@ from srserve.serving.pools.worker import PoolWorker
 
 
 class RenderWorker(PoolWorker):
-    def __init__(self, model: ModelPairConfig, job_store: JobStoreConfig, artifacts: ArtifactStoreConfig) -> None:
-        super().__init__(model, job_store, artifacts, frozenset({Role.RENDER, Role.DECODE}))
+    def __init__(
+        self,
+        model: ModelPairConfig,
+        job_store: JobStoreConfig,
+        artifacts: ArtifactStoreConfig,
+        parallel: ParallelSpec | None = None,
+    ) -> None:
+        super().__init__(model, job_store, artifacts, frozenset({Role.RENDER, Role.DECODE}), parallel)
 
     async def render(self, ticket: dict[str, Any]) -> dict[str, Any]:
         reporter = self.reporter(ticket, "render")
@@ -27,7 +34,8 @@ class RenderWorker(PoolWorker):
 
         def run():
             state = timed_handoff("parse", lambda: HandoffState.from_bytes(blob))
-            return stages.render(self.engine, reporter, state)
+            body = stages.render if self.ranks is None else self.ranks.render  # one device, or SPMD on the ranks
+            return body(self.engine, reporter, state)
 
         return await self.render_and_store(ticket, reporter, run)
 

@@ -8,6 +8,7 @@ from typing import Any
 from ray import serve
 
 from srserve.engine import ModelPairConfig, Role
+from srserve.engine.parallel import ParallelSpec
 from srserve.engine.request import ResolvedRequest
 from srserve.serving.control.artifacts import ArtifactStoreConfig
 from srserve.serving.control.database import JobStoreConfig
@@ -19,17 +20,23 @@ from srserve.serving.pools.worker import PoolWorker, stopped
 
 class SketchWorker(PoolWorker):
     def __init__(
-        self, model: ModelPairConfig, job_store: JobStoreConfig, artifacts: ArtifactStoreConfig, encode_here: bool
+        self,
+        model: ModelPairConfig,
+        job_store: JobStoreConfig,
+        artifacts: ArtifactStoreConfig,
+        encode_here: bool,
+        parallel: ParallelSpec | None = None,
     ) -> None:
         roles = {Role.SKETCH} | ({Role.TEXT} if encode_here else set())
-        super().__init__(model, job_store, artifacts, frozenset(roles))
+        super().__init__(model, job_store, artifacts, frozenset(roles), parallel)
 
     async def sketch(self, ticket: dict[str, Any], encoded: dict[str, Any] | None = None) -> dict[str, Any]:
         reporter = self.reporter(ticket, "sketch")
         request = ResolvedRequest.model_validate(ticket["request"])
 
         def run():
-            state = stages.sketch(self.engine, reporter, request, encoded)
+            body = stages.sketch if self.ranks is None else self.ranks.sketch  # one device, or SPMD on the ranks
+            state = body(self.engine, reporter, request, encoded)
             if state is None:
                 return None
             blob = timed_handoff("serialize", state.to_bytes)

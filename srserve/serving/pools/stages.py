@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,7 +44,18 @@ def sketch(
     state, or None when stopped."""
     if reporter.cancelled():
         return None
-    embeddings = prompt(engine, reporter, request, encoded)
+    return sketch_steps(engine, reporter, request, prompt(engine, reporter, request, encoded))
+
+
+def sketch_steps(
+    engine: SRDiffusionEngine,
+    reporter: AttemptReporter,
+    request: ResolvedRequest,
+    embeddings: EncodedPrompt,
+    cancelled: Callable[[], bool] | None = None,
+) -> HandoffState | None:
+    """The large model's steps from the embeddings; `cancelled` replaces the reporter's own check
+    (a multi-device replica's collective one, srserve.serving.pools.ranks)."""
     reporter.report(JobState.SKETCHING, 0, 0, stamps={"sketch_start": time.time()})
     try:
         return engine.sketch(
@@ -51,7 +63,7 @@ def sketch(
             embeddings,
             job_id=reporter.job_id,
             on_step=reporter.on_step(JobState.SKETCHING),
-            cancelled=reporter.cancelled,
+            cancelled=cancelled or reporter.cancelled,
         )
     except Cancelled:
         return None
@@ -66,14 +78,33 @@ def render(
     engine: SRDiffusionEngine, reporter: AttemptReporter, state: HandoffState
 ) -> tuple[bytes, str, dict[str, float]] | None:
     """The small model's steps, the VAE decode and the mp4: (video, latents digest, stamps), or None."""
-    n = state.num_steps
     if reporter.cancelled():
         return None
-    reporter.report(JobState.RENDERING, state.switch_step, n, stamps={"render_start": time.time()})
+    latents = render_steps(engine, reporter, state)
+    return None if latents is None else decode(engine, reporter, state, latents)
+
+
+def render_steps(
+    engine: SRDiffusionEngine,
+    reporter: AttemptReporter,
+    state: HandoffState,
+    cancelled: Callable[[], bool] | None = None,
+) -> torch.Tensor | None:
+    """The small model's steps (final latents), or None when stopped; `cancelled` as in sketch_steps."""
+    reporter.report(JobState.RENDERING, state.switch_step, state.num_steps, stamps={"render_start": time.time()})
     try:
-        latents = engine.render(state, on_step=reporter.on_step(JobState.RENDERING), cancelled=reporter.cancelled)
+        return engine.render(
+            state, on_step=reporter.on_step(JobState.RENDERING), cancelled=cancelled or reporter.cancelled
+        )
     except Cancelled:
         return None
+
+
+def decode(
+    engine: SRDiffusionEngine, reporter: AttemptReporter, state: HandoffState, latents: torch.Tensor
+) -> tuple[bytes, str, dict[str, float]]:
+    """The VAE decode and the mp4 of the final latents: (video, latents digest, stamps)."""
+    n = state.num_steps
     digest = latents_digest(latents)
     reporter.report(JobState.DECODING, n, n, stamps={"decode_start": time.time()}, info={"latents_sha256": digest})
     video = engine.export(engine.decode(latents), state.request.fps)

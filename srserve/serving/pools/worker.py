@@ -21,6 +21,7 @@ import ray
 from ray import serve
 
 from srserve.engine import ModelPairConfig, Role, SRDiffusionEngine
+from srserve.engine.parallel import ParallelSpec
 from srserve.serving.control.artifacts import ArtifactStore, ArtifactStoreConfig
 from srserve.serving.control.database import JobStoreConfig, open_store
 from srserve.serving.control.jobs import handoff_key, video_key
@@ -29,6 +30,7 @@ from srserve.serving.control.store import until_stored
 from srserve.serving.ops.job_logging import bind_job, log_job_finished
 from srserve.serving.ops.metrics import record_job_finished
 from srserve.serving.ops.replica_operations import ReplicaOperations
+from srserve.serving.pools.ranks import RankGroup
 
 T = TypeVar("T")
 
@@ -50,15 +52,31 @@ class PoolWorker(ReplicaOperations):
     """Base of the pools' deployments; subclasses add their stage method."""
 
     def __init__(
-        self, model: ModelPairConfig, job_store: JobStoreConfig, artifacts: ArtifactStoreConfig, roles: frozenset[Role]
+        self,
+        model: ModelPairConfig,
+        job_store: JobStoreConfig,
+        artifacts: ArtifactStoreConfig,
+        roles: frozenset[Role],
+        parallel: ParallelSpec | None = None,
     ) -> None:
-        self.engine = SRDiffusionEngine(model, roles)
+        # A multi-device replica is rank 0 of its group; its RankGroup runs each stage on every rank.
+        self.ranks: RankGroup | None = None
+        if parallel is not None and parallel.enabled:
+            self.ranks = RankGroup(parallel, model, roles)
+            self.engine = self.ranks.engine
+        else:
+            self.engine = SRDiffusionEngine(model, roles)
         self.store = open_store(job_store)
         self.artifacts = ArtifactStore.from_config(artifacts)
         self.progress = ProgressChannel(self.store).start()
         self._lock = threading.Lock()
         self.busy_s = 0.0
         self.jobs_done = 0
+
+    async def check_health(self) -> None:
+        """Serve's health check; a multi-device replica also pings its ranks (one lost: the replica goes)."""
+        if self.ranks is not None:
+            await asyncio.to_thread(self.ranks.check)
 
     def reporter(self, ticket: dict[str, Any], stage: str) -> AttemptReporter:
         return AttemptReporter(self.progress, ticket, stage, replica_id())

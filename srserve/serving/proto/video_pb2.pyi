@@ -15,7 +15,7 @@ class HandoffUpload(_message.Message):
     def __init__(self, handoff: _Optional[bytes] = ..., deadline_s: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "switch", "fps", "deadline_s", "model")
+    __slots__ = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "switch", "fps", "deadline_s", "model", "cache")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class GenerateRequest(_message.Message):
     FPS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     height: int
@@ -40,7 +41,8 @@ class GenerateRequest(_message.Message):
     fps: int
     deadline_s: float
     model: str
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., switch: _Optional[str] = ..., fps: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
+    cache: str
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., switch: _Optional[str] = ..., fps: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model: _Optional[str] = ..., cache: _Optional[str] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("id",)
@@ -49,7 +51,7 @@ class JobRef(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "progress", "step", "total", "switch_step", "num_steps", "error_code", "error", "created_at", "completed_at", "video_bytes", "handoff_bytes", "timeline", "replicas", "request_json", "latents_sha256")
+    __slots__ = ("id", "state", "progress", "step", "total", "switch_step", "num_steps", "error_code", "error", "created_at", "completed_at", "video_bytes", "handoff_bytes", "timeline", "replicas", "request_json", "latents_sha256", "switch_cap", "switch_reason")
     class TimelineEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +83,8 @@ class Job(_message.Message):
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_JSON_FIELD_NUMBER: _ClassVar[int]
     LATENTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SWITCH_CAP_FIELD_NUMBER: _ClassVar[int]
+    SWITCH_REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     progress: int
@@ -98,7 +102,9 @@ class Job(_message.Message):
     replicas: _containers.ScalarMap[str, str]
     request_json: str
     latents_sha256: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., progress: _Optional[int] = ..., step: _Optional[int] = ..., total: _Optional[int] = ..., switch_step: _Optional[int] = ..., num_steps: _Optional[int] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., completed_at: _Optional[float] = ..., video_bytes: _Optional[int] = ..., handoff_bytes: _Optional[int] = ..., timeline: _Optional[_Mapping[str, float]] = ..., replicas: _Optional[_Mapping[str, str]] = ..., request_json: _Optional[str] = ..., latents_sha256: _Optional[str] = ...) -> None: ...
+    switch_cap: int
+    switch_reason: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., progress: _Optional[int] = ..., step: _Optional[int] = ..., total: _Optional[int] = ..., switch_step: _Optional[int] = ..., num_steps: _Optional[int] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., completed_at: _Optional[float] = ..., video_bytes: _Optional[int] = ..., handoff_bytes: _Optional[int] = ..., timeline: _Optional[_Mapping[str, float]] = ..., replicas: _Optional[_Mapping[str, str]] = ..., request_json: _Optional[str] = ..., latents_sha256: _Optional[str] = ..., switch_cap: _Optional[int] = ..., switch_reason: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("job_id", "state", "step", "total", "progress", "time")
