@@ -98,7 +98,9 @@ class SRDiffusionEngine:
                     components.check_compilable((self.family.transformer_config(path, render) or {}).get("_class_name"))
             if parallel is not None:
                 heads = {
-                    label: int((read_component_config(path, "transformer") or {}).get("num_attention_heads", 0))
+                    label: int(
+                        (self.family.transformer_config(path, label == "render") or {}).get("num_attention_heads", 0)
+                    )
                     for label, path in (("sketch", config.sketch_path), ("render", config.render_path))
                 }
                 check_parallel(parallel.spec, self.family.name, backend, self.device, heads)

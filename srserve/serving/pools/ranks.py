@@ -34,8 +34,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from srserve.engine import HandoffState, ModelPairConfig, Role, SRDiffusionEngine
 from srserve.engine.cache import CachePolicy
 from srserve.engine.engine import Cancelled
-from srserve.engine.families import EncodedPrompt
-from srserve.engine.families.wan import read_component_config
+from srserve.engine.families import EncodedPrompt, get_family
 from srserve.engine.parallel import ParallelRuntime, ParallelSpec, ParallelUnsupported, check_parallel, init_runtime
 from srserve.engine.request import ResolvedRequest
 from srserve.serving.control.progress import AttemptReporter
@@ -62,8 +61,9 @@ def check_pool_parallel(spec: ParallelSpec, model: ModelPairConfig, actor_option
     else:
         device = torch.device(model.device)
     heads = {}
+    family = get_family(model.family)
     for label, path in (("sketch", model.sketch_path), ("render", model.render_path)):
-        config = read_component_config(path, "transformer") if Path(path).is_dir() else None
+        config = family.transformer_config(path, label == "render") if Path(path).is_dir() else None
         if config and config.get("num_attention_heads"):
             heads[label] = int(config["num_attention_heads"])
     check_parallel(spec, model.family, model.attention_backend, device, heads)
