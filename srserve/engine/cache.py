@@ -18,13 +18,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CacheKind = Literal["none", "first_block", "taylorseer", "mag"]
-CACHE_KINDS: tuple[str, ...] = ("none", "first_block", "taylorseer", "mag")
+CACHE_KINDS: tuple[str, ...] = get_args(CacheKind)
 MAG_RATIOS_FORMAT = "srserve.mag_ratios"
 
 # Which optional fields each kind takes (anything else set is refused, naming the field).
@@ -39,7 +39,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "taylorseer": {"interval": 5, "warmup_steps": 3, "max_order": 1},
     "mag": {"threshold": 0.06, "max_skip_steps": 3, "retention": 0.2},
 }
-_OPTIONAL = ("threshold", "interval", "warmup_steps", "max_order", "max_skip_steps", "retention", "ratios_file")
+_OPTIONAL = sorted(set().union(*_FIELDS.values()))  # every field some kind takes
 # The one number a text spec may carry per kind (`first_block:0.08`, `taylorseer:4`, `mag:0.1`).
 _TEXT_FIELD = {"first_block": "threshold", "taylorseer": "interval", "mag": "threshold"}
 

@@ -174,33 +174,24 @@ class WanFamily(ModelFamily):
         dtype = transformer.dtype
         model_input = latents.to(dtype)
         t = timestep.expand(latents.shape[0])
-        if cfg and cfg_split is not None:  # CFG parallel: this rank's branch only, the other's by exchange
-            assert encoded.negative_prompt_embeds is not None
-            branch = cfg_split.branch
-            embeds = encoded.prompt_embeds if branch == "cond" else encoded.negative_prompt_embeds
-            with transformer.cache_context(branch):
-                mine = transformer(
+
+        def branch(name: str, embeds: torch.Tensor) -> torch.Tensor:
+            # The named context keeps a step cache's state per branch (as WanPipeline does); a no-op without one.
+            with transformer.cache_context(name):
+                return transformer(
                     hidden_states=model_input, timestep=t, encoder_hidden_states=embeds.to(dtype), return_dict=False
                 )[0]
-            pred, uncond = cfg_split.exchange(mine)
-            return uncond + guidance_scale * (pred - uncond)
-        # The named contexts keep a step cache's state per branch (as WanPipeline does); no-ops without one.
-        with transformer.cache_context("cond"):
-            pred = transformer(
-                hidden_states=model_input,
-                timestep=t,
-                encoder_hidden_states=encoded.prompt_embeds.to(dtype),
-                return_dict=False,
-            )[0]
+
         if cfg:
             assert encoded.negative_prompt_embeds is not None
-            with transformer.cache_context("uncond"):
-                uncond = transformer(
-                    hidden_states=model_input,
-                    timestep=t,
-                    encoder_hidden_states=encoded.negative_prompt_embeds.to(dtype),
-                    return_dict=False,
-                )[0]
+        if cfg and cfg_split is not None:  # CFG parallel: this rank's branch only, the other's by exchange
+            name = cfg_split.branch
+            mine = branch(name, encoded.prompt_embeds if name == "cond" else encoded.negative_prompt_embeds)
+            pred, uncond = cfg_split.exchange(mine)
+            return uncond + guidance_scale * (pred - uncond)
+        pred = branch("cond", encoded.prompt_embeds)
+        if cfg:
+            uncond = branch("uncond", encoded.negative_prompt_embeds)
             pred = uncond + guidance_scale * (pred - uncond)
         return pred
 
