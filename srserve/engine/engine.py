@@ -24,6 +24,7 @@ from srserve.engine.families import EncodedPrompt, get_family
 from srserve.engine.families.wan import read_component_config
 from srserve.engine.handoff import HandoffState
 from srserve.engine.parallel import ParallelRuntime, check_parallel
+from srserve.engine.parallel.config import attention_heads
 from srserve.engine.request import GenerationRequest, ResolvedRequest, resolve_request
 from srserve.engine.scheduler_state import capture, restore
 from srserve.engine.switch import SwitchDecider
@@ -97,12 +98,7 @@ class SRDiffusionEngine:
                 for path, render in ((config.sketch_path, False), (config.render_path, True)):
                     components.check_compilable((self.family.transformer_config(path, render) or {}).get("_class_name"))
             if parallel is not None:
-                heads = {
-                    label: int(
-                        (self.family.transformer_config(path, label == "render") or {}).get("num_attention_heads", 0)
-                    )
-                    for label, path in (("sketch", config.sketch_path), ("render", config.render_path))
-                }
+                heads = attention_heads(self.family, config.sketch_path, config.render_path)
                 check_parallel(parallel.spec, self.family.name, backend, self.device, heads)
         vae_path = config.vae_path or config.render_path
         self.vae_config: dict[str, Any] = read_component_config(vae_path, "vae") or {}

@@ -8,8 +8,14 @@ load, so a misconfigured pool fails at build time with the reason.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from srserve.engine.families.base import ModelFamily
 
 
 class ParallelUnsupported(ValueError):
@@ -77,6 +83,16 @@ class ParallelSpec(BaseModel):
                 raise ValueError(f"parallel degree {label!r}: expected e.g. 1, u2, c2, u2xc2 or r2")
             fields[names[part[0]]] = int(part[1:])
         return cls(**fields)
+
+
+def attention_heads(family: ModelFamily, sketch_path: str, render_path: str) -> dict[str, int]:
+    """Attention heads of the pair's transformers, read from the folders (no weights) where they exist."""
+    heads = {}
+    for label, path in (("sketch", sketch_path), ("render", render_path)):
+        config = family.transformer_config(path, label == "render") if Path(path).is_dir() else None
+        if config and config.get("num_attention_heads"):
+            heads[label] = int(config["num_attention_heads"])
+    return heads
 
 
 def check_parallel(

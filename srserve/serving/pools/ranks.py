@@ -23,7 +23,6 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import ray
@@ -36,6 +35,7 @@ from srserve.engine.cache import CachePolicy
 from srserve.engine.engine import Cancelled
 from srserve.engine.families import EncodedPrompt, get_family
 from srserve.engine.parallel import ParallelRuntime, ParallelSpec, ParallelUnsupported, check_parallel, init_runtime
+from srserve.engine.parallel.config import attention_heads
 from srserve.engine.request import ResolvedRequest
 from srserve.serving.control.progress import AttemptReporter
 from srserve.serving.pools import stages
@@ -60,12 +60,7 @@ def check_pool_parallel(spec: ParallelSpec, model: ModelPairConfig, actor_option
         device = torch.device("cuda" if actor_options.get("num_gpus") else "cpu")
     else:
         device = torch.device(model.device)
-    heads = {}
-    family = get_family(model.family)
-    for label, path in (("sketch", model.sketch_path), ("render", model.render_path)):
-        config = family.transformer_config(path, label == "render") if Path(path).is_dir() else None
-        if config and config.get("num_attention_heads"):
-            heads[label] = int(config["num_attention_heads"])
+    heads = attention_heads(get_family(model.family), model.sketch_path, model.render_path)
     check_parallel(spec, model.family, model.attention_backend, device, heads)
 
 
