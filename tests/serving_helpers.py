@@ -31,3 +31,19 @@ def wait_state(
             return job
         time.sleep(0.05)
     raise TimeoutError(f"job {job_id} did not reach {states} in {timeout_s}s: {job}")
+
+
+def wait_done(base: str, job_id: str, timeout_s: float = 600) -> dict[str, Any]:
+    """Wait for a final state, riding out a restarting ingress or replica (connection refused, 503)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            r = get(base, f"/v1/videos/{job_id}")
+        except requests.RequestException:
+            time.sleep(0.5)
+            continue
+        if r.status_code == 200 and r.json()["srserve"]["state"] in TERMINAL:
+            return r.json()
+        assert r.status_code in (200, 503), (r.status_code, r.text)
+        time.sleep(0.2)
+    raise TimeoutError(job_id)

@@ -24,7 +24,7 @@ import requests
 import yaml
 
 from srserve.engine.video import read_mp4
-from tests.serving_helpers import TERMINAL, get, post, wait_state
+from tests.serving_helpers import TERMINAL, get, post, wait_done, wait_state
 
 pytestmark = pytest.mark.slow
 APP = "faults"
@@ -94,22 +94,6 @@ def _submit_until_accepted(base: str, body: dict, timeout_s: float = 120) -> dic
     raise TimeoutError("not accepted")
 
 
-def _wait_done(base: str, job_id: str, timeout_s: float = 600) -> dict:
-    """Wait for a final state, riding out an ingress restart (connection refused, 503)."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        try:
-            r = get(base, f"/v1/videos/{job_id}")
-        except requests.RequestException:
-            time.sleep(0.5)
-            continue
-        if r.status_code == 200 and r.json()["srserve"]["state"] in TERMINAL:
-            return r.json()
-        assert r.status_code in (200, 503), (r.status_code, r.text)
-        time.sleep(0.2)
-    raise TimeoutError(job_id)
-
-
 def _check_video(base: str, job_id: str, tmp_path: Path) -> None:
     r = get(base, f"/v1/videos/{job_id}/content")
     assert r.status_code == 200, r.text
@@ -128,7 +112,7 @@ def test_kill_a_replica_of_each_deployment(faults: str, deployment: str, tmp_pat
         wait_state(faults, jobs[0]["id"], until=lambda j: j["srserve"]["state"] != "queued")
     _kill_one(deployment)
     for job in jobs:
-        done = _wait_done(faults, job["id"])
+        done = wait_done(faults, job["id"])
         assert done["status"] == "completed", (done["error"], done["srserve"])
         _check_video(faults, job["id"], tmp_path)
 
@@ -153,7 +137,7 @@ def test_database_outage_under_load(serving, faults: str, embedded_db, tmp_path:
     finally:
         embedded_db.ensure_running()
     for job in jobs:
-        done = _wait_done(faults, job["id"])
+        done = wait_done(faults, job["id"])
         assert done["status"] == "completed", done
         _check_video(faults, job["id"], tmp_path)
 
@@ -245,7 +229,7 @@ def test_hard_kill_of_srserve_serve_and_its_cluster(tmp_path: Path) -> None:
     try:
         _wait_up(base, proc, log)
         finished = _submit_until_accepted(base, {**BODY, "seed": 1})
-        assert _wait_done(base, finished["id"])["status"] == "completed"
+        assert wait_done(base, finished["id"])["status"] == "completed"
         running = [_submit_until_accepted(base, {**BODY, "seed": 2 + i}) for i in range(3)]
         wait_state(base, running[0]["id"], until=lambda j: j["srserve"]["state"] != "queued")
         _kill_session(proc)
@@ -253,7 +237,7 @@ def test_hard_kill_of_srserve_serve_and_its_cluster(tmp_path: Path) -> None:
         _wait_up(base, proc, log)
         _check_video(base, finished["id"], tmp_path)
         for job in running:
-            done = _wait_done(base, job["id"])
+            done = wait_done(base, job["id"])
             assert done["status"] == "completed", done
             _check_video(base, job["id"], tmp_path)
     finally:

@@ -7,16 +7,14 @@ killed mid-job takes its replica down, and the job completes on the replica Serv
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 import ray
-import requests
 import yaml
 
 from srserve.serving.config import DeployFile, PoolConfig, ServingConfig
-from tests.serving_helpers import TERMINAL, get, post, wait_state
+from tests.serving_helpers import TERMINAL, get, post, wait_done, wait_state
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = {"prompt": "a lighthouse in a storm", "seed": 11, "num_inference_steps": 12, "switch": "fixed:6"}
@@ -52,26 +50,11 @@ def apps(serving):
 def _generate(base: str, body: dict, timeout_s: float = 600) -> tuple[dict, bytes]:
     r = post(base, "/v1/videos", json=body)
     assert r.status_code == 200, r.text
-    job = _wait_done(base, r.json()["id"], timeout_s)
+    job = wait_done(base, r.json()["id"], timeout_s)
     assert job["status"] == "completed", (job["error"], job["srserve"])
     content = get(base, f"/v1/videos/{job['id']}/content")
     assert content.status_code == 200, content.text
     return job, content.content
-
-
-def _wait_done(base: str, job_id: str, timeout_s: float = 600) -> dict:
-    """Poll until a final state (bounded only against a hang), riding out a restarting replica."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        try:
-            r = get(base, f"/v1/videos/{job_id}")
-        except requests.RequestException:
-            time.sleep(0.5)
-            continue
-        if r.status_code == 200 and r.json()["srserve"]["state"] in TERMINAL:
-            return r.json()
-        time.sleep(0.2)
-    raise TimeoutError(job_id)
 
 
 def _rank_actors(app: str) -> list[tuple[str, str]]:
@@ -135,7 +118,7 @@ def test_a_rank_killed_mid_job_takes_its_replica_down_and_the_job_completes(apps
     )
     (name, namespace), *_ = _rank_actors("parallel")
     ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
-    job = _wait_done(parallel, job_id)
+    job = wait_done(parallel, job_id)
     assert job["status"] == "completed", (job["error"], job["srserve"])
     assert job["srserve"]["attempts"]["sketch"] >= 2, job["srserve"]
     assert _rank_actors("parallel") and _rank_actors("parallel")[0][0] != name  # a fresh replica, fresh ranks
