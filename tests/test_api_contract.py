@@ -33,9 +33,9 @@ from pydantic import ValidationError
 from srserve.engine.config import TINY_DEFAULTS
 from srserve.engine.request import GenerationRequest, resolve_request
 from srserve.serving.api import schemas
-from srserve.serving.api.errors import InvalidRequest
 from srserve.serving.api.http import openapi_document, to_generation_fields
 from srserve.serving.api.schemas import parse_create
+from srserve.serving.control.errors import InvalidRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_EXAMPLES = 40

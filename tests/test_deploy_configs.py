@@ -17,8 +17,8 @@ from ray.autoscaler._private.kuberay.autoscaling_config import _get_ray_resource
 from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
-from srserve.serving.app import GRPC_SERVICER_FUNCTIONS, app_builder
-from srserve.serving.config import APP_IMPORT_PATH, DeployFile
+from srserve.serving.app import app_builder
+from srserve.serving.config import APP_IMPORT_PATH, GRPC_SERVICER_FUNCTIONS, DeployFile
 from srserve.serving.ops.metrics import _metrics
 
 ROOT = Path(__file__).resolve().parents[1]

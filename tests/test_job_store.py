@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from srserve.serving.api.errors import Overloaded
+from srserve.serving.api.errors import grpc_status, http_status
+from srserve.serving.control.errors import Overloaded
 from srserve.serving.control.jobs import TERMINAL_STATES, ErrorCode, JobState
 from srserve.serving.control.state_machine import ALLOWED, RESUMABLE_FROM, can_move, check_move, next_stage
 from srserve.serving.control.store import (
@@ -321,4 +322,4 @@ def test_unreachable_store_is_a_clear_503() -> None:
         return err.value
 
     err = run(go())
-    assert err.http_status == 503 and err.grpc_status == "UNAVAILABLE" and "unavailable" in err.message
+    assert http_status(err.value) == 503 and grpc_status(err.value) == "UNAVAILABLE" and "unavailable" in err.message

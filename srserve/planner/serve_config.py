@@ -9,8 +9,7 @@ import yaml
 from srserve.engine.parallel.config import ParallelSpec
 from srserve.planner.profile import Profile
 from srserve.planner.simulator import ClusterLayout, PoolSpec
-from srserve.serving.app import GRPC_SERVICER_FUNCTIONS
-from srserve.serving.config import APP_IMPORT_PATH
+from srserve.serving.config import APP_IMPORT_PATH, GRPC_SERVICER_FUNCTIONS
 
 
 def _pool(spec: PoolSpec, profile: Profile, backlog: int) -> dict[str, Any]:

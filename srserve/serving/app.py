@@ -33,12 +33,6 @@ from srserve.serving.pools.worker import replica_id
 
 logger = logging.getLogger("ray.serve")
 
-GRPC_SERVICER_FUNCTIONS = [
-    "srserve.serving.api.grpc_servicers.add_VideoGenerationServicer_to_server",
-    "srserve.serving.api.grpc_servicers.add_HealthServicer_to_server",
-]
-
-
 @serve.deployment(name="Ingress")
 @serve.ingress(http_app)
 class Ingress(GrpcApi, IngressCore):

@@ -211,6 +211,11 @@ class ServingConfig(BaseModel):
 
 
 APP_IMPORT_PATH = "srserve.serving.app:app_builder"
+# Serve's gRPC proxy registers these; named as strings so a config can be written without importing them.
+GRPC_SERVICER_FUNCTIONS = [
+    "srserve.serving.api.grpc_servicers.add_VideoGenerationServicer_to_server",
+    "srserve.serving.api.grpc_servicers.add_HealthServicer_to_server",
+]
 
 
 class DeployFile(BaseModel):

@@ -29,11 +29,11 @@ from srserve.engine.request import (
     describe_validation_error,
     resolve_request,
 )
-from srserve.serving.api.errors import InvalidRequest, JobNotFound, NotReady, RequestTooLarge, Unauthenticated
 from srserve.serving.api.schemas import cache_pattern
 from srserve.serving.config import PoolConfig, ServingConfig
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore
 from srserve.serving.control.database import open_store
+from srserve.serving.control.errors import InvalidRequest, JobNotFound, NotReady, RequestTooLarge, Unauthenticated
 from srserve.serving.control.events import EventHub
 from srserve.serving.control.jobs import Job, JobEvent, JobState, handoff_key
 from srserve.serving.control.load_switch import SwitchChoice, choose_switch, load_snapshot

@@ -10,8 +10,8 @@ import time
 import ray
 from ray import serve
 
-from srserve.serving.app import GRPC_SERVICER_FUNCTIONS, build_app
-from srserve.serving.config import DeployFile, ServingConfig
+from srserve.serving.app import build_app
+from srserve.serving.config import GRPC_SERVICER_FUNCTIONS, DeployFile, ServingConfig
 
 logger = logging.getLogger("srserve")
 

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2
 from ray.serve.grpc_util import RayServegRPCContext
 
-from srserve.serving.api.errors import InvalidRequest, JobNotFound, ServingError
+from srserve.serving.api.errors import InvalidRequest, JobNotFound, ServingError, grpc_status
 from srserve.serving.api.schemas import VIDEO_ID_PATTERN, cap_switch
 from srserve.serving.control.jobs import ErrorCode, Job, JobState
 from srserve.serving.proto import video_pb2
@@ -44,7 +44,7 @@ def _fail(context: RayServegRPCContext | None, code: grpc.StatusCode, details: s
 
 
 def _serving_fail(context: RayServegRPCContext | None, exc: ServingError) -> StatusError:
-    return _fail(context, getattr(grpc.StatusCode, exc.grpc_status), exc.message)
+    return _fail(context, getattr(grpc.StatusCode, grpc_status(exc)), exc.message)
 
 
 def request_fields(msg: video_pb2.GenerateRequest, default_steps: int) -> tuple[dict[str, Any], float | None]:

@@ -27,6 +27,7 @@ from starlette.routing import Match
 
 from srserve.engine.cache import CacheSpec
 from srserve.serving.api.errors import (
+    HttpStatusError,
     InvalidRequest,
     JobNotFound,
     MethodNotAllowed,
@@ -35,6 +36,7 @@ from srserve.serving.api.errors import (
     RouteNotFound,
     ServingError,
     UnsupportedMediaType,
+    http_status,
 )
 from srserve.serving.api.schemas import (
     DEFAULT_FPS,
@@ -124,11 +126,12 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _error(exc: ServingError) -> JSONResponse:
-    headers = {"retry-after": "1"} if exc.http_status in (429, 503) else {}
-    if exc.http_status == 401:
+    status = http_status(exc)
+    headers = {"retry-after": "1"} if status in (429, 503) else {}
+    if status == 401:
         headers["www-authenticate"] = "Bearer"
     body = {"error": {"message": exc.message, "type": exc.code, "param": exc.param, "code": exc.code}}
-    return JSONResponse(body, status_code=exc.http_status, headers={**headers, **exc.headers})
+    return JSONResponse(body, status_code=status, headers={**headers, **exc.headers})
 
 
 @app.exception_handler(ServingError)
@@ -149,9 +152,9 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         )
     if exc.status_code == 404:
         return _error(RouteNotFound(f"no route {request.url.path!r}"))
-    error = InvalidRequest(str(exc.detail)) if exc.status_code == 400 else ServingError(str(exc.detail))
-    error.http_status = exc.status_code
-    return _error(error)
+    if exc.status_code == 400:
+        return _error(InvalidRequest(str(exc.detail)))
+    return _error(HttpStatusError(str(exc.detail), exc.status_code))
 
 
 def _route_methods(route: Any, request: Request) -> set[str]:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from srserve.engine.cache import CACHE_KINDS
 from srserve.engine.request import MAX_STEPS, GenerationRequest
-from srserve.serving.api.errors import InvalidRequest
+from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.jobs import JobState
 
 _ENGINE = GenerationRequest.model_json_schema()

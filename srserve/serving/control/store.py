@@ -26,7 +26,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from srserve.serving.api.errors import Overloaded, ServingError
+from srserve.serving.control.errors import Overloaded, StoreUnavailable
 from srserve.serving.control.jobs import (
     RENDER_PHASE,
     SKETCH_PHASE,
@@ -47,10 +47,6 @@ _ADMISSION_LOCK = 7_265_302
 _NOW = "extract(epoch from clock_timestamp())"
 _JSON_FIELDS = ("request", "attempts", "timeline", "replicas")
 _LIVE = "state NOT IN ('completed', 'failed', 'cancelled')"
-
-
-class StoreUnavailable(ServingError):
-    code, http_status, grpc_status = "unavailable", 503, "UNAVAILABLE"
 
 
 class AttemptsExhausted(RuntimeError):
