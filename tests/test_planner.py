@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 
 from srserve.engine.request import RequestDefaults
-from srserve.loadgen.arrivals import ClosedLoop, PoissonArrivals
-from srserve.loadgen.mix import RequestClass, RequestMix
-from srserve.loadgen.plan import SloPolicy
-from srserve.loadgen.stats import steady_window, summarize
 from srserve.planner.profile import DeviceKind, Profile, ShapeCosts
 from srserve.planner.search import PlanSpec, analytic_capacity, enumerate_candidates, plan
 from srserve.planner.serve_config import serve_config_yaml
 from srserve.planner.simulator import ClusterLayout, PoolSpec, simulate
 from srserve.serving.config import DeployFile
+from srserve.workload.arrivals import ClosedLoop, PoissonArrivals
+from srserve.workload.mix import RequestClass, RequestMix
+from srserve.workload.plan import SloPolicy
+from srserve.workload.stats import steady_window, summarize
 
 DERIVED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "profile_wan21_a100_derived.json"
 DEFAULTS = RequestDefaults(width=64, height=64, num_frames=17, num_inference_steps=10)

@@ -11,8 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from srserve.loadgen.records import COLOCATED, RequestRecord
-from srserve.loadgen.stats import measurement_window, utilisation_series
+from srserve.workload.records import COLOCATED, RequestRecord
+from srserve.workload.stats import measurement_window, utilisation_series
 
 STAGE_COLOURS = {
     "queue": "#d0d0d0",
