@@ -39,8 +39,15 @@ def switch_points(steps: int, count: int = 5) -> list[int]:
     return sorted({round(i * steps / (count - 1)) for i in range(count)})
 
 
-def _dur(r: RequestRecord, a: str, b: str) -> float:
-    return r.timeline[b] - r.timeline[a]
+def _known(r: RequestRecord, what: str, seconds: float | None) -> float:
+    """A span the fit needs; a record lacking it (a stamp missing or out of order) cannot be fitted."""
+    if seconds is None:
+        raise ValueError(f"request {r.job_id or r.index}: no {what} in its timeline {r.timeline}")
+    return seconds
+
+
+def _span(r: RequestRecord, stage: str) -> float:
+    return _known(r, stage, r.stages().span(stage))
 
 
 @dataclass
@@ -78,8 +85,9 @@ def fit_profile(
 ) -> Profile:
     """Per-stage costs from sequential requests' timelines.
 
-    Both layouts stamp the sketch part (encode_start..sketch_end) and the render part
-    (render_start..render_end); a line fitted over k separates per-step costs from fixed costs.
+    Both layouts stamp the sketch part (the timeline's sketch_busy: encode_start..sketch_end) and
+    the render part (render_busy: render_start..render_end); a line fitted over k separates per-step
+    costs from fixed costs.
     Disaggregated records give the pools' costs and the handoff delay; colocated records give
     the colocated replica's extra cost over those parts.
     """
@@ -87,10 +95,11 @@ def fit_profile(
     col = [r for r in records if r.layout == COLOCATED]
     base = dis or col
     kk = [float(r.switch_step) for r in base]
-    encode = statistics.mean(_dur(r, "encode_start", "encode_end") for r in base)
-    a_s, large = fit_line(kk, [_dur(r, "encode_start", "sketch_end") for r in base])
-    decode = statistics.mean(_dur(r, "decode_start", "render_end") for r in base)
-    a_r, small = fit_line([steps - k for k in kk], [_dur(r, "render_start", "render_end") for r in base])
+    encode = statistics.mean(_span(r, "encode") for r in base)
+    a_s, large = fit_line(kk, [_known(r, "sketch busy time", r.stages().sketch_busy) for r in base])
+    decode = statistics.mean(_span(r, "decode") for r in base)
+    render_busy = [_known(r, "render busy time", r.stages().render_busy) for r in base]
+    a_r, small = fit_line([steps - k for k in kk], render_busy)
     costs = ShapeCosts(
         encode_s=encode,
         large_step_s=large,
@@ -100,12 +109,18 @@ def fit_profile(
         render_overhead_s=a_r - decode,
     )
     if col:
-        extra = [_dur(r, "encode_start", "render_end") - costs.colocated_s(steps, r.switch_step or 0) for r in col]
+        extra = [
+            _known(r, "replica time", r.stages().between("encode_start", "render_end"))
+            - costs.colocated_s(steps, r.switch_step or 0)
+            for r in col
+        ]
         costs.colocated_overhead_s = statistics.mean(extra)
     delays = Delays(
-        dispatch_s=statistics.mean(_dur(r, "submitted", "encode_start") for r in records),
-        handoff_s=statistics.mean(_dur(r, "sketch_end", "render_start") for r in dis) if dis else 0.0,
-        completion_s=statistics.mean(_dur(r, "render_end", "finished") for r in records),
+        dispatch_s=statistics.mean(_span(r, "queue") for r in records),
+        handoff_s=statistics.mean(_span(r, "handoff") for r in dis) if dis else 0.0,
+        completion_s=statistics.mean(
+            _known(r, "completion", r.stages().between("render_end", "finished")) for r in records
+        ),
     )
     return Profile(
         source="measured",
