@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from srserve.client import GenerationFailed, SrserveClient
 from srserve.client.grpc_client import make_request
+from srserve.serving.config.errors import StartupError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +37,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    credentials = None
+    if args.tls_ca:
+        try:
+            ca = Path(args.tls_ca).read_bytes()
+        except OSError as exc:
+            raise StartupError(f"--tls-ca {args.tls_ca}: cannot be read ({exc.strerror or exc})") from None
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca)
     request = make_request(
         args.prompt,
         negative_prompt=args.negative_prompt,
@@ -55,9 +63,6 @@ def run(args: argparse.Namespace) -> int:
         bar.set_description(f"{p.state} {p.step}/{p.total}" if p.total else p.state)
         bar.update(p.progress - bar.n)
 
-    credentials = None
-    if args.tls_ca:
-        credentials = grpc.ssl_channel_credentials(root_certificates=Path(args.tls_ca).read_bytes())
     with SrserveClient(args.target, args.application, credentials=credentials, token=args.token) as client:
         try:
             video = client.generate(request, on_progress=progress)

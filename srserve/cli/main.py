@@ -1,37 +1,64 @@
-"""Entry point: `srserve <command>`."""
+"""Entry point: `srserve <command>`.
+
+Each command's module is imported only when that command runs (all of them for `srserve --help`):
+some pull in the diffusion engine, seconds of imports that `srserve serve` on a bad file should not wait for.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from srserve.cli import bench, calibrate, client, demo, generate, make_tiny, plan, profile, serve
+from srserve.cli.errors import add_debug_flag, run_reporting
+
+# command -> the module whose add_parser(sub) registers it, in the order `--help` lists them.
+COMMANDS = {
+    "generate": "srserve.cli.generate",
+    "calibrate-mag": "srserve.cli.calibrate",
+    "make-tiny": "srserve.cli.make_tiny",
+    "serve": "srserve.cli.serve",
+    "client": "srserve.cli.client",
+    "demo": "srserve.cli.demo",
+    "bench": "srserve.cli.bench",
+    "plan": "srserve.cli.plan",
+    "profile": "srserve.cli.profile",
+}
+# Commands that load no model in this process (models load in Ray replicas, or not at all).
+_NO_LOCAL_MODELS = {"serve", "client", "demo", "bench", "plan"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for `command` alone, or for every command."""
     parser = argparse.ArgumentParser(prog="srserve", description="SRDiffusion video generation and serving")
+    add_debug_flag(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    generate.add_parser(sub)
-    calibrate.add_parser(sub)
-    make_tiny.add_parser(sub)
-    serve.add_parser(sub)
-    client.add_parser(sub)
-    demo.add_parser(sub)
-    bench.add_parser(sub)
-    plan.add_parser(sub)
-    profile.add_parser(sub)
+    for name, module in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(module).add_parser(sub)
+    for subparser in sub.choices.values():
+        add_debug_flag(subparser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Loading bars for tiny local folders are noise next to srserve's own per-stage bars.
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+def _command(argv: list[str]) -> str | None:
+    """The command named on the command line, if it is one (options before it are srserve's own)."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first if first in COMMANDS else None
 
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    return int(args.func(args) or 0)
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = _command(argv)
+    args = build_parser(command).parse_args(argv)
+    if args.command not in _NO_LOCAL_MODELS:
+        # Loading bars for tiny local folders are noise next to srserve's own per-stage bars.
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+    return run_reporting(args.func, args)
 
 
 if __name__ == "__main__":

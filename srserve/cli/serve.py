@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import threading
-
-from srserve.serving.config import DeployFile
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,34 +20,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a local cluster exports Prometheus metrics at http://HOST:PORT/metrics (docs/operations.md)",
     )
     p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to let running jobs finish")
+    p.add_argument(
+        "--port-wait",
+        type=float,
+        default=60.0,
+        help="seconds a local cluster waits for its HTTP and gRPC ports to be free (what a killed earlier run "
+        "left takes a moment to go) before refusing to start",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from srserve.serving.launcher import (
-        deploy,
-        drain_and_shutdown,
-        embedded_database,
-        ensure_ray,
-        wait_for_free_ports,
-    )
+    from srserve.serving.launcher import deploy, drain_and_shutdown, ensure_ray, prepare
 
+    # Every check that can run before Ray starts (a StartupError: one line, exit 2, srserve/cli/errors.py).
+    startup = prepare(args.config, address=args.address, port_wait_s=args.port_wait)
+    spec = startup.spec
     try:
-        spec = DeployFile.from_yaml(args.config)
-    except (OSError, ValueError) as exc:
-        print(f"error: {args.config}: {exc}", file=sys.stderr)
-        return 2
-    if not args.address:  # a local cluster: its proxies must not share a port with a leftover one
-        try:
-            wait_for_free_ports(spec.http_host, [spec.http_port])
-            wait_for_free_ports("0.0.0.0", [spec.grpc_port])
-        except RuntimeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    database = embedded_database(spec.serving)
-    started_db = database is not None and not database.running()  # ours to stop on the way out
-    ensure_ray(args.address, args.num_cpus, args.num_gpus, args.metrics_export_port)
-    deploy(spec)
+        ensure_ray(args.address, args.num_cpus, args.num_gpus, args.metrics_export_port)
+        deploy(spec)
+    except BaseException:
+        startup.stop_database()
+        raise
     print(
         f"srserve is up: HTTP http://{spec.http_host}:{spec.http_port}/v1/videos, "
         f"gRPC {spec.http_host}:{spec.grpc_port} (srserve.v1.VideoGeneration). Ctrl-C to stop.",
@@ -62,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     stop.wait()
     print("draining running jobs ...", flush=True)
     left = drain_and_shutdown(spec.serving, args.drain_timeout)
-    if started_db:
-        database.stop()
+    startup.stop_database()
     print(
         "stopped" + (f" ({left} job(s) were still running; they resume at the next start)" if left else ""), flush=True
     )

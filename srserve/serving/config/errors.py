@@ -15,6 +15,7 @@ from pydantic import ValidationError
 _SECRET_FIELD = re.compile(r"token|secret|password|dsn|key", re.IGNORECASE)
 # A union's member tag in an error location (`ModelPairConfig`, `literal['tiny']`), not a field the user wrote.
 _UNION_TAG = re.compile(r"^[A-Z]|[\[\]]")
+_MAPPING_TYPES = {"model_type", "model_attributes_type", "dict_type"}
 
 
 class StartupError(Exception):
@@ -41,6 +42,8 @@ def describe_invalid(exc: ValidationError, prefix: str = "", rename: dict[str, s
     (`prefix`: where the model sits in the file; `rename`: model field -> the file's key)."""
     problems: list[str] = []
     for err in exc.errors():
+        if _other_union_member(err):
+            continue
         path = field_path(err.get("loc", ()))
         head, _, rest = path.partition(".")
         path = (rename or {}).get(head, head) + (f".{rest}" if rest else "")
@@ -54,4 +57,13 @@ def describe_invalid(exc: ValidationError, prefix: str = "", rename: dict[str, s
                 problem += f" (got {given!r})"
         if problem not in problems:  # a union's members can repeat one another
             problems.append(problem)
-    return "; ".join(problems)
+    return "; ".join(problems) or str(exc)
+
+
+def _other_union_member(err: Any) -> bool:
+    """An error from the union member the value plainly was not meant for (`model: tiny` or a mapping):
+    a mapping checked against a literal, or a word checked against a model."""
+    if not any(_UNION_TAG.search(str(part)) for part in err.get("loc", ()) if not isinstance(part, int)):
+        return False
+    mapping = isinstance(err.get("input"), dict)
+    return (err["type"] == "literal_error" and mapping) or (err["type"] in _MAPPING_TYPES and not mapping)
