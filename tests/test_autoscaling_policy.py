@@ -65,6 +65,16 @@ def test_the_policy_takes_every_setting_from_the_config() -> None:
         QueueWorkPolicy()
 
 
+def test_a_pools_replica_bounds_come_from_whichever_scaling_it_has() -> None:
+    fixed = PoolConfig(num_replicas=3)
+    queued = PoolConfig(queue_autoscaling={"min_replicas": 0, "max_replicas": 5})
+    raw = PoolConfig(autoscaling_config={"min_replicas": 2, "max_replicas": 6})
+    serve_defaults = AutoscalingConfig()
+    bare = PoolConfig(autoscaling_config={})
+    assert [(p.replica_floor(), p.replica_ceiling()) for p in (fixed, queued, raw)] == [(3, 3), (1, 5), (2, 6)]
+    assert (bare.replica_floor(), bare.replica_ceiling()) == (serve_defaults.min_replicas, serve_defaults.max_replicas)
+
+
 def test_replicas_follow_the_queued_gpu_seconds() -> None:
     up = decide(_load(35.0), 1, 1, 8, now=100.0, last_scale_up=None, last_scale_down=None, **SETTINGS)
     assert (up.replicas, up.action) == (4, "scale_up")  # ceil(35 / 10)

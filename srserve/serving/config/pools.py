@@ -14,6 +14,9 @@ from srserve.serving.config.autoscaling import QueueWorkAutoscaling
 from srserve.serving.config.telemetry import GpuTelemetryConfig
 from srserve.serving.control.request_cache import CacheLimits
 
+# Serve's own default for a raw autoscaling_config's min_replicas and max_replicas.
+SERVE_DEFAULT_REPLICAS = 1
+
 
 class ReplicaSettings(BaseModel):
     """A pool's Serve `user_config`: settings its replicas apply live (ReplicaOperations.reconfigure)."""
@@ -86,7 +89,15 @@ class PoolConfig(BaseModel):
             return self.num_replicas
         if self.queue_autoscaling is not None:
             return max(self.queue_autoscaling.min_replicas, 1)
-        return max(int((self.autoscaling_config or {}).get("min_replicas", 1)), 1)
+        return max(int((self.autoscaling_config or {}).get("min_replicas", SERVE_DEFAULT_REPLICAS)), 1)
+
+    def replica_ceiling(self) -> int:
+        """Replicas the pool may grow to (autoscaled pools: their maximum), for utilisation and per-GPU figures."""
+        if self.num_replicas is not None:
+            return self.num_replicas
+        if self.queue_autoscaling is not None:
+            return self.queue_autoscaling.max_replicas
+        return int((self.autoscaling_config or {}).get("max_replicas", SERVE_DEFAULT_REPLICAS))
 
     def model_for(self, pair: ModelPairConfig) -> ModelPairConfig:
         """The model pair as this pool loads it (its attention backend and compile overrides applied)."""
