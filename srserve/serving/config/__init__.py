@@ -6,7 +6,7 @@ the autoscaling policy) import their settings from here.
 
 from srserve.serving.config.auth import AuthConfig, BearerAuth
 from srserve.serving.config.autoscaling import POLICY_IMPORT_PATH, QueueWorkAutoscaling
-from srserve.serving.config.deploy_file import APP_IMPORT_PATH, GRPC_SERVICER_FUNCTIONS, DeployFile, read_mapping
+from srserve.serving.config.deploy_file import APP_IMPORT_PATH, GRPC_SERVICER_FUNCTIONS, DeployFile
 from srserve.serving.config.errors import ConfigError, StartupError
 from srserve.serving.config.grpc_tls import GrpcTlsConfig
 from srserve.serving.config.pools import PoolConfig, ReplicaSettings, rank_bundles
@@ -30,5 +30,4 @@ __all__ = [
     "ServingConfig",
     "StartupError",
     "rank_bundles",
-    "read_mapping",
 ]
