@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from srserve.serving.control.jobs import Job, JobState
+from srserve.serving.control.pool_work import estimate_pool_work, expected_sketch_steps, measure_stage_times
 from srserve.serving.control.store import JobStore, ProgressUpdate
-from srserve.serving.ops.pool_work import estimate_pool_work, expected_sketch_steps, measure_stage_times
 
 T0 = 1_000.0
 S = JobState

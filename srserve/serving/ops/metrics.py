@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from srserve.serving.control.jobs import RENDER_PHASE, SKETCH_PHASE, Job, JobState
-from srserve.serving.ops.pool_work import PoolWork, estimate_pool_work, measure_stage_times
+from srserve.serving.control.pool_work import PoolWork, estimate_pool_work, measure_stage_times
 
 if TYPE_CHECKING:
     from srserve.serving.ops.gpu_telemetry import GpuSample
