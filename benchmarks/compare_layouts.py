@@ -24,8 +24,8 @@ os.environ.setdefault("RAY_worker_niceness", "0")
 from srserve.engine import ModelPairConfig
 from srserve.loadgen.compare import CompareSettings, default_variants, format_table, run_all, score
 from srserve.loadgen.plots import latency_cdf, stage_timeline
-from srserve.loadgen.report import finite_json
 from srserve.serving.launcher import ensure_ray
+from srserve.workload.report import finite_json
 
 
 def main() -> None:

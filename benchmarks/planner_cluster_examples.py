@@ -21,10 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-from srserve.loadgen.arrivals import PoissonArrivals
-from srserve.loadgen.mix import RequestClass, RequestMix
-from srserve.loadgen.plan import SloPolicy
-from srserve.loadgen.report import finite_json
 from srserve.planner.profile import Profile
 from srserve.planner.search import (
     PlanSpec,
@@ -35,6 +31,10 @@ from srserve.planner.search import (
     reference_unloaded,
 )
 from srserve.planner.simulator import ClusterLayout, PoolSpec
+from srserve.workload.arrivals import PoissonArrivals
+from srserve.workload.mix import RequestClass, RequestMix
+from srserve.workload.plan import SloPolicy
+from srserve.workload.report import finite_json
 
 BUDGETS = [
     {"H100": 8},

@@ -31,15 +31,16 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_worker_niceness", "0")
 
 from srserve.engine import ModelPairConfig
-from srserve.loadgen.arrivals import ClosedLoop, PoissonArrivals
-from srserve.loadgen.mix import RequestMix
+from srserve.loadgen.calibrate import profile_deployment, run_case
 from srserve.loadgen.plots import latency_cdf
-from srserve.loadgen.report import finite_json
-from srserve.planner.measure import CPU_KIND, profile_deployment
+from srserve.planner.measure import CPU_KIND
 from srserve.planner.profile import Profile
 from srserve.planner.simulator import ClusterLayout, PoolSpec
-from srserve.planner.validate import ValidationCase, run_case
+from srserve.planner.validate import ValidationCase
 from srserve.serving.launcher import ensure_ray
+from srserve.workload.arrivals import ClosedLoop, PoissonArrivals
+from srserve.workload.mix import RequestMix
+from srserve.workload.report import finite_json
 
 
 def disaggregated(s: int, r: int) -> ClusterLayout:

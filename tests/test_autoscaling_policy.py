@@ -8,7 +8,7 @@ import pytest
 from ray.serve._private.common import DeploymentID, ReplicaID
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
-from srserve.serving.config import PoolConfig
+from srserve.serving.config import PoolConfig, QueueWorkAutoscaling
 from srserve.serving.ops.autoscaling import (
     INCOMING_S,
     JOBS,
@@ -16,7 +16,6 @@ from srserve.serving.ops.autoscaling import (
     UNPRICED_STEPS,
     WORK_S,
     PoolLoad,
-    QueueWorkAutoscaling,
     QueueWorkPolicy,
     decide,
     read_pool_load,
@@ -54,6 +53,16 @@ def test_the_pool_config_becomes_a_serve_autoscaling_config_with_the_policy() ->
         PoolConfig(queue_autoscaling={}, autoscaling_config={"max_replicas": 2})
     with pytest.raises(ValueError, match="min_replicas"):
         QueueWorkAutoscaling(min_replicas=3, max_replicas=2)
+
+
+def test_the_policy_takes_every_setting_from_the_config() -> None:
+    """One set of defaults, the config's: Serve hands the policy all of them, and it has none of its own."""
+    kwargs = QueueWorkAutoscaling().policy_kwargs()
+    policy = QueueWorkPolicy(**kwargs)
+    assert policy.settings == {k: v for k, v in kwargs.items() if k != "log_every_s"}
+    assert policy.log_every_s == kwargs["log_every_s"]
+    with pytest.raises(TypeError):
+        QueueWorkPolicy()
 
 
 def test_replicas_follow_the_queued_gpu_seconds() -> None:
@@ -100,7 +109,7 @@ def test_the_pool_figure_is_the_highest_replica_report() -> None:
 
 
 def test_policy_called_as_serve_calls_it_logs_each_decision_once(caplog) -> None:
-    policy = QueueWorkPolicy(**SETTINGS)
+    policy = QueueWorkPolicy(**SETTINGS, log_every_s=30.0)
     serve_logger = logging.getLogger("ray.serve")
     serve_logger.addHandler(caplog.handler)
     caplog.set_level(logging.INFO, logger="ray.serve")

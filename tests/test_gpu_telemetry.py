@@ -9,14 +9,9 @@ import time
 import pynvml
 import pytest
 
+from srserve.serving.config import GpuTelemetryConfig
 from srserve.serving.ops import gpu_telemetry
-from srserve.serving.ops.gpu_telemetry import (
-    GpuTelemetry,
-    GpuTelemetryConfig,
-    NvmlDevices,
-    NvmlUnavailable,
-    assigned_gpus,
-)
+from srserve.serving.ops.gpu_telemetry import GpuTelemetry, NvmlDevices, NvmlUnavailable, assigned_gpus
 
 
 def _nvml_present() -> bool:

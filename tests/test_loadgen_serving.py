@@ -8,12 +8,12 @@ import time
 import pytest
 import requests
 
-from srserve.loadgen.arrivals import ClosedLoop, PoissonArrivals, TraceArrivals
 from srserve.loadgen.clients import GrpcTarget, HttpTarget, Rejected, connect
-from srserve.loadgen.mix import RequestClass, RequestMix
-from srserve.loadgen.plan import SloPolicy
 from srserve.loadgen.runner import LoadRunner, unloaded_latency
-from srserve.loadgen.stats import summarize
+from srserve.workload.arrivals import ClosedLoop, PoissonArrivals, TraceArrivals
+from srserve.workload.mix import RequestClass, RequestMix
+from srserve.workload.plan import SloPolicy
+from srserve.workload.stats import summarize
 
 pytestmark = pytest.mark.slow
 

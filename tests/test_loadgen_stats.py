@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srserve.loadgen.arrivals import (
+from srserve.workload.arrivals import (
     ClosedLoop,
     GammaArrivals,
     PoissonArrivals,
@@ -19,10 +19,10 @@ from srserve.loadgen.arrivals import (
     open_loop_schedule,
     parse_arrival,
 )
-from srserve.loadgen.mix import RequestClass, RequestMix
-from srserve.loadgen.plan import SloPolicy, open_loop_plan
-from srserve.loadgen.records import RequestRecord
-from srserve.loadgen.stats import Distribution, percentile, summarize, utilisation_series
+from srserve.workload.mix import RequestClass, RequestMix
+from srserve.workload.plan import SloPolicy, open_loop_plan
+from srserve.workload.records import RequestRecord
+from srserve.workload.stats import Distribution, percentile, summarize, utilisation_series
 
 
 @settings(max_examples=200, deadline=None)

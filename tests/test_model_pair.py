@@ -10,7 +10,7 @@ import pytest
 
 from srserve.engine import GenerationRequest, ModelPairConfig, Role, SRDiffusionEngine, components
 from srserve.engine.engine import MissingRoleError
-from srserve.engine.families import IncompatiblePairError, get_family
+from srserve.engine.families import IncompatiblePairError, check_pair, get_family
 
 
 def _copy_with(tiny_root: Path, tmp_path: Path, component: str, **changes) -> ModelPairConfig:
@@ -65,18 +65,47 @@ def test_engine_refuses_stages_it_did_not_load(tiny_config) -> None:
         renderer.encode(renderer.resolve(GenerationRequest(prompt="x")))
 
 
-def test_config_check_is_the_engines_check(tiny_root, tmp_path) -> None:
-    """ModelPairConfig.check() runs the family's check without loading anything (what serving calls at config load)."""
+def test_check_pair_is_the_engines_check(tiny_root, tmp_path) -> None:
+    """check_pair runs the family's check without loading anything (what serving calls at config load)."""
     config = _copy_with(tiny_root, tmp_path, "transformer", in_channels=48)
     with pytest.raises(IncompatiblePairError, match="transformer mismatch on 'in_channels'"):
-        config.check()
-    ModelPairConfig.tiny(tiny_root, write=False).check()
+        check_pair(config)
+    check_pair(ModelPairConfig.tiny(tiny_root, write=False))
 
 
 def test_tiny_pairs_by_name(tmp_path) -> None:
     pair = ModelPairConfig.tiny_pair("tiny-wan2.2", root=tmp_path / "wan22")
     assert (pair.family, pair.name) == ("wan2.2", "tiny-wan2.2")
     assert pair.render_path == str(Path(pair.sketch_path) / "transformer_2")
-    pair.check()
+    check_pair(pair)
     with pytest.raises(ValueError, match="unknown tiny pair 'tiny-sora'"):
         ModelPairConfig.tiny_pair("tiny-sora")
+
+
+@pytest.mark.parametrize(
+    ("name", "family", "sketch", "render", "frames"),
+    [
+        ("tiny", "wan2.1", "sketch", "render", 17),
+        ("tiny-wan2.1", "wan2.1", "sketch", "render", 17),
+        ("tiny-wan2.2", "wan2.2", "Wan2.2-T2V-A14B", "Wan2.2-T2V-A14B/transformer_2", 17),
+        ("tiny-cogvideox", "cogvideox", "sketch", "render", 9),
+    ],
+)
+def test_tiny_pair_layouts(tmp_path, monkeypatch, name, family, sketch, render, frames) -> None:
+    """Each embedded pair's folders and defaults, under a root or under SRSERVE_HOME/tiny/<family>; nothing written."""
+    pair = ModelPairConfig.tiny_pair(name, tmp_path, write=False, num_threads=1)
+    assert (pair.family, pair.sketch_path, pair.render_path) == (family, str(tmp_path / sketch), str(tmp_path / render))
+    assert (pair.name, pair.device, pair.num_threads, pair.defaults.num_frames) == (
+        name if name != "tiny" else "tiny-wan2.1",
+        "cpu",
+        1,
+        frames,
+    )
+    monkeypatch.setenv("SRSERVE_HOME", str(tmp_path / "home"))
+    home = tmp_path / "home" / "tiny" / family
+    assert ModelPairConfig.tiny_pair(name, write=False).sketch_path == str(home / sketch)
+    assert not home.exists()
+    shorthand = {"wan2.1": ModelPairConfig.tiny, "wan2.2": ModelPairConfig.tiny_wan22}
+    assert shorthand.get(family, ModelPairConfig.tiny_cogvideox)(tmp_path, write=False) == pair.model_copy(
+        update={"num_threads": None}
+    )

@@ -7,15 +7,17 @@ from pathlib import Path
 import pytest
 
 from srserve.engine.request import RequestDefaults
-from srserve.loadgen.arrivals import ClosedLoop, PoissonArrivals
-from srserve.loadgen.mix import RequestClass, RequestMix
-from srserve.loadgen.plan import SloPolicy
-from srserve.loadgen.stats import steady_window, summarize
+from srserve.planner.measure import CPU_KIND, fit_profile
 from srserve.planner.profile import DeviceKind, Profile, ShapeCosts
 from srserve.planner.search import PlanSpec, analytic_capacity, enumerate_candidates, plan
 from srserve.planner.serve_config import serve_config_yaml
 from srserve.planner.simulator import ClusterLayout, PoolSpec, simulate
 from srserve.serving.config import DeployFile
+from srserve.workload.arrivals import ClosedLoop, PoissonArrivals
+from srserve.workload.mix import RequestClass, RequestMix
+from srserve.workload.plan import SloPolicy
+from srserve.workload.records import RequestRecord
+from srserve.workload.stats import steady_window, summarize
 
 DERIVED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "profile_wan21_a100_derived.json"
 DEFAULTS = RequestDefaults(width=64, height=64, num_frames=17, num_inference_steps=10)
@@ -200,3 +202,36 @@ def test_steady_state_window_measures_capacity_and_offered_load() -> None:
             assert s.slo_attainment > 0.99 and s.goodput_rps == pytest.approx(rate, rel=0.05)
         else:
             assert s.utilisation["colocated"] == pytest.approx(1.0, abs=0.01) and s.slo_attainment < 0.2
+
+
+def test_fit_profile_recovers_stage_costs_from_sequential_timelines() -> None:
+    """Timelines built from known costs (binary fractions, so sums are exact) give those costs back."""
+    steps, encode, large, small, decode = 8, 0.5, 0.25, 0.125, 0.375
+    sketch_over, render_over, colocated_over = 0.0625, 0.03125, 0.015625
+    dispatch, handoff, completion = 0.125, 0.0625, 0.03125
+    records = []
+    for i, k in enumerate((0, 2, 4, 6, 8)):
+        t = {"submitted": 10.0 * i}
+        t["encode_start"] = t["submitted"] + dispatch
+        t["encode_end"] = t["sketch_start"] = t["encode_start"] + encode
+        t["sketch_end"] = t["sketch_start"] + k * large + sketch_over
+        t["render_start"] = t["sketch_end"] + handoff
+        t["decode_start"] = t["render_start"] + render_over + (steps - k) * small
+        t["render_end"] = t["decode_start"] + decode
+        t["finished"] = t["render_end"] + completion
+        rec = RequestRecord(index=i, request_class="c", status="completed", timeline=t, switch_step=k)
+        rec.replicas = {"sketch": "s", "render": "r"}
+        colocated = RequestRecord(index=10 + i, request_class="c", status="completed", switch_step=k)
+        colocated.replicas = {"colocated": "c"}
+        colocated.timeline = {**t, "render_end": t["render_end"] + colocated_over - handoff}
+        records += [rec, colocated]
+    cpu = {"replica_cpu_demand": 1.0, "background_cpu_idle": 0.0, "background_cpu_per_busy_replica": 0.0}
+    profile = fit_profile(records, cpu, 64, 64, 17, steps, 2.0, "synthetic", "tiny")
+    costs = profile.kinds[CPU_KIND].shapes["64x64x17"]
+    assert costs.encode_s == encode and costs.decode_s == decode
+    assert costs.large_step_s == pytest.approx(large) and costs.small_step_s == pytest.approx(small)
+    assert costs.sketch_overhead_s == pytest.approx(sketch_over)
+    assert costs.render_overhead_s == pytest.approx(render_over)
+    assert costs.colocated_overhead_s == pytest.approx(sketch_over + render_over + colocated_over)
+    assert profile.delays.dispatch_s == dispatch and profile.delays.handoff_s == handoff
+    assert profile.delays.completion_s == pytest.approx(completion - (colocated_over - handoff) / 2)

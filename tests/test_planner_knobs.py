@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from srserve.loadgen.arrivals import PoissonArrivals
-from srserve.loadgen.mix import RequestClass, RequestMix
-from srserve.loadgen.plan import SloPolicy
-from srserve.loadgen.stats import summarize
 from srserve.planner.search import PlanSpec, analytic_capacity, enumerate_candidates
 from srserve.planner.simulator import ClusterLayout, PoolSpec, simulate
 from srserve.serving.control.load_switch import LoadSwitchConfig
+from srserve.workload.arrivals import PoissonArrivals
+from srserve.workload.mix import RequestClass, RequestMix
+from srserve.workload.plan import SloPolicy
+from srserve.workload.stats import summarize
 from tests.test_planner import DEFAULTS, _profile
 
 # 10 steps, large step 0.1 s, small 0.05 s; adaptive switches after 6 of them (the class's distribution).

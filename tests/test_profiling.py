@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from srserve.loadgen.arrivals import PoissonArrivals
-from srserve.loadgen.mix import RequestMix
-from srserve.loadgen.stats import summarize
 from srserve.planner.profile import Profile
 from srserve.planner.simulator import ClusterLayout, PoolSpec, simulate
 from srserve.profiling.flops import device_peak_tflops, transformer_forward_flops, umt5_encoder_flops
 from srserve.profiling.gpu_stages import build_text_encoder, build_transformer, latent_shape, run_gpu_profile
 from srserve.profiling.wan_sizes import TINY, WAN21
+from srserve.workload.arrivals import PoissonArrivals
+from srserve.workload.mix import RequestMix
+from srserve.workload.stats import summarize
 
 
 @pytest.mark.parametrize("role", ["large", "small"])

@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 
 from srserve.client import GenerationFailed, SrserveClient
 from srserve.client.grpc_client import make_request
-from srserve.serving.api.auth import AuthConfig, BearerAuth
+from srserve.serving.config import AuthConfig, BearerAuth
 from tests.conftest import _free_port
 
 TOKEN = "s3cret-token-for-tests-0123456789"
@@ -69,9 +69,8 @@ def _self_signed(tmp_path) -> tuple[str, str, bytes]:
 def secure(serving, tiny_config, tmp_path_factory):
     from ray import serve
 
-    from srserve.serving.api.tls_gateway import GrpcTlsConfig
     from srserve.serving.app import build_app
-    from srserve.serving.config import PoolConfig, ServingConfig
+    from srserve.serving.config import GrpcTlsConfig, PoolConfig, ServingConfig
 
     cert, key, pem = _self_signed(tmp_path_factory.mktemp("tls"))
     port = _free_port()

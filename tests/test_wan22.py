@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from srserve.cli.main import main as cli_main
 from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine, components
-from srserve.engine.families import IncompatiblePairError, get_family
+from srserve.engine.families import IncompatiblePairError, check_pair, get_family
 from srserve.engine.families.wan22 import HANDOFF_EXTRAS_KEY, Wan22Family
 from srserve.engine.tiny import write_tiny_wan22_pair, write_tiny_wan22_ti2v
 from srserve.engine.tiny.wan22 import A14B_DIR, LOW_NOISE_SUBFOLDER
@@ -236,7 +236,7 @@ def test_cross_pair_wan22_sketch_wan21_render_equals_wan_pipeline(
 ) -> None:
     """The high-noise expert sketches, the tiny Wan2.1 small model renders: WanPipeline with that transformer_2."""
     cross = a14b.model_copy(update={"name": "tiny-wan2.2-wan2.1", "render_path": str(tiny_root / "render")})
-    cross.check()
+    check_pair(cross)
     cross_engine = SRDiffusionEngine(cross)
     # A Wan2.1 engine over the same folder shares the instance (the cache key is not tagged by Wan2.2);
     # checked against a new engine, since other tests clear the component cache.
@@ -253,7 +253,7 @@ def test_cross_pair_wan22_sketch_wan21_render_equals_wan_pipeline(
 
 def _refused(config: ModelPairConfig, *fragments: str) -> str:
     with pytest.raises(IncompatiblePairError) as caught:
-        config.check()
+        check_pair(config)
     with pytest.raises(IncompatiblePairError):
         SRDiffusionEngine(config)  # the engine runs the same check before any weights load
     message = str(caught.value)

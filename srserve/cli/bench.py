@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_mix(args: argparse.Namespace):
-    from srserve.loadgen.mix import RequestMix
+    from srserve.workload.mix import RequestMix
 
     if args.mix:
         return RequestMix.from_yaml(args.mix)
@@ -63,13 +63,13 @@ def build_mix(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from srserve.loadgen.arrivals import parse_arrival
     from srserve.loadgen.clients import connect
-    from srserve.loadgen.plan import SloPolicy
     from srserve.loadgen.plots import write_run_plots
-    from srserve.loadgen.report import BenchReport, format_summary
     from srserve.loadgen.runner import LoadRunner, unloaded_latency
     from srserve.loadgen.shape import device_count, replicas_per_pool
+    from srserve.workload.arrivals import parse_arrival
+    from srserve.workload.plan import SloPolicy
+    from srserve.workload.report import BenchReport, format_summary
 
     try:
         arrival = parse_arrival(args.arrival)

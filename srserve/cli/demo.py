@@ -2,7 +2,7 @@
 
 Starts a local Ray cluster, deploys one sketch and one render replica, sends a batch of
 concurrent requests over gRPC and over the OpenAI HTTP API, writes and checks the mp4s, and
-prints each request's stage timeline and the pipeline efficiency.
+prints each request's stage timeline and the pipeline efficiency (how busy the bottleneck pool was kept).
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ def run(args: argparse.Namespace) -> int:
     import openai
     import ray
 
-    from srserve.analysis.timeline import gantt, pipeline_report, stage_times
+    from srserve.analysis.timeline import gantt, job_timeline, pipeline_report
     from srserve.client import SrserveClient
     from srserve.client.grpc_client import make_request, video_path
     from srserve.engine.video import read_mp4
+    from srserve.loadgen.shape import replicas_per_pool
     from srserve.serving.config import DeployFile
     from srserve.serving.launcher import deploy, drain_and_shutdown, embedded_database, ensure_ray
 
@@ -85,25 +86,30 @@ def run(args: argparse.Namespace) -> int:
         results = [f.result() for f in futures]
     elapsed = time.time() - start
 
-    stages = []
+    jobs = []
     for api, job_id, mp4 in results:
         path = video_path(out, job_id, prefix=f"{api}-")
         path.write_bytes(mp4)
         frames = read_mp4(path)
         job = client.videos.retrieve(job_id).model_extra["srserve"] | {"id": job_id}
-        stages.append(stage_times(job))
+        jobs.append(job_timeline(job))
         print(
             f"{api:>4} {job_id}  {path}  frames={frames.shape[0]} size={frames.shape[2]}x{frames.shape[1]}"
             f"  switch={job['switch_step']}/{job['num_steps']}"
         )
-    report = pipeline_report(stages)
+    report = pipeline_report(jobs, replicas_per_pool(spec.serving))
     print("\nstage timeline (s = sketch replica busy, r = render replica busy):")
-    print(gantt(stages))
+    print(gantt(jobs))
     print(
-        f"\n{len(results)} requests in {elapsed:.1f}s; T_sketch {report.t_sketch_s:.2f}s, "
-        f"T_render {report.t_render_s:.2f}s; throughput {report.throughput_rps:.2f} req/s vs bound "
-        f"{report.bound_rps:.2f} -> pipeline efficiency {report.efficiency:.2f}; "
-        f"{report.overlapped_pairs} of {len(stages) - 1} consecutive requests overlapped"
+        f"\n{len(results)} requests in {elapsed:.1f}s; busy per request: sketch {report.t_sketch_s:.2f}s, "
+        f"render {report.t_render_s:.2f}s; {report.overlapped_pairs} of {len(jobs) - 1} consecutive requests "
+        f"overlapped"
+    )
+    print(
+        f"pipeline efficiency {report.bottleneck_busy_fraction:.2f}: the bottleneck ({report.bottleneck} pool, "
+        f"{report.replicas} replica(s)) was busy {report.busy_s:.1f}s of {report.replicas} x {report.window_s:.1f}s "
+        f"(its active window), serving {report.throughput_rps:.2f} req/s of the {report.capacity_rps:.2f} req/s "
+        f"it could at that busy time per request"
     )
     drain_and_shutdown(spec.serving, 30)
     ray.shutdown()

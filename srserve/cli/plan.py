@@ -96,7 +96,7 @@ def parse_degrees(text: str) -> tuple[str, ...]:
 
 
 def build_mix(args: argparse.Namespace):
-    from srserve.loadgen.mix import RequestClass, RequestMix
+    from srserve.workload.mix import RequestClass, RequestMix
 
     if args.mix:
         return RequestMix.from_yaml(args.mix)
@@ -118,12 +118,12 @@ def build_mix(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from srserve.loadgen.arrivals import ClosedLoop, parse_arrival
-    from srserve.loadgen.plan import SloPolicy
-    from srserve.loadgen.report import finite_json
     from srserve.planner.profile import Profile
     from srserve.planner.search import PlanSpec, format_plan, max_rate, plan
     from srserve.planner.serve_config import serve_config_yaml
+    from srserve.workload.arrivals import ClosedLoop, parse_arrival
+    from srserve.workload.plan import SloPolicy
+    from srserve.workload.report import finite_json
 
     try:
         profile = Profile.read(args.profile)

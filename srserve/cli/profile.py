@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
             profile = profile_engine(model, width, height, args.frames, args.steps, args.reps)
         else:
-            from srserve.planner.measure import profile_deployment
+            from srserve.loadgen.calibrate import profile_deployment
             from srserve.serving.launcher import ensure_ray
 
             os.environ.setdefault("RAY_worker_niceness", "0")  # measured replicas at normal priority

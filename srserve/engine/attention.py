@@ -9,9 +9,10 @@ run it (CPU, too old a GPU, float32 weights for the flash kernels).
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:  # torch is imported by the checks that need it: a pair's config names a backend without it
+    import torch
 
 AttentionBackend = Literal[
     "native",
@@ -43,6 +44,8 @@ def check_attention_backend(
     backend: str, family: str, allowed: frozenset[str], device: torch.device, dtype: torch.dtype
 ) -> None:
     """Raise AttentionBackendUnavailable, naming the reason, unless `backend` can run here."""
+    import torch
+
     if backend not in allowed:
         raise AttentionBackendUnavailable(
             f"attention_backend {backend!r} is not allowed for model family {family!r} "

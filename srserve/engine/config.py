@@ -1,4 +1,8 @@
-"""Model pair configuration: which checkpoints form the pair and where/how they run."""
+"""Model pair configuration: which checkpoints form the pair and where/how they run.
+
+Fields and paths only: the family's check that the two folders fit together is
+`srserve.engine.families.check_pair(config)` (the families read this model; it knows none of them).
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,29 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from srserve.engine.attention import AttentionBackend
 from srserve.engine.request import RequestDefaults
 
+if TYPE_CHECKING:  # torch is imported where a device or dtype is resolved, not to read or validate a pair
+    import torch
+
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 TINY_DEFAULTS = RequestDefaults(height=64, width=64, num_frames=17, num_inference_steps=20)
 TINY_COGVIDEOX_DEFAULTS = RequestDefaults(height=64, width=64, num_frames=9, num_inference_steps=20)
 # Wan2.2-T2V-A14B's own defaults are 40 steps at 480p or 720p; the tiny folder keeps the tiny Wan2.1 shape.
 TINY_WAN22_DEFAULTS = TINY_DEFAULTS
+# The embedded tiny pairs by name: (family, request defaults); srserve.engine.tiny lays out their folders.
+TINY_PAIRS: dict[str, tuple[str, RequestDefaults]] = {
+    "tiny-wan2.1": ("wan2.1", TINY_DEFAULTS),
+    "tiny-wan2.2": ("wan2.2", TINY_WAN22_DEFAULTS),
+    "tiny-cogvideox": ("cogvideox", TINY_COGVIDEOX_DEFAULTS),
+}
+TINY_ALIASES = {"tiny": "tiny-wan2.1"}
 
 
 def srserve_home() -> Path:
@@ -74,102 +86,67 @@ class ModelPairConfig(BaseModel):
             raise ValueError(f"guidance_scale_2 applies to family wan2.2 (its low-noise expert), not {self.family!r}")
         return self
 
-    def check(self) -> None:
-        """The family's compatibility check of the two folders (no weights load); IncompatiblePairError names it."""
-        from srserve.engine.families import get_family
-
-        get_family(self.family).check_pair(self)
-
     def resolved_device(self) -> torch.device:
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
     def resolve_dtype(self, name: DTypeName) -> torch.dtype:
         """`auto` is bf16 on CUDA and float32 on CPU."""
+        import torch
+
         if name == "auto":
             return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
-        return _DTYPES[name]
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+    @classmethod
+    def tiny_pair(
+        cls, name: str, root: str | Path | None = None, write: bool = True, **overrides: object
+    ) -> ModelPairConfig:
+        """An embedded tiny pair by name (`tiny` is Wan2.1), written on first use (seconds, no network) unless
+        `write` is off; under `root`, else under srserve_home()/tiny/<family>."""
+        from srserve.engine.tiny import TINY_LAYOUTS
+
+        key = TINY_ALIASES.get(name, name)
+        if key not in TINY_PAIRS:
+            raise ValueError(f"unknown tiny pair {name!r}; known: {', '.join([*TINY_ALIASES, *TINY_PAIRS])}")
+        family, defaults = TINY_PAIRS[key]
+        layout = TINY_LAYOUTS[family]
+        base = Path(root) if root is not None else srserve_home() / "tiny" / family
+        if write and not layout.written(base):
+            _write_beside(base, layout.write)
+        sketch, render = layout.folders(base)
+        fields: dict[str, object] = {
+            "family": family,
+            "name": key,
+            "sketch_path": str(sketch),
+            "render_path": str(render),
+            "defaults": defaults,
+            "device": "cpu",
+        }
+        fields.update(overrides)
+        return cls.model_validate(fields)
 
     @classmethod
     def tiny(cls, root: str | Path | None = None, write: bool = True, **overrides: object) -> ModelPairConfig:
-        """The embedded tiny Wan2.1 pair, written on first use (seconds, no network) unless `write` is off."""
-        from srserve.engine.tiny import write_tiny_wan_pair
-        from srserve.engine.tiny.wan import RENDER_DIR, SKETCH_DIR
-
-        base = Path(root) if root is not None else srserve_home() / "tiny" / "wan2.1"
-        sketch, render = base / SKETCH_DIR, base / RENDER_DIR
-        if write:
-            _write_once(base, (sketch, render), write_tiny_wan_pair)
-        fields: dict[str, object] = {
-            "family": "wan2.1",
-            "name": "tiny-wan2.1",
-            "sketch_path": str(sketch),
-            "render_path": str(render),
-            "defaults": TINY_DEFAULTS,
-            "device": "cpu",
-        }
-        fields.update(overrides)
-        return cls.model_validate(fields)
+        """The embedded tiny Wan2.1 pair (`tiny_pair("tiny")`)."""
+        return cls.tiny_pair("tiny-wan2.1", root, write, **overrides)
 
     @classmethod
     def tiny_cogvideox(cls, root: str | Path | None = None, write: bool = True, **overrides: object) -> ModelPairConfig:
-        """The embedded tiny CogVideoX pair (5B-like sketch, 2B-like render), written on first use."""
-        from srserve.engine.tiny.cogvideox import RENDER_DIR, SKETCH_DIR, write_tiny_cogvideox_pair
-
-        base = Path(root) if root is not None else srserve_home() / "tiny" / "cogvideox"
-        sketch, render = base / SKETCH_DIR, base / RENDER_DIR
-        if write:
-            _write_once(base, (sketch, render), write_tiny_cogvideox_pair)
-        fields: dict[str, object] = {
-            "family": "cogvideox",
-            "name": "tiny-cogvideox",
-            "sketch_path": str(sketch),
-            "render_path": str(render),
-            "defaults": TINY_COGVIDEOX_DEFAULTS,
-            "device": "cpu",
-        }
-        fields.update(overrides)
-        return cls.model_validate(fields)
+        """The embedded tiny CogVideoX pair (5B-like sketch, 2B-like render)."""
+        return cls.tiny_pair("tiny-cogvideox", root, write, **overrides)
 
     @classmethod
     def tiny_wan22(cls, root: str | Path | None = None, write: bool = True, **overrides: object) -> ModelPairConfig:
         """The embedded tiny Wan2.2 A14B folder: its high-noise expert sketches, its low-noise expert renders."""
-        from srserve.engine.tiny.wan22 import A14B_DIR, LOW_NOISE_SUBFOLDER, write_tiny_wan22_pair
-
-        base = Path(root) if root is not None else srserve_home() / "tiny" / "wan2.2"
-        folder = base / A14B_DIR
-        if write:
-            _write_once(base, (folder,), write_tiny_wan22_pair)
-        fields: dict[str, object] = {
-            "family": "wan2.2",
-            "name": "tiny-wan2.2",
-            "sketch_path": str(folder),
-            "render_path": str(folder / LOW_NOISE_SUBFOLDER),
-            "defaults": TINY_WAN22_DEFAULTS,
-            "device": "cpu",
-        }
-        fields.update(overrides)
-        return cls.model_validate(fields)
-
-    @classmethod
-    def tiny_pair(cls, name: str, **overrides: object) -> ModelPairConfig:
-        """An embedded tiny pair by name: `tiny` (Wan2.1), `tiny-wan2.2` or `tiny-cogvideox`."""
-        builders = {
-            "tiny": cls.tiny,
-            "tiny-wan2.1": cls.tiny,
-            "tiny-wan2.2": cls.tiny_wan22,
-            "tiny-cogvideox": cls.tiny_cogvideox,
-        }
-        if name not in builders:
-            raise ValueError(f"unknown tiny pair {name!r}; known: {', '.join(builders)}")
-        return builders[name](**overrides)
+        return cls.tiny_pair("tiny-wan2.2", root, write, **overrides)
 
 
-def _write_once(base: Path, folders: tuple[Path, ...], writer: Callable[[Path], object]) -> None:
-    """Write a tiny pair unless present: beside and renamed, so concurrent processes never load half of one."""
-    if all((folder / "model_index.json").exists() for folder in folders):
-        return
+def _write_beside(base: Path, writer: Callable[[Path], object]) -> None:
+    """Write a tiny pair beside `base`, then rename it there, so concurrent processes never load half of one."""
     staging = base.with_name(f"{base.name}.tmp-{os.getpid()}")
     writer(staging)
     base.parent.mkdir(parents=True, exist_ok=True)

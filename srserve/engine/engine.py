@@ -19,12 +19,12 @@ import torch
 from srserve.engine import components
 from srserve.engine.attention import apply_attention_backend, check_attention_backend
 from srserve.engine.cache import step_cache
+from srserve.engine.component_config import read_component_config
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.families import EncodedPrompt, get_family
-from srserve.engine.families.wan import read_component_config
 from srserve.engine.handoff import HandoffState
-from srserve.engine.parallel import ParallelRuntime, check_parallel
-from srserve.engine.parallel.config import attention_heads
+from srserve.engine.parallel.config import attention_heads, check_parallel
+from srserve.engine.parallel.group import ParallelRuntime
 from srserve.engine.request import GenerationRequest, ResolvedRequest, resolve_request
 from srserve.engine.scheduler_state import capture, restore
 from srserve.engine.switch import SwitchDecider

@@ -21,14 +21,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from srserve.engine import ModelPairConfig
-from srserve.loadgen.arrivals import ClosedLoop, PoissonArrivals
 from srserve.loadgen.clients import connect
 from srserve.loadgen.local_deploy import deployed
-from srserve.loadgen.mix import RequestMix
 from srserve.loadgen.runner import LoadRunner, unloaded_latency
 from srserve.loadgen.shape import replicas_per_pool
-from srserve.loadgen.stats import Distribution, summarize
 from srserve.serving.config import PoolConfig, ServingConfig
+from srserve.workload.arrivals import ClosedLoop, PoissonArrivals
+from srserve.workload.mix import RequestMix
+from srserve.workload.stats import Distribution, summarize
 
 
 class Variant(BaseModel):

@@ -11,10 +11,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from srserve.loadgen.records import COLOCATED, RequestRecord
-from srserve.loadgen.stats import measurement_window, utilisation_series
+from srserve.workload.records import COLOCATED, RequestRecord
+from srserve.workload.stats import measurement_window, utilisation_series
+from srserve.workload.timeline import STAGES
 
-STAGE_COLOURS = {
+STAGE_COLOURS = {  # one per srserve.workload.timeline.STAGES
     "queue": "#d0d0d0",
     "encode": "#9e9ac8",
     "sketch": "#3182bd",
@@ -77,22 +78,9 @@ def utilisation_over_time(
 
 
 def _segments(r: RequestRecord) -> list[tuple[str, float, float]]:
-    t = r.timeline
-    out = []
-
-    def seg(name: str, a: str, b: str) -> None:
-        if a in t and b in t and t[b] >= t[a]:
-            out.append((name, t[a], t[b]))
-
-    start = "encode_start" if "encode_start" in t else "sketch_start"
-    seg("queue", "submitted", start)
-    seg("encode", "encode_start", "encode_end")
-    seg("sketch", "sketch_start", "sketch_end")
-    if r.layout != COLOCATED:
-        seg("handoff", "sketch_end", "render_start")
-    seg("render", "render_start", "decode_start")
-    seg("decode", "decode_start", "render_end")
-    return out
+    stages = r.stages()
+    names = [s.name for s in STAGES if s.name != "handoff" or r.layout != COLOCATED]
+    return [(name, *iv) for name in names if (iv := stages.interval(name)) is not None]
 
 
 def stage_timeline(records: Sequence[RequestRecord], path: str | Path, title: str = "stage timeline") -> Path:

@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm import tqdm
 
-from srserve.loadgen.arrivals import ClosedLoop, GammaArrivals, PoissonArrivals, TraceArrivals
 from srserve.loadgen.clients import JobView, Rejected, Target
-from srserve.loadgen.mix import RequestMix
-from srserve.loadgen.plan import PlannedRequest, SloPolicy, closed_loop_stream, open_loop_plan
-from srserve.loadgen.records import RequestRecord
+from srserve.workload.arrivals import ClosedLoop, GammaArrivals, PoissonArrivals, TraceArrivals
+from srserve.workload.mix import RequestMix
+from srserve.workload.plan import PlannedRequest, SloPolicy, closed_loop_stream, open_loop_plan
+from srserve.workload.records import RequestRecord
 
 LIST_SLACK = 16  # extra jobs listed per poll, for other clients' jobs interleaved with ours
 REJECT_BACKOFF_S = 0.25

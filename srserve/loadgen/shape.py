@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from srserve.loadgen.records import COLOCATED, RENDER, SKETCH
 from srserve.serving.config import PoolConfig, ServingConfig
+from srserve.workload.records import COLOCATED, RENDER, SKETCH
 
 
 def _replicas(pool: PoolConfig) -> int:

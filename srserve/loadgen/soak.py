@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from srserve.analysis.timeline import pipeline_report, stage_times
+from srserve.analysis.timeline import job_timeline, pipeline_report
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -61,7 +61,8 @@ def _wait_all(base: str, ids: list[str], timeout_s: float) -> dict[str, dict]:
 
 
 def measure_capacity(base: str, body: dict[str, Any], n: int = 6) -> float:
-    """Saturated steady-state throughput (req/s) of the deployment for this request shape."""
+    """Saturated throughput (req/s) of the deployment for this request shape: requests over the
+    bottleneck pool's active window (srserve.analysis.timeline)."""
     ids: list[str] = []
     while len(ids) < n:  # keep the admission backlog full: retry refusals shortly
         r = requests.post(f"{base}/v1/videos", json={**body, "seed": len(ids)}, timeout=30)
@@ -71,7 +72,7 @@ def measure_capacity(base: str, body: dict[str, Any], n: int = 6) -> float:
         r.raise_for_status()
         ids.append(r.json()["id"])
     jobs = _wait_all(base, ids, 600)
-    return pipeline_report([stage_times(j["srserve"] | {"id": i}) for i, j in jobs.items()]).throughput_rps
+    return pipeline_report([job_timeline(j["srserve"] | {"id": i}) for i, j in jobs.items()]).throughput_rps
 
 
 def memory_snapshot(app_name: str, gcs_address: str) -> MemorySnapshot:

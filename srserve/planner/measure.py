@@ -1,10 +1,10 @@
-"""Measure a stage profile on this machine: from a tiny deployment (the figures the planner is
-validated against) or from the engine in-process (no Ray, no serving overheads).
+"""Stage profiles from measurements: fitted from the timelines of requests sent one at a time to a
+deployment (srserve.loadgen.calibrate sends them), or timed on the engine in-process (no Ray, no
+serving overheads).
 
-Deployment: one sketch + one render replica, then one colocated replica, each sent requests one
-at a time with switch steps spread over 0..N; the job timelines give per-stage times, and a
-least-squares fit over k separates the per-step costs from each stage's fixed cost (which
-includes the batched progress writes, serialization and RPCs that the engine alone does not pay).
+A least-squares fit over the switch step k separates the per-step costs from each stage's fixed
+cost (which, on a deployment, includes the batched progress writes, serialization and RPCs that the
+engine alone does not pay).
 """
 
 from __future__ import annotations
@@ -18,17 +18,8 @@ from dataclasses import dataclass
 
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
 from srserve.engine.request import RequestDefaults
-from srserve.loadgen.arrivals import ClosedLoop
-from srserve.loadgen.clients import connect
-from srserve.loadgen.local_deploy import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, deployed
-from srserve.loadgen.mix import RequestClass, RequestMix
-from srserve.loadgen.records import COLOCATED, RequestRecord
-from srserve.loadgen.runner import LoadRunner
-from srserve.planner.cpu_accounting import idle_background
-from srserve.planner.cpu_accounting import snapshot as cpu_snapshot
-from srserve.planner.cpu_accounting import used as cpu_used
 from srserve.planner.profile import Delays, DeviceKind, Profile, ShapeCosts, shape_key
-from srserve.serving.config import PoolConfig, ServingConfig
+from srserve.workload.records import COLOCATED, RequestRecord
 
 CPU_KIND = "cpu-1thread"
 
@@ -48,55 +39,25 @@ def switch_points(steps: int, count: int = 5) -> list[int]:
     return sorted({round(i * steps / (count - 1)) for i in range(count)})
 
 
-def _sequential(target, classes: list[RequestClass], reps: int, seed: int) -> list[RequestRecord]:
-    mix = RequestMix(classes=classes)
-    out: list[RequestRecord] = []
-    for rep in range(reps):
-        for cls in classes:
-            runner = LoadRunner(
-                target,
-                ClosedLoop(concurrency=1),
-                RequestMix(classes=[cls]),
-                max_requests=1,
-                seed=seed + 100 * rep + mix.classes.index(cls),
-                progress=False,
-                poll_interval_s=0.25,
-            )
-            recs = runner.run()
-            if not recs[0].completed:
-                raise RuntimeError(f"profiling request failed: {recs[0].status} {recs[0].error}")
-            out.extend(recs)
-    return out
+def _known(r: RequestRecord, what: str, seconds: float | None) -> float:
+    """A span the fit needs; a record lacking it (a stamp missing or out of order) cannot be fitted."""
+    if seconds is None:
+        raise ValueError(f"request {r.job_id or r.index}: no {what} in its timeline {r.timeline}")
+    return seconds
 
 
-def _dur(r: RequestRecord, a: str, b: str) -> float:
-    return r.timeline[b] - r.timeline[a]
+def _span(r: RequestRecord, stage: str) -> float:
+    return _known(r, stage, r.stages().span(stage))
 
 
 @dataclass
 class CpuUse:
-    """CPU the local cluster used while sequential profiling requests ran (see cpu_accounting)."""
+    """CPU the local cluster used while sequential profiling requests ran (loadgen.cpu_accounting measures it)."""
 
     replica_s: float
     other_s: float
     wall_s: float
     idle_other_cores: float
-
-
-def measure_sequential(
-    target, width: int, height: int, num_frames: int, steps: int, ks: list[int], reps: int, warm: int = 2
-) -> tuple[list[RequestRecord], CpuUse]:
-    """Requests one at a time on a running local deployment (either layout), at each switch step in
-    `ks`, with the CPU time the cluster's processes used meanwhile."""
-    base = {"num_inference_steps": steps, "width": width, "height": height, "num_frames": num_frames}
-    classes = [RequestClass(name=f"k{k}", switch=f"fixed:{k}", **base) for k in ks]
-    if warm:
-        _sequential(target, [RequestClass(name="warm", switch=f"fixed:{ks[len(ks) // 2]}", **base)], warm, seed=900)
-    idle = idle_background()
-    before = cpu_snapshot()
-    records = _sequential(target, classes, reps, seed=0)
-    replica, other, wall = cpu_used(before, cpu_snapshot())
-    return records, CpuUse(replica, other, wall, idle)
 
 
 def cpu_model(records: list[RequestRecord], use: CpuUse) -> dict[str, float]:
@@ -124,8 +85,9 @@ def fit_profile(
 ) -> Profile:
     """Per-stage costs from sequential requests' timelines.
 
-    Both layouts stamp the sketch part (encode_start..sketch_end) and the render part
-    (render_start..render_end); a line fitted over k separates per-step costs from fixed costs.
+    Both layouts stamp the sketch part (the timeline's sketch_busy: encode_start..sketch_end) and
+    the render part (render_busy: render_start..render_end); a line fitted over k separates per-step
+    costs from fixed costs.
     Disaggregated records give the pools' costs and the handoff delay; colocated records give
     the colocated replica's extra cost over those parts.
     """
@@ -133,10 +95,11 @@ def fit_profile(
     col = [r for r in records if r.layout == COLOCATED]
     base = dis or col
     kk = [float(r.switch_step) for r in base]
-    encode = statistics.mean(_dur(r, "encode_start", "encode_end") for r in base)
-    a_s, large = fit_line(kk, [_dur(r, "encode_start", "sketch_end") for r in base])
-    decode = statistics.mean(_dur(r, "decode_start", "render_end") for r in base)
-    a_r, small = fit_line([steps - k for k in kk], [_dur(r, "render_start", "render_end") for r in base])
+    encode = statistics.mean(_span(r, "encode") for r in base)
+    a_s, large = fit_line(kk, [_known(r, "sketch busy time", r.stages().sketch_busy) for r in base])
+    decode = statistics.mean(_span(r, "decode") for r in base)
+    render_busy = [_known(r, "render busy time", r.stages().render_busy) for r in base]
+    a_r, small = fit_line([steps - k for k in kk], render_busy)
     costs = ShapeCosts(
         encode_s=encode,
         large_step_s=large,
@@ -146,12 +109,18 @@ def fit_profile(
         render_overhead_s=a_r - decode,
     )
     if col:
-        extra = [_dur(r, "encode_start", "render_end") - costs.colocated_s(steps, r.switch_step or 0) for r in col]
+        extra = [
+            _known(r, "replica time", r.stages().between("encode_start", "render_end"))
+            - costs.colocated_s(steps, r.switch_step or 0)
+            for r in col
+        ]
         costs.colocated_overhead_s = statistics.mean(extra)
     delays = Delays(
-        dispatch_s=statistics.mean(_dur(r, "submitted", "encode_start") for r in records),
-        handoff_s=statistics.mean(_dur(r, "sketch_end", "render_start") for r in dis) if dis else 0.0,
-        completion_s=statistics.mean(_dur(r, "render_end", "finished") for r in records),
+        dispatch_s=statistics.mean(_span(r, "queue") for r in records),
+        handoff_s=statistics.mean(_span(r, "handoff") for r in dis) if dis else 0.0,
+        completion_s=statistics.mean(
+            _known(r, "completion", r.stages().between("render_end", "finished")) for r in records
+        ),
     )
     return Profile(
         source="measured",
@@ -164,47 +133,6 @@ def fit_profile(
         **cpu,
         measured_at={"machine": platform.machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S")},
     )
-
-
-def profile_deployment(
-    model: ModelPairConfig,
-    width: int,
-    height: int,
-    num_frames: int,
-    steps: int,
-    reps: int = 3,
-    http_port: int = DEFAULT_HTTP_PORT,
-    grpc_port: int = DEFAULT_GRPC_PORT,
-    host_cores: float | None = None,
-) -> Profile:
-    """Needs a Ray cluster (srserve.serving.launcher.ensure_ray)."""
-    ks = switch_points(steps)
-    pool = PoolConfig(num_replicas=1, ray_actor_options={"num_cpus": 1})
-    records: list[RequestRecord] = []
-    cpu: list[dict[str, float]] = []
-    for layout in ("disaggregated", "colocated"):
-        config = ServingConfig(
-            app_name=f"profile-{layout}",
-            model=model,
-            layout=layout,
-            sketch_pool=pool,
-            render_pool=pool,
-            colocated_pool=pool,
-        )
-        with deployed(config, http_port, grpc_port) as spec:
-            target = connect(f"grpc://127.0.0.1:{spec.grpc_port}", config.app_name)
-            try:
-                recs, use = measure_sequential(target, width, height, num_frames, steps, ks, reps)
-                records += recs
-                cpu.append(cpu_model(recs, use))
-            finally:
-                target.close()
-    description = (
-        f"tiny pair deployment on this machine ({os.cpu_count()} cores, 1 torch thread per replica), "
-        f"requests one at a time, switch steps {ks}, {reps} repetitions; per-step costs fitted over k"
-    )
-    averaged = {k: statistics.mean(c[k] for c in cpu) for k in cpu[0]}
-    return fit_profile(records, averaged, width, height, num_frames, steps, host_cores, description, model.name)
 
 
 def profile_engine(model: ModelPairConfig, width: int, height: int, num_frames: int, steps: int, reps: int = 3):

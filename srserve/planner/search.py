@@ -17,10 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from srserve.engine.parallel.config import ParallelSpec
 from srserve.engine.request import RequestDefaults, SwitchPolicy
-from srserve.loadgen.arrivals import GammaArrivals, PoissonArrivals, TraceArrivals
-from srserve.loadgen.mix import RequestClass, RequestMix
-from srserve.loadgen.plan import SloPolicy
-from srserve.loadgen.stats import Summary, steady_window, summarize
 from srserve.planner.profile import Profile
 from srserve.planner.simulator import (
     COLOCATED_ROLES,
@@ -32,6 +28,10 @@ from srserve.planner.simulator import (
     unloaded_latency,
 )
 from srserve.serving.control.load_switch import LoadSwitchConfig
+from srserve.workload.arrivals import GammaArrivals, PoissonArrivals, TraceArrivals
+from srserve.workload.mix import RequestClass, RequestMix
+from srserve.workload.plan import SloPolicy
+from srserve.workload.stats import Summary, steady_window, summarize
 
 
 class PlanSpec(BaseModel):

@@ -12,7 +12,7 @@ On a CPU-only host (`host_cores`), busy replicas share the cores left by the res
 background = idle + per_busy x busy replicas (the ingress, job store and proxy work that running jobs
 cause), all from the profile. On GPUs every replica has its own device and runs at full speed.
 
-Output: the same RequestRecords a measured run yields, so `srserve.loadgen.stats.summarize`
+Output: the same RequestRecords a measured run yields, so `srserve.workload.stats.summarize`
 reports predicted and measured runs alike.
 """
 
@@ -29,12 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from srserve.engine.parallel.config import ParallelSpec
 from srserve.engine.request import RequestDefaults, SwitchPolicy
-from srserve.loadgen.arrivals import ClosedLoop, GammaArrivals, PoissonArrivals, TraceArrivals
-from srserve.loadgen.mix import RequestClass, RequestMix
-from srserve.loadgen.plan import PlannedRequest, SloPolicy, closed_loop_stream, open_loop_plan
-from srserve.loadgen.records import COLOCATED, RENDER, SKETCH, RequestRecord
 from srserve.planner.profile import Profile, ShapeCosts
 from srserve.serving.control.load_switch import LoadSnapshot, LoadSwitchConfig, choose_switch
+from srserve.workload.arrivals import ClosedLoop, GammaArrivals, PoissonArrivals, TraceArrivals
+from srserve.workload.mix import RequestClass, RequestMix
+from srserve.workload.plan import PlannedRequest, SloPolicy, closed_loop_stream, open_loop_plan
+from srserve.workload.records import COLOCATED, RENDER, SKETCH, RequestRecord
 
 SKETCH_ROLES = ("large", "text_encoder")
 RENDER_ROLES = ("small", "vae")

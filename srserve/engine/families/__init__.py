@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from srserve.engine.config import ModelPairConfig
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily
 from srserve.engine.families.cogvideox import CogVideoXFamily
 from srserve.engine.families.wan import WanFamily
@@ -25,4 +26,10 @@ def family_names() -> list[str]:
     return sorted(_FAMILIES)
 
 
-__all__ = ["EncodedPrompt", "IncompatiblePairError", "ModelFamily", "family_names", "get_family"]
+def check_pair(config: ModelPairConfig) -> None:
+    """The pair's family's check that its folders fit together (no weights load); IncompatiblePairError names
+    the misfit. What serving runs when it reads a pool's model, before any replica starts."""
+    get_family(config.family).check_pair(config)
+
+
+__all__ = ["EncodedPrompt", "IncompatiblePairError", "ModelFamily", "check_pair", "family_names", "get_family"]

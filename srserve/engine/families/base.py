@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from srserve.engine.component_config import read_component_config
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.handoff import HandoffState
 from srserve.engine.parallel.cfg import CfgSplit
@@ -18,6 +20,14 @@ from srserve.engine.request import ResolvedRequest
 
 class IncompatiblePairError(ValueError):
     """The sketch and render checkpoints cannot hand latents to each other."""
+
+
+def require_component_config(folder: str | Path, component: str) -> dict[str, Any]:
+    """A component's config that a pair check needs; IncompatiblePairError, naming the folder, if it is missing."""
+    cfg = read_component_config(folder, component)
+    if cfg is None:
+        raise IncompatiblePairError(f"{str(folder)!r} has no {component}/ config; is it a Diffusers-format folder?")
+    return cfg
 
 
 @dataclass
@@ -53,8 +63,6 @@ class ModelFamily(ABC):
 
     def transformer_config(self, path: str, render: bool) -> dict[str, Any] | None:
         """The config of the sketch (or render) transformer a path names, without weights."""
-        from srserve.engine.families.wan import read_component_config
-
         return read_component_config(path, "transformer")
 
     @abstractmethod

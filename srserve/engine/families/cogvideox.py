@@ -42,10 +42,10 @@ from diffusers.video_processor import VideoProcessor
 from transformers import AutoTokenizer, T5EncoderModel
 
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily
-from srserve.engine.families.wan import read_component_config
+from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily, require_component_config
 from srserve.engine.handoff import HandoffState
-from srserve.engine.parallel import CfgSplit, ParallelUnsupported
+from srserve.engine.parallel.cfg import CfgSplit
+from srserve.engine.parallel.config import ParallelUnsupported
 from srserve.engine.request import ResolvedRequest
 from srserve.engine.scheduler_state import SchedulerSnapshot
 from srserve.engine.snr_match import SnrMatch
@@ -84,13 +84,6 @@ _VAE_KEYS = (
     "use_quant_conv",
     "use_post_quant_conv",
 )
-
-
-def _require(folder: str, component: str) -> dict[str, Any]:
-    cfg = read_component_config(folder, component)
-    if cfg is None:
-        raise IncompatiblePairError(f"{folder!r} has no {component}/ config; is it a Diffusers-format folder?")
-    return cfg
 
 
 def _compare(what: str, keys: tuple[str, ...], sketch: dict[str, Any], render: dict[str, Any]) -> None:
@@ -145,8 +138,8 @@ class CogVideoXFamily(ModelFamily):
         for label, path in (("sketch", config.sketch_path), ("render", config.render_path)):
             if not Path(path).is_dir():
                 raise IncompatiblePairError(f"{label} model folder {path!r} does not exist")
-        sketch_t = _require(config.sketch_path, "transformer")
-        render_t = _require(config.render_path, "transformer")
+        sketch_t = require_component_config(config.sketch_path, "transformer")
+        render_t = require_component_config(config.render_path, "transformer")
         for label, cfg in (("sketch", sketch_t), ("render", render_t)):
             if cfg.get("_class_name") != "CogVideoXTransformer3DModel":
                 raise IncompatiblePairError(
@@ -157,7 +150,7 @@ class CogVideoXFamily(ModelFamily):
                     f"{label} transformer is CogVideoX 1.5 (patch_size_t); only 1.0 is supported"
                 )
         _compare("transformer", _TRANSFORMER_KEYS, sketch_t, render_t)
-        te = _require(config.text_encoder_path or config.sketch_path, "text_encoder")
+        te = require_component_config(config.text_encoder_path or config.sketch_path, "text_encoder")
         if te.get("d_model") != sketch_t.get("text_embed_dim"):
             raise IncompatiblePairError(
                 f"text encoder width {te.get('d_model')} != transformer text_embed_dim {sketch_t.get('text_embed_dim')}"
@@ -168,11 +161,11 @@ class CogVideoXFamily(ModelFamily):
                 f"max_sequence_length {seq} != the transformers' max_text_seq_length "
                 f"{sketch_t.get('max_text_seq_length')} (the sin-cos position table is built for that length)"
             )
-        sketch_vae = _require(config.sketch_path, "vae")
-        render_vae = _require(config.render_path, "vae")
+        sketch_vae = require_component_config(config.sketch_path, "vae")
+        render_vae = require_component_config(config.render_path, "vae")
         _compare("VAE", _VAE_KEYS, sketch_vae, render_vae)
         if config.vae_path is not None:
-            _compare("VAE", _VAE_KEYS, sketch_vae, _require(config.vae_path, "vae"))
+            _compare("VAE", _VAE_KEYS, sketch_vae, require_component_config(config.vae_path, "vae"))
         if render_vae.get("latent_channels") != sketch_t.get("in_channels"):
             raise IncompatiblePairError(
                 f"VAE latent_channels {render_vae.get('latent_channels')} != transformer in_channels "
@@ -181,8 +174,8 @@ class CogVideoXFamily(ModelFamily):
         for label, vae in (("sketch", sketch_vae), ("render", render_vae)):
             if not isinstance(vae.get("scaling_factor"), int | float) or vae["scaling_factor"] <= 0:
                 raise IncompatiblePairError(f"{label} VAE config has no positive scaling_factor")
-        sketch_s = _require(config.sketch_path, "scheduler")
-        render_s = _require(config.render_path, "scheduler")
+        sketch_s = require_component_config(config.sketch_path, "scheduler")
+        render_s = require_component_config(config.render_path, "scheduler")
         for label, cfg in (("sketch", sketch_s), ("render", render_s)):
             if cfg.get("_class_name") not in SCHEDULERS:
                 raise IncompatiblePairError(
@@ -195,12 +188,12 @@ class CogVideoXFamily(ModelFamily):
         self._config = config
         self._sketch_scheduler = self.load_scheduler(config.sketch_path)
         self._render_scheduler = self.load_scheduler(config.render_path)
-        self._max_text_len = int(_require(config.sketch_path, "transformer")["max_text_seq_length"])
+        self._max_text_len = int(require_component_config(config.sketch_path, "transformer")["max_text_seq_length"])
         self._match = SnrMatch(
             sketch_alphas_cumprod=self._sketch_scheduler.alphas_cumprod.to(torch.float64),
             render_alphas_cumprod=self._render_scheduler.alphas_cumprod.to(torch.float64),
-            sketch_scale=float(_require(config.sketch_path, "vae")["scaling_factor"]),
-            render_scale=float(_require(config.render_path, "vae")["scaling_factor"]),
+            sketch_scale=float(require_component_config(config.sketch_path, "vae")["scaling_factor"]),
+            render_scale=float(require_component_config(config.render_path, "vae")["scaling_factor"]),
         )
 
     @property
@@ -228,7 +221,7 @@ class CogVideoXFamily(ModelFamily):
         return vae.to(device).eval()
 
     def load_scheduler(self, path: str) -> Any:
-        class_name = _require(path, "scheduler").get("_class_name")
+        class_name = require_component_config(path, "scheduler").get("_class_name")
         if class_name not in SCHEDULERS:
             raise IncompatiblePairError(f"scheduler {class_name!r} in {path!r} is not supported for CogVideoX")
         return SCHEDULERS[class_name].from_pretrained(path, subfolder="scheduler")

@@ -7,7 +7,6 @@ diffusers' WanPipeline operation for operation, which is what makes bit-exact pa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, get_args
 
@@ -19,8 +18,9 @@ from diffusers.video_processor import VideoProcessor
 from transformers import AutoTokenizer, UMT5EncoderModel
 
 from srserve.engine.attention import AttentionBackend
+from srserve.engine.component_config import read_component_config
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily
+from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily, require_component_config
 from srserve.engine.parallel.cfg import CfgSplit
 from srserve.engine.request import ResolvedRequest
 
@@ -28,22 +28,6 @@ from srserve.engine.request import ResolvedRequest
 _TRANSFORMER_KEYS = ("in_channels", "out_channels", "patch_size", "text_dim")
 _VAE_KEYS = ("z_dim", "latents_mean", "latents_std", "scale_factor_spatial", "scale_factor_temporal")
 _SCHEDULER_KEYS = ("_class_name", "prediction_type", "use_flow_sigmas", "flow_shift", "num_train_timesteps")
-
-
-def read_component_config(folder: str, component: str) -> dict[str, Any] | None:
-    """A component's config.json from a Diffusers folder, without loading any weights."""
-    base = Path(folder) / component
-    for name in ("config.json", "scheduler_config.json"):
-        if (base / name).is_file():
-            return json.loads((base / name).read_text())
-    return None
-
-
-def _require(folder: str, component: str) -> dict[str, Any]:
-    cfg = read_component_config(folder, component)
-    if cfg is None:
-        raise IncompatiblePairError(f"{folder!r} has no {component}/ config; is it a Diffusers-format folder?")
-    return cfg
 
 
 def _compare(what: str, keys: tuple[str, ...], a: dict[str, Any], b: dict[str, Any], names: tuple[str, str]):
@@ -67,15 +51,15 @@ class WanFamily(ModelFamily):
         for label, path in (("sketch", config.sketch_path), ("render", config.render_path)):
             if not Path(path).is_dir():
                 raise IncompatiblePairError(f"{label} model folder {path!r} does not exist")
-        sketch_t = _require(config.sketch_path, "transformer")
-        render_t = _require(config.render_path, "transformer")
+        sketch_t = require_component_config(config.sketch_path, "transformer")
+        render_t = require_component_config(config.render_path, "transformer")
         _compare("transformer", _TRANSFORMER_KEYS, sketch_t, render_t, ("sketch", "render"))
-        te = _require(config.text_encoder_path or config.sketch_path, "text_encoder")
+        te = require_component_config(config.text_encoder_path or config.sketch_path, "text_encoder")
         if te.get("d_model") != sketch_t.get("text_dim"):
             raise IncompatiblePairError(
                 f"text encoder width {te.get('d_model')} != transformer text_dim {sketch_t.get('text_dim')}"
             )
-        vae = _require(config.vae_path or config.render_path, "vae")
+        vae = require_component_config(config.vae_path or config.render_path, "vae")
         if vae.get("z_dim") != sketch_t.get("in_channels"):
             raise IncompatiblePairError(
                 f"VAE z_dim {vae.get('z_dim')} != transformer in_channels {sketch_t.get('in_channels')}"
@@ -85,7 +69,7 @@ class WanFamily(ModelFamily):
             _compare("VAE", _VAE_KEYS, other_vae, vae, ("sketch", "render"))
         other_sched = read_component_config(config.render_path, "scheduler")
         if other_sched is not None:
-            sched = _require(config.sketch_path, "scheduler")
+            sched = require_component_config(config.sketch_path, "scheduler")
             _compare("scheduler", _SCHEDULER_KEYS, sched, other_sched, ("sketch", "render"))
 
     def load_transformer(self, path: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:

@@ -37,9 +37,10 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 from transformers import UMT5Config
 
+from srserve.engine.component_config import read_component_config, read_model_index
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError
-from srserve.engine.families.wan import WanFamily, read_component_config
+from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, require_component_config
+from srserve.engine.families.wan import WanFamily
 from srserve.engine.handoff import HandoffState
 from srserve.engine.parallel.cfg import CfgSplit
 from srserve.engine.request import ResolvedRequest, SwitchPolicy
@@ -78,11 +79,6 @@ class ModelLocation:
         return self.pipeline / self.subfolder
 
 
-def read_model_index(folder: str | Path) -> dict[str, Any] | None:
-    path = Path(folder) / "model_index.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _has_component(index: dict[str, Any], name: str) -> bool:
     entry = index.get(name)
     return isinstance(entry, list) and bool(entry) and entry[0] is not None
@@ -117,13 +113,6 @@ def low_noise_expert_path(folder: str | Path) -> str:
     return str(folder)
 
 
-def _require(folder: Path, component: str) -> dict[str, Any]:
-    cfg = read_component_config(str(folder), component)
-    if cfg is None:
-        raise IncompatiblePairError(f"{str(folder)!r} has no {component}/ config; is it a Diffusers-format folder?")
-    return cfg
-
-
 def _with_defaults(cls: type, cfg: dict[str, Any]) -> dict[str, Any]:
     """A saved config with the class's defaults filled in: folders saved by older diffusers omit newer keys."""
     params = inspect.signature(cls.__init__).parameters.values()
@@ -153,7 +142,7 @@ def _differences(
 
 
 def _text_encoder_config(folder: Path) -> dict[str, Any]:
-    cfg = UMT5Config.from_dict(_require(folder, "text_encoder"))
+    cfg = UMT5Config.from_dict(require_component_config(folder, "text_encoder"))
     return {key: getattr(cfg, key, None) for key in _TEXT_ENCODER_KEYS}
 
 
@@ -229,11 +218,13 @@ class Wan22Family(WanFamily):
         config: ModelPairConfig, sketch: ModelLocation, render: ModelLocation, transformer: dict[str, Any]
     ) -> list[str]:
         """The latent space: every VAE config field, and the channels the transformers take."""
-        sketch_vae = _with_defaults(AutoencoderKLWan, _require(sketch.pipeline, "vae"))
-        render_vae = _with_defaults(AutoencoderKLWan, _require(render.pipeline, "vae"))
+        sketch_vae = _with_defaults(AutoencoderKLWan, require_component_config(sketch.pipeline, "vae"))
+        render_vae = _with_defaults(AutoencoderKLWan, require_component_config(render.pipeline, "vae"))
         problems = _differences("VAE", None, sketch_vae, render_vae)
         if config.vae_path is not None:
-            decode_vae = _with_defaults(AutoencoderKLWan, _require(pipeline_folder(config.vae_path), "vae"))
+            decode_vae = _with_defaults(
+                AutoencoderKLWan, require_component_config(pipeline_folder(config.vae_path), "vae")
+            )
             problems += _differences("VAE", None, sketch_vae, decode_vae, ("sketch", "vae_path"))
         if sketch_vae.get("z_dim") != transformer.get("in_channels"):
             problems.append(
@@ -261,7 +252,7 @@ class Wan22Family(WanFamily):
     @staticmethod
     def _scheduler_problems(config: ModelPairConfig, sketch: ModelLocation, render: ModelLocation) -> list[str]:
         """The schedule: the same scheduler config, hence the same timesteps and sigmas for every N."""
-        raw = [_require(loc.pipeline, "scheduler") for loc in (sketch, render)]
+        raw = [require_component_config(loc.pipeline, "scheduler") for loc in (sketch, render)]
         classes = [cfg.get("_class_name") for cfg in raw]
         if classes != [SCHEDULER_CLASS, SCHEDULER_CLASS]:
             return [
@@ -294,8 +285,8 @@ class Wan22Family(WanFamily):
         self._render = locate(config.render_path, render=True)
         self._boundary_ratio = float((read_model_index(self._sketch.pipeline) or {})["boundary_ratio"])
         vae_folder = pipeline_folder(config.vae_path) if config.vae_path else self._render.pipeline
-        self._vae_config = _with_defaults(AutoencoderKLWan, _require(vae_folder, "vae"))
-        self._render_transformer = _require(self._render.pipeline, self._render.subfolder)
+        self._vae_config = _with_defaults(AutoencoderKLWan, require_component_config(vae_folder, "vae"))
+        self._render_transformer = require_component_config(self._render.pipeline, self._render.subfolder)
         self._sketch_scheduler = self.load_scheduler(config.sketch_path)
         self._render_scheduler = self.load_render_scheduler(config)
 

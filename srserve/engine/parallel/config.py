@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch only for annotations: serving code checks a pool's degree without loading it
+    import torch
+
     from srserve.engine.families.base import ModelFamily
 
 

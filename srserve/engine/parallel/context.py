@@ -15,25 +15,26 @@ CUDA diffusers' own method runs.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import torch
 from diffusers.models._modeling_parallel import ContextParallelConfig
 from diffusers.models._modeling_parallel import ParallelConfig as DiffusersParallelConfig
+from torch.distributed.device_mesh import DeviceMesh
 
-if TYPE_CHECKING:
-    from srserve.engine.parallel.group import ParallelRuntime
+from srserve.engine.parallel.config import ParallelSpec
 
 
-def enable_context_parallel(model: torch.nn.Module, runtime: ParallelRuntime) -> None:
-    spec = runtime.spec
-    config = ContextParallelConfig(ulysses_degree=spec.ulysses, ring_degree=spec.ring, mesh=runtime.mesh)
-    shadowed = runtime.device.type == "cpu"
+def enable_context_parallel(
+    model: torch.nn.Module, spec: ParallelSpec, rank: int, device: torch.device, mesh: DeviceMesh
+) -> None:
+    """Split `model`'s token sequence over the mesh's ring and Ulysses dimensions (this rank's place in it)."""
+    config = ContextParallelConfig(ulysses_degree=spec.ulysses, ring_degree=spec.ring, mesh=mesh)
+    shadowed = device.type == "cpu"
     if shadowed:
 
         def resolve_on_cpu(cp: ContextParallelConfig) -> DiffusersParallelConfig:
             resolved = DiffusersParallelConfig(context_parallel_config=cp)
-            resolved.setup(runtime.rank, runtime.world_size, runtime.device, mesh=runtime.mesh)
+            resolved.setup(rank, spec.world_size, device, mesh=mesh)
             model._parallel_config = resolved
             return resolved
 

@@ -48,7 +48,7 @@ class ParallelRuntime:
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
         """Context parallel (Ulysses / ring) on a transformer whose attention backend is already set."""
         if self.spec.context_degree > 1:
-            enable_context_parallel(model, self)
+            enable_context_parallel(model, self.spec, self.rank, self.device, self.mesh)
         return model
 
     def agree(self, flag: bool) -> bool:

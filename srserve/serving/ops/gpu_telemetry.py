@@ -19,8 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from srserve.serving.config.telemetry import GpuTelemetryConfig
 from srserve.serving.ops import metrics
 
 logger = logging.getLogger("ray.serve")
@@ -30,15 +29,6 @@ _REPORTED: set[str] = set()
 _REPORTED_LOCK = threading.Lock()
 # Re-export the last values this often, whatever the sampling interval (see the module docstring).
 GAUGE_REFRESH_S = 5.0
-
-
-class GpuTelemetryConfig(BaseModel):
-    """Per pool: whether and how often its replicas sample their GPUs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    interval_s: float = Field(5.0, gt=0, description="seconds between two samples")
 
 
 @dataclass(frozen=True)

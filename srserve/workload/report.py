@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from srserve.loadgen.records import RequestRecord
-from srserve.loadgen.stats import Summary, summarize
+from srserve.workload.records import RequestRecord
+from srserve.workload.stats import Summary, summarize
 
 
 class BenchReport(BaseModel):

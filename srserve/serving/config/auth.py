@@ -1,4 +1,8 @@
-"""Optional bearer-token authentication shared by the HTTP and gRPC APIs."""
+"""Optional bearer-token authentication shared by the HTTP and gRPC APIs: the config and its resolved check.
+
+The check lives beside its config because resolving the config yields it: the ingress calls
+`AuthConfig.resolve()` and holds the result, and nothing here needs a runtime module.
+"""
 
 from __future__ import annotations
 

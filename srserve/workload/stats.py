@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel
 
-from srserve.loadgen.records import RequestRecord
+from srserve.workload.records import RequestRecord
 
 
 def percentile(values: Sequence[float], q: float) -> float:

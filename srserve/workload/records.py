@@ -1,15 +1,16 @@
 """Per-request records built from the job store's timeline, and the pool busy intervals they imply.
 
-Timeline stamps (unix seconds) come from the server: `submitted` (job created), `encode_start`,
-`encode_end`, `sketch_start`, `sketch_end`, `render_start`, `decode_start`, `render_end`,
-`finished`. Replicas name which replica ran each stage (`sketch`/`render`, or `colocated`).
-Latency is `finished - submitted`, so client polling never adds to it.
+Timeline stamps (unix seconds, srserve.workload.timeline.MARKS) come from the server; replicas name
+which replica ran each stage (`sketch`/`render`, or `colocated`). Latency is `finished - submitted`,
+so client polling never adds to it.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from srserve.workload.timeline import Timeline
 
 COLOCATED = "colocated"
 SKETCH = "sketch"
@@ -42,10 +43,7 @@ class RequestRecord:
 
     @property
     def latency(self) -> float | None:
-        t = self.timeline
-        if not self.completed or "finished" not in t or "submitted" not in t:
-            return None
-        return t["finished"] - t["submitted"]
+        return self.stages().total if self.completed else None
 
     @property
     def met_slo(self) -> bool:
@@ -56,52 +54,44 @@ class RequestRecord:
     def layout(self) -> str:
         return COLOCATED if COLOCATED in self.replicas else "disaggregated"
 
-    def stage_start(self) -> float | None:
-        t = self.timeline
-        return t.get("encode_start", t.get("sketch_start"))
+    def stages(self) -> Timeline:
+        """The server's stamps read as stages (srserve.workload.timeline); a view, not a copy."""
+        return Timeline(self.timeline)
 
     def queue_waits(self) -> dict[str, float]:
         """Seconds each job waited for a pool: before its first stage, and between sketch and render."""
-        t = self.timeline
+        stages = self.stages()
         out: dict[str, float] = {}
-        start = self.stage_start()
-        if start is not None and "submitted" in t:
-            out[COLOCATED if self.layout == COLOCATED else SKETCH] = start - t["submitted"]
-        if self.layout != COLOCATED and "render_start" in t and "sketch_end" in t:
-            out[RENDER] = t["render_start"] - t["sketch_end"]
+        if (queue := stages.span("queue")) is not None:
+            out[COLOCATED if self.layout == COLOCATED else SKETCH] = queue
+        if self.layout != COLOCATED and (handoff := stages.span("handoff")) is not None:
+            out[RENDER] = handoff
         return out
 
     def busy_intervals(self) -> list[tuple[str, str, float, float]]:
         """(pool, replica, start, end) for every stage this job held a replica."""
-        t = self.timeline
-        start = self.stage_start()
+        stages = self.stages()
         out = []
         if self.layout == COLOCATED:
-            end = t.get("render_end", t.get("finished"))
-            if start is not None and end is not None:
-                out.append((COLOCATED, self.replicas[COLOCATED], start, end))
+            start = stages.start_mark
+            end = "render_end" if "render_end" in self.timeline else "finished"
+            if start is not None and (iv := stages.interval_between(start, end)) is not None:
+                out.append((COLOCATED, self.replicas[COLOCATED], *iv))
             return out
-        if start is not None and "sketch_end" in t:
-            out.append((SKETCH, self.replicas.get(SKETCH, "?"), start, t["sketch_end"]))
-        if "render_start" in t and "render_end" in t:
-            out.append((RENDER, self.replicas.get(RENDER, "?"), t["render_start"], t["render_end"]))
+        if (iv := stages.sketch_interval) is not None:
+            out.append((SKETCH, self.replicas.get(SKETCH, "?"), *iv))
+        if (iv := stages.render_interval) is not None:
+            out.append((RENDER, self.replicas.get(RENDER, "?"), *iv))
         return out
 
     def durations(self) -> dict[str, float]:
-        """Seconds per phase: queue (before the first stage), encode, sketch, handoff (sketch end to
-        render start, disaggregated only), render (denoising), decode (VAE + mp4), completion."""
-        t = self.timeline
-        start = "encode_start" if "encode_start" in t else "sketch_start"
-        spans = {
-            "queue": ("submitted", start),
-            "encode": ("encode_start", "encode_end"),
-            "sketch": ("encode_end" if "encode_end" in t else "sketch_start", "sketch_end"),
-            "handoff": ("sketch_end", "render_start"),
-            "render": ("render_start", "decode_start"),
-            "decode": ("decode_start", "render_end"),
-            "completion": ("render_end", "finished"),
-        }
-        return {name: t[b] - t[a] for name, (a, b) in spans.items() if a in t and b in t}
+        """Seconds per stage (srserve.workload.timeline.STAGES; a colocated replica's handoff is 0) and
+        completion: render end to the job store's `finished`."""
+        stages = self.stages()
+        out = stages.spans()
+        if (completion := stages.between("render_end", "finished")) is not None:
+            out["completion"] = completion
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -1,0 +1,98 @@
+"""The srserve application's config: the model pair, its pools, the ingress, auth, the job store, artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from srserve.engine.config import ModelPairConfig, srserve_home
+from srserve.serving.config.auth import AuthConfig
+from srserve.serving.config.grpc_tls import GrpcTlsConfig
+from srserve.serving.config.pools import PoolConfig
+from srserve.serving.control.artifacts import ArtifactStoreConfig
+from srserve.serving.control.database import JobStoreConfig, resolve_dsn
+from srserve.serving.control.load_switch import LoadSwitchConfig
+
+
+class IngressConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: int = Field(1, ge=1)
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.25})
+    max_ongoing_requests: int = Field(256, ge=1)
+    default_deadline_s: float | None = Field(None, gt=0, description="per-request deadline unless the client sets one")
+    retain_jobs: int = Field(1000, ge=1, description="finished jobs (and their videos) kept for retrieval")
+    retain_age_s: float | None = Field(
+        7 * 86400.0, gt=0, description="finished jobs older than this are deleted with their videos; None: no limit"
+    )
+    max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request (HTTP body or gRPC message)")
+    max_handoff_bytes: int = Field(1 << 30, ge=1024, description="largest uploaded handoff state")
+    max_attempts: int = Field(3, ge=1, description="tries per stage when a replica dies mid-request")
+    stall_timeout_s: float = Field(600.0, gt=0, description="a running job with no progress this long fails")
+    graceful_shutdown_timeout_s: float = Field(
+        900.0, ge=0, description="a replaced ingress keeps driving its running jobs this long before it stops"
+    )
+    lease_ttl_s: float = Field(
+        15.0, gt=0, description="a job whose driver stops heartbeating is taken over after this long"
+    )
+    claim_interval_s: float = Field(
+        1.0, gt=0, description="how often each ingress looks for jobs nobody drives, sweeps and expires"
+    )
+    load_switch: LoadSwitchConfig = Field(
+        LoadSwitchConfig(), description="the `load` switch policy's floor and SLO (docs/caching.md)"
+    )
+
+
+class ServingConfig(BaseModel):
+    """Everything `srserve serve` needs; loaded from YAML (see deploy/tiny.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app_name: str = "srserve"
+    model: ModelPairConfig | Literal["tiny"] = "tiny"
+    text_encoder_placement: Literal["sketch", "pool"] = "sketch"
+    # disaggregated: sketch and render pools; colocated: colocated_pool replicas hold both models
+    # and run whole requests (the WanPipeline-with-transformer_2 baseline, see serving/pools/colocated.py).
+    layout: Literal["disaggregated", "colocated"] = "disaggregated"
+    sketch_pool: PoolConfig = PoolConfig()
+    render_pool: PoolConfig = PoolConfig()
+    text_pool: PoolConfig = PoolConfig()
+    colocated_pool: PoolConfig = PoolConfig()
+    ingress: IngressConfig = IngressConfig()
+    auth: AuthConfig = AuthConfig()
+    grpc_tls: GrpcTlsConfig | None = None
+    job_store: JobStoreConfig = JobStoreConfig()
+    artifacts: ArtifactStoreConfig = ArtifactStoreConfig()
+
+    @model_validator(mode="after")
+    def _parallel_on_stage_pools_only(self) -> ServingConfig:
+        """Multi-device replicas run the sketch or the render loop SPMD; a text or colocated replica is one device."""
+        for name in ("text_pool", "colocated_pool"):
+            if getattr(self, name).parallel.enabled:
+                raise ValueError(f"{name}.parallel: only sketch_pool and render_pool take a parallel degree")
+        for name in ("sketch_pool", "render_pool"):
+            pool = getattr(self, name)
+            if pool.parallel.context_degree > 1 and "first_block" in (pool.cache.kind, *pool.cache_limits.kinds):
+                # Its skip decision would be taken per token slice: the ranks would diverge (docs/parallel.md).
+                raise ValueError(f"{name}: a first_block cache cannot run with ulysses/ring; use taylorseer or mag")
+        return self
+
+    def resolved(self) -> ServingConfig:
+        """The config the replicas get: the embedded server started and its DSN filled in (no DSN is
+        ever copied from `dsn_env` into the config), the local artifact folder made absolute."""
+        updates: dict[str, Any] = {}
+        if not self.job_store.dsn_env and not self.job_store.embedded_dsn:
+            dsn = resolve_dsn(self.job_store, self.app_name)
+            updates["job_store"] = self.job_store.model_copy(update={"embedded_dsn": dsn})
+        if self.artifacts.kind == "local":
+            path = Path(self.artifacts.path) if self.artifacts.path else srserve_home() / "artifacts"
+            updates["artifacts"] = self.artifacts.model_copy(update={"path": str(path.absolute())})
+        return self.model_copy(update=updates)
+
+    def model_pair(self, write_tiny: bool = True) -> ModelPairConfig:
+        """The pair to load; `tiny` is written on first use unless `write_tiny` is off."""
+        if self.model == "tiny":
+            return ModelPairConfig.tiny(write=write_tiny, num_threads=1)
+        return self.model
