@@ -4,6 +4,7 @@ encoding (a `srserve_job_id` field) and in text (`job_id=...`); concurrent jobs 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 
@@ -15,7 +16,6 @@ from srserve.serving.ops.job_logging import (
     JOB_ID_FIELD,
     bind_job,
     install_job_log_filter,
-    job_context,
     log_job_finished,
 )
 
@@ -43,10 +43,14 @@ def job_log():
 
 def test_lines_inside_a_job_carry_its_id_and_others_do_not(job_log) -> None:
     logger, records = job_log
-    logger.info("before")
-    with job_context("video_abc"):
+
+    def in_job() -> None:  # a task or thread of its own, as a job's driver and stages run in
+        bind_job("video_abc")
         logger.info("sketch step %d/%d", 3, 10)
         logger.warning("job %s: replica lost", "video_abc")  # already names the job: not repeated
+
+    logger.info("before")
+    contextvars.copy_context().run(in_job)
     logger.info("after")
     assert [getattr(r, JOB_ID_FIELD, None) for r in records] == [None, "video_abc", "video_abc", None]
     assert records[1].getMessage() == "job_id=video_abc sketch step 3/10"

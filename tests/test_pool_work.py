@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from srserve.serving.control.jobs import Job, JobState
+from srserve.serving.control.pool_work import estimate_pool_work, expected_sketch_steps, measure_stage_times
 from srserve.serving.control.store import JobStore, ProgressUpdate
-from srserve.serving.ops.pool_work import estimate_pool_work, expected_sketch_steps, measure_stage_times
 
 T0 = 1_000.0
 S = JobState
@@ -32,8 +32,8 @@ async def _jobs_in_store(dsn: str) -> dict[str, Job]:
         await store.create(job_id, _request(FIXED5), 20, None, "o", 30, limits)
         return (await store.begin_attempt(job_id, "sketch", "o", 3)).fence
 
-    def up(job_id, fence, state=None, step=None, total=None, stamps=None, info=None):
-        return ProgressUpdate(job_id, fence, state, step, total, stamps or {}, None, info or {})
+    def up(job_id, fence, state=None, step=None, total=None, stamps=None):
+        return ProgressUpdate(job_id, fence, state, step, total, stamps or {})
 
     fence = await new("done")
     stamps = {

@@ -20,6 +20,7 @@ class EventHub:
         self.store = store
         self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task | None = None
+        self.listening = asyncio.Event()  # set once LISTEN srserve_events is in place (again after each reconnect)
 
     def start(self) -> EventHub:
         self._task = asyncio.get_event_loop().create_task(self._listen())
@@ -27,6 +28,8 @@ class EventHub:
 
     async def _listen(self) -> None:
         async for job_id in self.store.listen(EVENTS_CHANNEL):
+            if not job_id:
+                self.listening.set()
             targets = self._waiters.get(job_id, ()) if job_id else [e for s in self._waiters.values() for e in s]
             for event in list(targets):
                 event.set()

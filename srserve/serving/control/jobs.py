@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -34,25 +33,6 @@ class ErrorCode(StrEnum):
     CANCELLED = "cancelled"
     INTERNAL = "internal"
     STALLED = "stalled"
-
-
-class Verdict(StrEnum):
-    """Why a worker stopped a job at a step boundary."""
-
-    CONTINUE = "continue"
-    CANCELLED = "cancelled"
-    DEADLINE = "deadline"
-    UNKNOWN = "unknown"
-    SUPERSEDED = "superseded"  # a newer attempt (fencing token) owns the job
-
-
-class JobStopped(Exception):
-    """A worker stopped a job because it was cancelled or ran past its deadline."""
-
-    def __init__(self, job_id: str, verdict: Verdict) -> None:
-        super().__init__(f"job {job_id} stopped: {verdict.value}")
-        self.job_id = job_id
-        self.verdict = verdict
 
 
 @dataclass
@@ -100,7 +80,6 @@ class Job:
     # The load-aware switch's cap on the sketch steps and its reason (srserve.serving.control.load_switch).
     switch_cap: int | None = None
     switch_reason: str | None = None
-    events: list[JobEvent] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -122,22 +101,13 @@ class Job:
         return min(99, int(100 * done / n))
 
     def summary(self) -> dict[str, Any]:
-        """Everything but the event log, JSON-safe."""
+        """Everything a client may see, JSON-safe (not where the artifacts are, nor who drives the job)."""
         data = asdict(self)
-        for private in ("events", "video_key", "handoff_key", "lease_owner"):
+        for private in ("video_key", "handoff_key", "lease_owner"):
             data.pop(private)
         data["state"] = self.state.value
         data["progress"] = self.overall_progress()
         return data
-
-    def event(self, seq: int, message: str = "") -> JobEvent:
-        return JobEvent(
-            seq, self.id, self.state.value, self.step, self.total, self.overall_progress(), time.time(), message
-        )
-
-
-def now() -> float:
-    return time.time()
 
 
 def handoff_key(job_id: str, fence: int) -> str:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from srserve.engine.request import SwitchPolicy
 from srserve.serving.control.jobs import Job
-from srserve.serving.ops.pool_work import estimate_pool_work, measure_stage_times
+from srserve.serving.control.pool_work import estimate_pool_work, measure_stage_times
 
 REASONS = ("unmeasured", "adaptive", "balance", "slo", "floor")
 

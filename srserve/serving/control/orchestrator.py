@@ -7,7 +7,14 @@ durable point: a job with a handoff in artifact storage is rendered again, any o
 again. Each stage attempt gets a fencing token from the store, so a superseded attempt still
 running somewhere can no longer write. The stage calls are awaited; nothing here polls a replica.
 
-The pools are reached through `run_stage(stage, ticket)`, so this module knows nothing of Ray.
+Each stage answers a StageResult; what the job needs next follows from it. A stopped attempt's
+reason decides: a job that ended elsewhere (cancelled, failed, deleted) or was taken over by a newer
+attempt is let go; a job past its deadline is failed now (by whoever gets there first: it is
+recorded once); anything else leaves the job live under this orchestrator's lease, so the next
+attempt starts at once (within the attempt cap, past which the job fails with the last reason).
+
+The pools are reached through `run_stage(stage, ticket)`, so this module knows nothing of Ray; the
+serving layer's metrics and logs through the `on_job_ended` and `bind_job` hooks.
 """
 
 from __future__ import annotations
@@ -20,14 +27,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from srserve.serving.control.artifacts import ArtifactStore
+from srserve.serving.control.attempts import Outcome, StageResult, StageTicket, StopReason
 from srserve.serving.control.jobs import ErrorCode, Job, JobState, artifact_prefix
 from srserve.serving.control.store import AttemptsExhausted, JobStore, StoreUnavailable, until_stored
-from srserve.serving.ops.job_logging import bind_job, log_job_finished
-from srserve.serving.ops.metrics import record_job_finished
 
 logger = logging.getLogger("ray.serve")
 
-RunStage = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+RunStage = Callable[[str, StageTicket], Awaitable[StageResult]]
+# A stopped attempt whose job is no longer this orchestrator's to drive: it ended elsewhere, or a newer attempt owns it.
+LET_GO = frozenset({StopReason.CANCELLED, StopReason.ENDED, StopReason.UNKNOWN, StopReason.SUPERSEDED})
 EXPIRE_EVERY = 10  # retention runs every this many claim intervals
 
 
@@ -55,84 +63,101 @@ class Orchestrator:
         settings: OrchestratorSettings,
         run_stage: RunStage,
         replica_lost: Callable[[BaseException], bool],
+        *,
+        on_job_ended: Callable[[Job], Any] = lambda job: None,
+        bind_job: Callable[[str], Any] = lambda job_id: None,
     ) -> None:
+        """`on_job_ended` gets each job this orchestrator ended other than by completing (metrics, the
+        summary log line); `bind_job` runs first in each job's driving task (job-scoped logging)."""
         self.store = store
         self.artifacts = artifacts
         self.owner = owner
         self.settings = settings
         self.run_stage = run_stage
         self.replica_lost = replica_lost
+        self.on_job_ended = on_job_ended
+        self.bind_job = bind_job
         self._tasks: dict[str, asyncio.Task] = {}
         self._loop_task: asyncio.Task | None = None
 
     # -- driving ----------------------------------------------------------------------------
-    def drive(self, job_id: str) -> None:
-        """Drive a job this orchestrator holds the lease of (admitted here, or claimed)."""
-        if job_id in self._tasks:
-            return
+    def drive(self, job_id: str) -> asyncio.Task:
+        """Drive a job this orchestrator holds the lease of (admitted here, or claimed); the task doing it."""
+        if (task := self._tasks.get(job_id)) is not None:
+            return task
         task = asyncio.get_running_loop().create_task(self._drive(job_id))
         self._tasks[job_id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(job_id, None))
+        return task
 
     @property
     def driving(self) -> int:
         return len(self._tasks)
 
     async def _drive(self, job_id: str) -> None:
-        bind_job(job_id)  # this task's log lines carry the job id
+        self.bind_job(job_id)  # this task's log lines carry the job id
         try:
-            while await self._attempt(job_id):
-                pass
+            again, failure = await self._attempt(job_id, None)
+            while again:
+                again, failure = await self._attempt(job_id, failure)
         except StoreUnavailable as exc:  # for longer than until_stored waits: the lease lapses, another resumes
             logger.warning("job %s: store unreachable (%s); leaving it to be resumed", job_id, exc)
         except Exception as exc:  # anything unforeseen: the job must not stay in a running state
             logger.warning("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
             with contextlib.suppress(StoreUnavailable):
-                before = await self.store.get(job_id)
-                if before is not None and not before.terminal:
-                    await self.store.fail(job_id, ErrorCode.INTERNAL, short_error(exc))
-                    self._finished(await self.store.get(job_id))
+                self._ended(await self.store.fail(job_id, ErrorCode.INTERNAL, short_error(exc)))
 
-    async def _attempt(self, job_id: str) -> bool:
-        """One stage attempt (the one the job needs next, decided by the store); True while the job goes on."""
+    async def _attempt(self, job_id: str, last_failure: str | None) -> tuple[bool, str | None]:
+        """One stage attempt (the one the job needs next, decided by the store): whether another
+        follows, and what went wrong in this one (None: nothing did)."""
         try:
             attempt = await until_stored(
-                lambda: self.store.begin_attempt(job_id, None, self.owner, self.settings.max_attempts)
+                lambda: self.store.begin_attempt(job_id, None, self.owner, self.settings.max_attempts, last_failure)
             )
         except AttemptsExhausted as exc:  # failed here, with the reason: this orchestrator ended it
-            self._finished(exc.job)
-            return False
+            self._ended(exc.job)
+            return False, None
         if attempt is None:  # ended elsewhere (cancelled, swept), or taken over
-            return False
+            return False, None
         stage = "render" if attempt.state == JobState.HANDED_OFF else "sketch"
-        ticket = {
-            "job_id": job_id,
-            "fence": attempt.fence,
-            "request": attempt.request,
-            "deadline": attempt.deadline,
-            "handoff_key": attempt.handoff_key,
-        }
+        ticket = StageTicket(job_id, attempt.fence, attempt.request, attempt.deadline, attempt.handoff_key)
         try:
-            out = await self.run_stage(stage, ticket)
+            result = await self.run_stage(stage, ticket)
         except Exception as exc:
             if self.replica_lost(exc):
                 logger.warning("job %s: %s replica lost (%s); trying again", job_id, stage, short_error(exc))
-                return True
+                return True, f"{stage} replica lost: {short_error(exc)}"
             raise
-        outcome = out.get("outcome")
-        if outcome == "handoff_lost":
-            logger.warning("job %s: handoff %s missing from storage; sketching again", job_id, ticket["handoff_key"])
-            await until_stored(lambda: self.store.drop_handoff(job_id, self.owner))
-            return True
-        if outcome == "stopped":  # whoever ended the job (cancel, the sweep) recorded it
-            return False
-        return outcome == "handed_off"
+        return await self._settle(job_id, stage, ticket, result)
 
-    def _finished(self, job: Job | None) -> None:
-        """Metrics and the summary log line of a job that ended other than by completing."""
-        if job is not None and job.terminal and job.error_code is not None:
-            record_job_finished(job)
-            log_job_finished(job)
+    async def _settle(
+        self, job_id: str, stage: str, ticket: StageTicket, result: StageResult
+    ) -> tuple[bool, str | None]:
+        """What the job needs after a stage answered `result` (see the module docstring)."""
+        if result.outcome == Outcome.HANDED_OFF:
+            return True, None
+        if result.outcome == Outcome.COMPLETED:  # the render replica recorded it
+            return False, None
+        if result.outcome == Outcome.HANDOFF_LOST:
+            logger.warning("job %s: handoff %s missing from storage; sketching again", job_id, ticket.handoff_key)
+            await until_stored(lambda: self.store.drop_handoff(job_id, self.owner))
+            return True, None
+        reason = result.reason
+        if reason in LET_GO:
+            return False, None
+        if reason == StopReason.DEADLINE:  # end it now rather than at the next sweep
+            self._ended(
+                await until_stored(lambda: self.store.fail(job_id, ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded"))
+            )
+            return False, None
+        why = f"{stage} stopped: " + (f"the store refused its write ({reason.value})" if reason else "no reason given")
+        logger.warning("job %s: %s; trying again", job_id, why)
+        return True, why
+
+    def _ended(self, job: Job | None) -> None:
+        """Metrics and the summary log line of a job this orchestrator ended (never one that completed)."""
+        if job is not None and job.terminal:
+            self.on_job_ended(job)
 
     # -- leases, resumption, sweeping, retention -----------------------------------------------
     def start(self) -> None:
@@ -159,7 +184,7 @@ class Orchestrator:
             logger.info("job %s: resuming (lease taken over by %s)", job_id, self.owner)
             self.drive(job_id)
         for job in await self.store.sweep(s.stall_timeout_s):
-            self._finished(job)
+            self._ended(job)
         if expire:
             await self.expire()
         return claimed

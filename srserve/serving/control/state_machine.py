@@ -7,7 +7,9 @@ A job only moves backwards when a new attempt of a stage starts after the last o
 sketch restarts from `queued` (nothing of it was durable), the render from `handed_off` (the
 handoff is in artifact storage). Every attempt carries a fencing token (the job's `fence`, bumped
 when the attempt starts); the store refuses any write that carries an older token, so a replica
-still working on a superseded attempt can never overwrite its successor. Plain Python, no I/O.
+still working on a superseded attempt can never overwrite its successor, and any write asking for a
+move `can_move` does not allow (both refusals are StopReasons, not exceptions: the worker stops and
+the orchestrator decides). Plain Python, no I/O.
 """
 
 from __future__ import annotations
@@ -32,28 +34,11 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
 # Where a new attempt of each stage starts, and the states it may be started from: a render from
 # any render-phase state (the handoff is durable); a sketch from any live state (nothing durable
 # came of the last attempt, e.g. a colocated replica that died mid-render holds no handoff).
-STAGES = ("sketch", "render")
 RESUME_STATE = {"sketch": S.QUEUED, "render": S.HANDED_OFF}
 RESUMABLE_FROM = {
     "sketch": frozenset({S.QUEUED, S.ENCODING, S.SKETCHING, S.HANDED_OFF, S.RENDERING, S.DECODING}),
     "render": frozenset({S.HANDED_OFF, S.RENDERING, S.DECODING}),
 }
-
-
-class IllegalTransition(ValueError):
-    """A write asked for a state change the machine does not allow."""
-
-    def __init__(self, job_id: str, current: JobState, requested: JobState) -> None:
-        super().__init__(f"job {job_id}: {current.value} -> {requested.value} is not allowed")
-        self.current, self.requested = current, requested
-
-
-class StaleAttempt(RuntimeError):
-    """A write carried a fencing token older than the job's: a newer attempt owns the job now."""
-
-    def __init__(self, job_id: str, fence: int, current: int) -> None:
-        super().__init__(f"job {job_id}: attempt {fence} is stale (current attempt {current})")
-        self.fence, self.current = fence, current
 
 
 def can_move(current: JobState, requested: JobState) -> bool:
@@ -63,18 +48,8 @@ def can_move(current: JobState, requested: JobState) -> bool:
     return requested in ALLOWED[current]
 
 
-def check_move(job_id: str, current: JobState, requested: JobState) -> None:
-    if not can_move(current, requested):
-        raise IllegalTransition(job_id, current, requested)
-
-
 def next_stage(state: JobState, has_handoff: bool) -> str | None:
     """The stage an attempt must run for a live job: render once a handoff is durable, else sketch."""
     if state in TERMINAL_STATES:
         return None
     return "render" if has_handoff else "sketch"
-
-
-def check_fence(job_id: str, fence: int, current: int) -> None:
-    if fence != current:
-        raise StaleAttempt(job_id, fence, current)

@@ -4,7 +4,13 @@ Every replica (ingress or worker) opens its own small connection pool; none hold
 anything. Writes go through the state machine (srserve.serving.control.state_machine): an attempt's
 write carries its fencing token and is refused when a newer attempt owns the job. Changes are
 announced with NOTIFY: `srserve_events` (payload: job id) wakes progress streams, `srserve_stop`
-(payload: job id) reaches the replicas running a job that was cancelled or ran out of time.
+(payload: `reason:job id`) reaches the replicas running a job that was cancelled or failed.
+
+A write the store refuses comes back as a StopReason (srserve.serving.control.attempts), never as an
+exception: the worker stops, the orchestrator decides what the job needs next.
+
+Wall-clock times (creation, deadlines, progress, completion) come from `clock`, which tests control;
+leases run on the database server's clock, one clock for every process that heartbeats or claims.
 
 When the server cannot be reached, calls raise StoreUnavailable (HTTP 503, gRPC UNAVAILABLE)
 within `timeout_s`, so clients get a clear answer and nothing is half-accepted.
@@ -17,8 +23,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -26,6 +32,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from srserve.serving.control.attempts import StopReason
 from srserve.serving.control.errors import Overloaded, StoreUnavailable
 from srserve.serving.control.jobs import (
     RENDER_PHASE,
@@ -57,9 +64,35 @@ class AttemptsExhausted(RuntimeError):
         self.job = job
 
 
-@dataclass
+def stop_payload(job_id: str, reason: StopReason) -> str:
+    return f"{reason.value}:{job_id}"
+
+
+def parse_stop(payload: str) -> tuple[str, StopReason]:
+    """(job id, reason) of a `srserve_stop` payload (a bare job id, as older servers sent: ended)."""
+    reason, sep, job_id = payload.partition(":")
+    try:
+        return (job_id, StopReason(reason)) if sep else (payload, StopReason.ENDED)
+    except ValueError:
+        return payload, StopReason.ENDED
+
+
+def ended_reason(job: Job) -> StopReason:
+    """Why a finished job's attempts must stop."""
+    if job.state == JobState.CANCELLED:
+        return StopReason.CANCELLED
+    if job.error_code == ErrorCode.DEADLINE_EXCEEDED:
+        return StopReason.DEADLINE
+    return StopReason.ENDED
+
+
+_LATEST = ("state", "step", "total", "replica", "switch_step", "handoff_bytes", "latents_sha256")
+
+
+@dataclass(frozen=True)
 class ProgressUpdate:
-    """One attempt's report: a state and step, stage stamps, replica, details. Batched by workers."""
+    """One attempt's report: a state and step, stage stamps, the replica, and what the stage learnt
+    about the job (its switch step, handoff size, final latents' digest). Batched by workers."""
 
     job_id: str
     fence: int
@@ -68,7 +101,16 @@ class ProgressUpdate:
     total: int | None = None
     stamps: dict[str, float] = field(default_factory=dict)
     replica: tuple[str, str] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    switch_step: int | None = None
+    handoff_bytes: int | None = None
+    latents_sha256: str | None = None
+
+    def merged(self, newer: ProgressUpdate) -> ProgressUpdate:
+        """This update and a newer one of the same attempt and state as one (the newer wins, stamps add up)."""
+        assert (newer.job_id, newer.fence) == (self.job_id, self.fence)
+
+        newest = {k: getattr(newer, k) for k in _LATEST if getattr(newer, k) is not None}
+        return replace(self, stamps={**self.stamps, **newer.stamps}, **newest)
 
 
 def _job(row: dict[str, Any]) -> Job:
@@ -120,9 +162,12 @@ def migrations() -> list[tuple[int, str]]:
 class JobStore:
     """Async access to the srserve tables; open lazily inside the event loop that uses it."""
 
-    def __init__(self, dsn: str, pool_size: int = 4, timeout_s: float = 3.0) -> None:
+    def __init__(
+        self, dsn: str, pool_size: int = 4, timeout_s: float = 3.0, clock: Callable[[], float] = time.time
+    ) -> None:
         self.dsn = dsn
         self.timeout_s = timeout_s
+        self.clock = clock
         self._pool = AsyncConnectionPool(
             dsn,
             min_size=1,
@@ -208,7 +253,7 @@ class JobStore:
             "timeline": json.dumps(job.timeline),
             "replicas": json.dumps(job.replicas),
             "fence": job.fence,
-            "updated_at": time.time(),
+            "updated_at": self.clock(),
             **extra,
         }
         sets = ", ".join(f"{k} = %({k})s" for k in cols)
@@ -218,7 +263,7 @@ class JobStore:
         await conn.execute(
             "INSERT INTO srserve_job_events (job_id, state, step, total, progress, time, message) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (job.id, job.state.value, job.step, job.total, job.overall_progress(), time.time(), message),
+            (job.id, job.state.value, job.step, job.total, job.overall_progress(), self.clock(), message),
         )
         await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, job.id))
 
@@ -226,14 +271,14 @@ class JobStore:
         self, conn: psycopg.AsyncConnection, job: Job, state: JobState, code: ErrorCode | None, message: str
     ) -> None:
         job.state = state
-        job.completed_at = time.time()
+        job.completed_at = self.clock()
         job.timeline.setdefault("finished", job.completed_at)
         if code is not None:
             job.error_code, job.error = code.value, message
         await self._save(conn, job, lease_owner=None, lease_expires=None)
         await self._emit(conn, job, message or state.value)
         if state != JobState.COMPLETED:
-            await conn.execute("SELECT pg_notify(%s, %s)", (STOP_CHANNEL, job.id))
+            await conn.execute("SELECT pg_notify(%s, %s)", (STOP_CHANNEL, stop_payload(job.id, ended_reason(job))))
 
     # -- admission ------------------------------------------------------------------------
     async def create(
@@ -253,7 +298,7 @@ class JobStore:
         `handoff` (key, bytes, switch step) admits an uploaded handoff straight to `handed_off`;
         `switch_choice` (cap, reason) is the load-aware switch's decision for it.
         """
-        created = time.time()
+        created = self.clock()
         state = JobState.QUEUED if handoff is None else JobState.HANDED_OFF
         async with self._tx() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADMISSION_LOCK,))
@@ -364,12 +409,15 @@ class JobStore:
             return [_job(r) for r in await cur.fetchall()]
 
     # -- attempts (the orchestrator) ------------------------------------------------------
-    async def begin_attempt(self, job_id: str, stage: str | None, owner: str, max_attempts: int) -> Job | None:
+    async def begin_attempt(
+        self, job_id: str, stage: str | None, owner: str, max_attempts: int, last_failure: str | None = None
+    ) -> Job | None:
         """Start the next attempt of `stage` (None: the one the job needs next, from its last durable
         point): a new fencing token, the state reset to the stage's start.
 
         None when the job ended, or another orchestrator holds it. A job whose stage has used up its
-        attempts fails here with the reason, and AttemptsExhausted is raised.
+        attempts fails here with the reason (and `last_failure`, what ended the last attempt), and
+        AttemptsExhausted is raised.
         """
         async with self._tx() as conn:
             job = await self._lock_row(conn, job_id)
@@ -381,9 +429,8 @@ class JobStore:
                 raise ValueError(f"job {job_id}: a {stage} attempt cannot start from {job.state.value}")
             used = job.attempts.get(stage, 0)
             if used >= max_attempts:
-                await self._finish(
-                    conn, job, JobState.FAILED, ErrorCode.INTERNAL, f"{stage} failed {used} times; giving up"
-                )
+                why = f"{stage} failed {used} times; giving up" + (f" (last: {last_failure})" if last_failure else "")
+                await self._finish(conn, job, JobState.FAILED, ErrorCode.INTERNAL, why)
                 exhausted = job
             else:
                 exhausted = None
@@ -402,7 +449,7 @@ class JobStore:
             job.step, job.total = 0, 0
         else:
             job.step, job.total = job.switch_step or 0, job.num_steps
-        await self._save(conn, job, last_progress=time.time())
+        await self._save(conn, job, last_progress=self.clock())
         if restarted:
             await self._emit(conn, job, f"{stage} attempt {used + 1}")
         return job
@@ -454,36 +501,33 @@ class JobStore:
             return cur.rowcount
 
     # -- attempts' writes (the workers) ---------------------------------------------------
-    async def apply_progress(self, updates: list[ProgressUpdate]) -> dict[str, str]:
-        """Apply a batch of reports in one transaction; returns {job id: why} for the refused ones.
+    async def apply_progress(self, updates: list[ProgressUpdate]) -> dict[tuple[str, int], StopReason]:
+        """Apply a batch of reports in one transaction, in order; returns why each refused attempt
+        ((job id, fencing token)) was refused. Its later updates in the batch are skipped too.
 
-        Refused: the job ended (cancelled, failed, past its deadline), the attempt is stale, or the
-        state change is not allowed. The worker stops such a job at its next step.
+        Refused: the job ended (or is past its deadline: the worker stops now, whoever ends the job
+        records it once), the attempt is stale, or the state change is not allowed.
         """
-        refused: dict[str, str] = {}
+        refused: dict[tuple[str, int], StopReason] = {}
         if not updates:
             return refused
         async with self._tx() as conn:
             jobs: dict[str, Job | None] = {}
-            changed: dict[str, bool] = {}
+            changed: set[str] = set()
             for u in updates:
-                if u.job_id in refused:
+                if (u.job_id, u.fence) in refused:
                     continue
                 if u.job_id not in jobs:
                     jobs[u.job_id] = await self._lock_row(conn, u.job_id)
                 job = jobs[u.job_id]
                 why = self._refusal(job, u.fence, u.state)
-                if why is None and job is not None and job.deadline is not None and time.time() > job.deadline:
-                    why = "deadline"  # the worker stops now; the orchestrators' sweep fails the job (once)
+                if why is None and job is not None and job.deadline is not None and self.clock() > job.deadline:
+                    why = StopReason.DEADLINE
                 if why is not None:
-                    refused[u.job_id] = why
+                    refused[(u.job_id, u.fence)] = why
                     continue
                 assert job is not None
-                job.timeline.update(u.stamps)
-                if u.replica:
-                    job.replicas[u.replica[0]] = u.replica[1]
-                for key, value in u.info.items():
-                    setattr(job, key, value)
+                self._apply(job, u)
                 if u.state is not None:
                     moved = u.state != job.state or (u.step is not None and u.step != job.step)
                     job.state = u.state
@@ -491,49 +535,61 @@ class JobStore:
                     job.total = u.total if u.total is not None else job.total
                     if moved:
                         await self._emit(conn, job)
-                changed[u.job_id] = True
-            for job_id in changed:
+                changed.add(u.job_id)
+            for job_id in changed:  # what was applied (a job's refused updates changed nothing)
                 job = jobs[job_id]
-                if job is not None and job_id not in refused:
-                    await self._save(conn, job, last_progress=time.time())
+                assert job is not None
+                await self._save(conn, job, last_progress=self.clock())
         return refused
 
     @staticmethod
-    def _refusal(job: Job | None, fence: int, state: JobState | None) -> str | None:
+    def _apply(job: Job, u: ProgressUpdate) -> None:
+        job.timeline.update(u.stamps)
+        if u.replica:
+            job.replicas[u.replica[0]] = u.replica[1]
+        if u.switch_step is not None:
+            job.switch_step = u.switch_step
+        if u.handoff_bytes is not None:
+            job.handoff_bytes = u.handoff_bytes
+        if u.latents_sha256 is not None:
+            job.latents_sha256 = u.latents_sha256
+
+    @staticmethod
+    def _refusal(job: Job | None, fence: int, state: JobState | None) -> StopReason | None:
         if job is None:
-            return "unknown"
-        if job.state == JobState.CANCELLED:
-            return "cancelled"
+            return StopReason.UNKNOWN
         if job.state.value in TERMINAL:
-            return "deadline" if job.error_code == ErrorCode.DEADLINE_EXCEEDED else "ended"
+            return ended_reason(job)
         if fence != job.fence:
-            return "superseded"
+            return StopReason.SUPERSEDED
         if state is not None and not can_move(job.state, state):
-            return "illegal"
+            return StopReason.ILLEGAL
         return None
 
     async def record_handoff(
         self, job_id: str, fence: int, key: str, nbytes: int, switch_step: int, stamps: dict[str, float]
-    ) -> bool:
-        """The sketch's durable point: its handoff is in artifact storage. False when refused."""
-        return await self._stage_end(
-            job_id,
-            fence,
-            JobState.HANDED_OFF,
-            stamps,
-            handoff_key=key,
-            handoff_bytes=nbytes,
-            switch_step=switch_step,
-        )
+    ) -> Job | StopReason:
+        """The sketch's durable point: its handoff is in artifact storage. The job, or why it was refused."""
+        async with self._tx() as conn:
+            job = await self._lock_row(conn, job_id)
+            if (why := self._refusal(job, fence, JobState.HANDED_OFF)) is not None:
+                return why
+            assert job is not None
+            job.timeline.update(stamps)
+            job.handoff_key, job.handoff_bytes, job.switch_step = key, nbytes, switch_step
+            job.state, job.step, job.total = JobState.HANDED_OFF, switch_step, job.num_steps
+            await self._save(conn, job, last_progress=self.clock())
+            await self._emit(conn, job)
+            return job
 
     async def complete(
         self, job_id: str, fence: int, key: str, nbytes: int, stamps: dict[str, float], latents_sha256: str | None
-    ) -> Job | None:
-        """The render's durable point: the video is in artifact storage. None when refused."""
+    ) -> Job | StopReason:
+        """The render's durable point: the video is in artifact storage. The job, or why it was refused."""
         async with self._tx() as conn:
             job = await self._lock_row(conn, job_id)
-            if self._refusal(job, fence, JobState.COMPLETED) is not None:
-                return None
+            if (why := self._refusal(job, fence, JobState.COMPLETED)) is not None:
+                return why
             assert job is not None
             job.timeline.update(stamps)
             job.video_key, job.video_bytes = key, nbytes
@@ -543,32 +599,15 @@ class JobStore:
             await self._finish(conn, job, JobState.COMPLETED, None, "")
             return job
 
-    async def _stage_end(
-        self, job_id: str, fence: int, state: JobState, stamps: dict[str, float], **fields: Any
-    ) -> bool:
-        async with self._tx() as conn:
-            job = await self._lock_row(conn, job_id)
-            if self._refusal(job, fence, state) is not None:
-                return False
-            assert job is not None
-            job.timeline.update(stamps)
-            for key, value in fields.items():
-                setattr(job, key, value)
-            job.state = state
-            if state == JobState.HANDED_OFF:
-                job.step, job.total = job.switch_step or 0, job.num_steps
-            await self._save(conn, job, last_progress=time.time())
-            await self._emit(conn, job)
-            return True
-
     # -- ends -----------------------------------------------------------------------------
     async def fail(self, job_id: str, code: ErrorCode, message: str) -> Job | None:
+        """Fail a live job: the failed job when this call ended it, None when it had ended (or is unknown),
+        so that whoever ended it records the end, once."""
         async with self._tx() as conn:
             job = await self._lock_row(conn, job_id)
-            if job is None:
+            if job is None or job.state.value in TERMINAL:
                 return None
-            if job.state.value not in TERMINAL:
-                await self._finish(conn, job, JobState.FAILED, code, message)
+            await self._finish(conn, job, JobState.FAILED, code, message)
             return job
 
     async def cancel(self, job_id: str) -> Job | None:
@@ -592,7 +631,7 @@ class JobStore:
 
     async def sweep(self, stall_timeout_s: float) -> list[Job]:
         """Fail live jobs past their deadline, and running ones with no progress for `stall_timeout_s`."""
-        now = time.time()
+        now = self.clock()
         ended = []
         async with self._tx() as conn:
             cur = await conn.execute(
@@ -616,7 +655,7 @@ class JobStore:
 
         Returns the deleted jobs, whose artifacts (video, handoff) the caller deletes.
         """
-        cutoff = time.time() - retain_age_s if retain_age_s is not None else None
+        cutoff = self.clock() - retain_age_s if retain_age_s is not None else None
         async with self._tx() as conn:
             cur = await conn.execute(
                 "DELETE FROM srserve_jobs WHERE id IN (SELECT id FROM (SELECT id, completed_at, row_number() OVER "

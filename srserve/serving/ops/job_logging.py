@@ -11,10 +11,8 @@ encoding carries it too. Binding is a context variable: asyncio tasks and
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import logging
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -31,19 +29,6 @@ JOB_ID_FIELD = "srserve_job_id"
 def bind_job(job_id: str | None) -> contextvars.Token:
     """Attach `job_id` to every following log line of the current task or thread context."""
     return _JOB_ID.set(job_id)
-
-
-@contextlib.contextmanager
-def job_context(job_id: str | None) -> Iterator[None]:
-    token = _JOB_ID.set(job_id)
-    try:
-        yield
-    finally:
-        _JOB_ID.reset(token)
-
-
-def current_job() -> str | None:
-    return _JOB_ID.get()
 
 
 class JobIdFilter(logging.Filter):
@@ -68,17 +53,12 @@ def install_job_log_filter(names: tuple[str, ...] = JOB_LOGGERS) -> None:
             target.addFilter(JobIdFilter())
 
 
-def job_logger(name: str = "srserve") -> logging.Logger:
-    """A logger that carries the job id (installs the filter on first use)."""
-    install_job_log_filter()
-    return logging.getLogger(name)
-
-
 def log_job_finished(job: Job) -> None:
     """One key=value line per job at its final state: the outcome and where the time went."""
     t = job.timeline
     total = t["finished"] - t["submitted"] if "finished" in t and "submitted" in t else None
-    job_logger("ray.serve").info(
+    install_job_log_filter()  # the line carries the job id in its message and JSON field
+    logging.getLogger("ray.serve").info(
         "job finished state=%s error_code=%s steps=%d switch_step=%s switch_cap=%s switch_reason=%s handoff_bytes=%d "
         "total_s=%s replicas=%s",
         job.state.value,

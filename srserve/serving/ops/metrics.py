@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from srserve.serving.control.jobs import RENDER_PHASE, SKETCH_PHASE, Job, JobState
-from srserve.serving.ops.pool_work import PoolWork, estimate_pool_work, measure_stage_times
+from srserve.serving.control.pool_work import PoolWork, estimate_pool_work, measure_stage_times
+from srserve.workload.timeline import Timeline
 
 if TYPE_CHECKING:
     from srserve.serving.ops.gpu_telemetry import GpuSample
@@ -45,16 +46,6 @@ STEP_SECONDS_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 SWITCH_STEP_BUCKETS = [k + 0.5 for k in range(31)] + [40.5, 50.5, 75.5, 100.5, 200.5]
 FRACTION_BUCKETS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0]
 BYTES_BUCKETS = [float(1 << k) for k in range(12, 35, 2)]  # 4 KiB .. 16 GiB
-
-# (stage name, start stamp, end stamp) over the job timeline the workers report.
-STAGES = (
-    ("queue", "submitted", "encode_start"),
-    ("encode", "encode_start", "encode_end"),
-    ("sketch", "sketch_start", "sketch_end"),
-    ("handoff", "sketch_end", "render_start"),
-    ("render", "render_start", "decode_start"),
-    ("decode", "decode_start", "render_end"),
-)
 
 
 @functools.cache
@@ -179,22 +170,13 @@ GPU_FIELDS = (
 )
 
 
-def _span(timeline: dict[str, float], start: str, end: str) -> float | None:
-    if start in timeline and end in timeline and timeline[end] >= timeline[start]:
-        return timeline[end] - timeline[start]
-    return None
-
-
 def record_job_finished(job: Job) -> None:
     """Everything a finished job tells: its stage times, switch, handoff and final state."""
     m = _metrics()
-    t = job.timeline
-    for stage, start, end in STAGES:
-        if stage == "queue" and "encode_start" not in t:
-            end = "sketch_start"  # encoded elsewhere (text pool) or not at all
-        if (d := _span(t, start, end)) is not None:
-            m["stage"].observe(d, tags={"stage": stage})
-    if (d := _span(t, "submitted", "finished")) is not None:
+    t = Timeline.of(job.timeline)
+    for stage, d in t.spans().items():  # srserve.workload.timeline.STAGES
+        m["stage"].observe(d, tags={"stage": stage})
+    if (d := t.total) is not None:
         m["job"].observe(d, tags={"state": job.state.value})
     m["jobs_total"].inc(1, tags={"state": job.state.value, "error_code": job.error_code or ""})
     if job.switch_step is None:
@@ -202,14 +184,14 @@ def record_job_finished(job: Job) -> None:
     m["switch_step"].observe(max(job.switch_step, 0))
     if job.num_steps:
         m["switch_fraction"].observe(job.switch_step / job.num_steps)
-    if job.switch_step and (d := _span(t, "sketch_start", "sketch_end")) is not None:
+    if job.switch_step and (d := t.span("sketch")) is not None:
         m["step"].observe(d / job.switch_step, tags={"pool": "sketch"})
     render_steps = job.num_steps - job.switch_step
-    if render_steps > 0 and (d := _span(t, "render_start", "decode_start")) is not None:
+    if render_steps > 0 and (d := t.span("render")) is not None:
         m["step"].observe(d / render_steps, tags={"pool": "render"})
     if job.handoff_bytes:
         m["handoff_bytes"].observe(job.handoff_bytes)
-    if (d := _span(t, "sketch_end", "render_start")) is not None:
+    if (d := t.span("handoff")) is not None:
         m["handoff_seconds"].observe(d)
 
 

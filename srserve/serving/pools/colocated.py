@@ -17,9 +17,11 @@ from typing import Any
 from ray import serve
 
 from srserve.engine import ALL_ROLES, ModelPairConfig
+from srserve.engine.families import EncodedPrompt
 from srserve.engine.request import ResolvedRequest
 from srserve.serving.config import ServingConfig
 from srserve.serving.control.artifacts import ArtifactStoreConfig
+from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.control.jobs import JobState
 from srserve.serving.pools import stages
@@ -34,10 +36,10 @@ class ColocatedWorker(PoolWorker):
     def __init__(self, model: ModelPairConfig, job_store: JobStoreConfig, artifacts: ArtifactStoreConfig) -> None:
         super().__init__(model, job_store, artifacts, ALL_ROLES)
 
-    async def sketch(self, ticket: dict[str, Any], encoded: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def sketch(self, ticket: StageTicket, encoded: EncodedPrompt | None = None) -> StageResult:
         """Named like the sketch pool's method so the orchestrator drives both layouts alike."""
         reporter = self.reporter(ticket, COLOCATED_STAGE)
-        request = ResolvedRequest.model_validate(ticket["request"])
+        request = ResolvedRequest.model_validate(ticket.request)
 
         def run():
             state = stages.sketch(self.engine, reporter, request, encoded)
@@ -50,11 +52,11 @@ class ColocatedWorker(PoolWorker):
                 state.switch_step,
                 n,
                 stamps={"sketch_end": now, "render_start": now},
-                info={"switch_step": state.switch_step},
+                switch_step=state.switch_step,
             )
             return stages.render(self.engine, reporter, state)
 
-        return await self.render_and_store(ticket, reporter, run)
+        return await self.render_and_store(reporter, run)
 
 
 def colocated_deployment(**options: Any):

@@ -201,7 +201,7 @@ class RankGroup:
         engine: SRDiffusionEngine,
         reporter: AttemptReporter,
         request: ResolvedRequest,
-        encoded: dict[str, Any] | None,
+        encoded: EncodedPrompt | None,
     ) -> HandoffState | None:
         """Rank 0 encodes, dispatches the job to every rank, steps with them and returns the handoff."""
         if reporter.cancelled():

@@ -9,6 +9,7 @@ from ray import serve
 from srserve.engine import HandoffState, ModelPairConfig, Role
 from srserve.engine.parallel import ParallelSpec
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStoreConfig
+from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.ops.metrics import timed_handoff
 from srserve.serving.pools import stages
@@ -25,19 +26,21 @@ class RenderWorker(PoolWorker):
     ) -> None:
         super().__init__(model, job_store, artifacts, frozenset({Role.RENDER, Role.DECODE}), parallel)
 
-    async def render(self, ticket: dict[str, Any]) -> dict[str, Any]:
+    async def render(self, ticket: StageTicket) -> StageResult:
         reporter = self.reporter(ticket, "render")
+        if ticket.handoff_key is None:
+            return StageResult.handoff_lost()
         try:  # read before taking the compute lock: overlaps the job running now
-            blob = await self.artifacts.get_async(ticket["handoff_key"])
+            blob = await self.artifacts.get_async(ticket.handoff_key)
         except ArtifactNotFound:
-            return {"outcome": "handoff_lost"}
+            return StageResult.handoff_lost()
 
         def run():
             state = timed_handoff("parse", lambda: HandoffState.from_bytes(blob))
             body = stages.render if self.ranks is None else self.ranks.render  # one device, or SPMD on the ranks
             return body(self.engine, reporter, state)
 
-        return await self.render_and_store(ticket, reporter, run)
+        return await self.render_and_store(reporter, run)
 
 
 def render_deployment(**options: Any):

@@ -8,14 +8,16 @@ from typing import Any
 from ray import serve
 
 from srserve.engine import ModelPairConfig, Role
+from srserve.engine.families import EncodedPrompt
 from srserve.engine.parallel import ParallelSpec
 from srserve.engine.request import ResolvedRequest
 from srserve.serving.control.artifacts import ArtifactStoreConfig
+from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.control.jobs import JobState
 from srserve.serving.ops.metrics import timed_handoff
 from srserve.serving.pools import stages
-from srserve.serving.pools.worker import PoolWorker, stopped
+from srserve.serving.pools.worker import PoolWorker
 
 
 class SketchWorker(PoolWorker):
@@ -30,9 +32,9 @@ class SketchWorker(PoolWorker):
         roles = {Role.SKETCH} | ({Role.TEXT} if encode_here else set())
         super().__init__(model, job_store, artifacts, frozenset(roles), parallel)
 
-    async def sketch(self, ticket: dict[str, Any], encoded: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def sketch(self, ticket: StageTicket, encoded: EncodedPrompt | None = None) -> StageResult:
         reporter = self.reporter(ticket, "sketch")
-        request = ResolvedRequest.model_validate(ticket["request"])
+        request = ResolvedRequest.model_validate(ticket.request)
 
         def run():
             body = stages.sketch if self.ranks is None else self.ranks.sketch  # one device, or SPMD on the ranks
@@ -40,14 +42,14 @@ class SketchWorker(PoolWorker):
             if state is None:
                 return None
             blob = timed_handoff("serialize", state.to_bytes)
-            reporter.report(JobState.SKETCHING, state.switch_step, state.switch_step, info={"handoff_bytes": len(blob)})
+            reporter.report(JobState.SKETCHING, state.switch_step, state.switch_step, handoff_bytes=len(blob))
             return state, blob, time.time()
 
         out = await self.compute(reporter.job_id, run)
         if out is None:
-            return stopped(reporter)
+            return reporter.stopped()
         state, blob, end = out
-        return await self.hand_off(ticket, state, blob, {"sketch_end": end})
+        return await self.hand_off(reporter, state.switch_step, blob, {"sketch_end": end})
 
 
 def sketch_deployment(**options: Any):

@@ -1,7 +1,7 @@
 """The stage bodies the pools run on their compute thread, shared by the split and colocated layouts.
 
 Each reports through an AttemptReporter (never waiting on the store) and returns None when the job
-was stopped at a step boundary (the reporter's verdict says why).
+was stopped at a step boundary (the reporter's `reason` says why).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -29,16 +28,14 @@ def encode(engine: SRDiffusionEngine, reporter: AttemptReporter, request: Resolv
 
 
 def prompt(
-    engine: SRDiffusionEngine, reporter: AttemptReporter, request: ResolvedRequest, encoded: dict[str, Any] | None
+    engine: SRDiffusionEngine, reporter: AttemptReporter, request: ResolvedRequest, encoded: EncodedPrompt | None
 ) -> EncodedPrompt:
     """The prompt's embeddings: from the text pool when it sent them, else encoded here."""
-    if encoded is None:
-        return encode(engine, reporter, request)
-    return EncodedPrompt(encoded["prompt_embeds"], encoded["negative_prompt_embeds"])
+    return encode(engine, reporter, request) if encoded is None else encoded
 
 
 def sketch(
-    engine: SRDiffusionEngine, reporter: AttemptReporter, request: ResolvedRequest, encoded: dict[str, Any] | None
+    engine: SRDiffusionEngine, reporter: AttemptReporter, request: ResolvedRequest, encoded: EncodedPrompt | None
 ) -> HandoffState | None:
     """The prompt (`encoded` by the text pool, else here) and the large model's steps; the handoff
     state, or None when stopped."""
@@ -106,6 +103,6 @@ def decode(
     """The VAE decode and the mp4 of the final latents: (video, latents digest, stamps)."""
     n = state.num_steps
     digest = latents_digest(latents)
-    reporter.report(JobState.DECODING, n, n, stamps={"decode_start": time.time()}, info={"latents_sha256": digest})
+    reporter.report(JobState.DECODING, n, n, stamps={"decode_start": time.time()}, latents_sha256=digest)
     video = engine.export(engine.decode(latents), state.request.fps)
     return video, digest, {"render_end": time.time()}

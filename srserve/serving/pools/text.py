@@ -7,8 +7,10 @@ from typing import Any
 from ray import serve
 
 from srserve.engine import ModelPairConfig, Role
+from srserve.engine.families import EncodedPrompt
 from srserve.engine.request import ResolvedRequest
 from srserve.serving.control.artifacts import ArtifactStoreConfig
+from srserve.serving.control.attempts import StageTicket
 from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.pools import stages
 from srserve.serving.pools.worker import PoolWorker
@@ -18,17 +20,13 @@ class TextEncoderWorker(PoolWorker):
     def __init__(self, model: ModelPairConfig, job_store: JobStoreConfig, artifacts: ArtifactStoreConfig) -> None:
         super().__init__(model, job_store, artifacts, frozenset({Role.TEXT}))
 
-    async def encode(self, ticket: dict[str, Any]) -> dict[str, Any]:
+    async def encode(self, ticket: StageTicket) -> EncodedPrompt:
         """The embeddings travel to the sketch replica through Ray's object store (not a durable point)."""
         reporter = self.reporter(ticket, "encode")
-        request = ResolvedRequest.model_validate(ticket["request"])
+        request = ResolvedRequest.model_validate(ticket.request)
         encoded = await self.compute(reporter.job_id, lambda: stages.encode(self.engine, reporter, request))
-        return {
-            "prompt_embeds": encoded.prompt_embeds.cpu(),
-            "negative_prompt_embeds": (
-                None if encoded.negative_prompt_embeds is None else encoded.negative_prompt_embeds.cpu()
-            ),
-        }
+        negative = encoded.negative_prompt_embeds
+        return EncodedPrompt(encoded.prompt_embeds.cpu(), None if negative is None else negative.cpu())
 
 
 def text_deployment(**options: Any):

@@ -23,10 +23,9 @@ from ray import serve
 from srserve.engine import ModelPairConfig, Role, SRDiffusionEngine
 from srserve.engine.parallel import ParallelSpec
 from srserve.serving.control.artifacts import ArtifactStore, ArtifactStoreConfig
+from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import JobStoreConfig, open_store
-from srserve.serving.control.jobs import handoff_key, video_key
 from srserve.serving.control.progress import AttemptReporter, ProgressChannel
-from srserve.serving.control.store import until_stored
 from srserve.serving.ops.job_logging import bind_job, log_job_finished
 from srserve.serving.ops.metrics import record_job_finished
 from srserve.serving.ops.replica_operations import ReplicaOperations
@@ -40,12 +39,6 @@ def replica_id() -> str:
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # outside a replica (unit tests)
         return "local"
-
-
-def stopped(reporter: AttemptReporter) -> dict[str, Any]:
-    """A stage's answer when its job stopped at a step boundary (cancel, deadline, newer attempt)."""
-    verdict = reporter.verdict.value if reporter.verdict is not None else "cancelled"
-    return {"outcome": "stopped", "verdict": verdict}
 
 
 class PoolWorker(ReplicaOperations):
@@ -78,7 +71,7 @@ class PoolWorker(ReplicaOperations):
         if self.ranks is not None:
             await asyncio.to_thread(self.ranks.check)
 
-    def reporter(self, ticket: dict[str, Any], stage: str) -> AttemptReporter:
+    def reporter(self, ticket: StageTicket, stage: str) -> AttemptReporter:
         return AttemptReporter(self.progress, ticket, stage, replica_id())
 
     async def stats(self) -> dict[str, Any]:
@@ -108,38 +101,20 @@ class PoolWorker(ReplicaOperations):
 
         return await asyncio.to_thread(locked)
 
-    async def hand_off(self, ticket: dict[str, Any], state: Any, blob: bytes, stamps: dict[str, float]) -> dict:
-        """The sketch's durable point: handoff bytes to artifact storage, then the store (fenced)."""
-        job_id, fence = ticket["job_id"], ticket["fence"]
-        key = handoff_key(job_id, fence)
-        await asyncio.gather(self.artifacts.put_async(key, blob), self.progress.flush())
-        ok = await until_stored(
-            lambda: self.store.record_handoff(job_id, fence, key, len(blob), state.switch_step, stamps)
-        )
-        if not ok:
-            await self.artifacts.delete_async(key)
-            return {"outcome": "stopped", "verdict": "refused"}
-        return {"outcome": "handed_off", "handoff_key": key, "switch_step": state.switch_step}
+    async def hand_off(
+        self, reporter: AttemptReporter, switch_step: int, blob: bytes, stamps: dict[str, float]
+    ) -> StageResult:
+        """The sketch's durable point (srserve.serving.control.progress.AttemptReporter.hand_off)."""
+        return await reporter.hand_off(self.artifacts, blob, switch_step, stamps)
 
-    async def render_and_store(self, ticket: dict[str, Any], reporter: AttemptReporter, run: Callable[[], Any]) -> dict:
+    async def render_and_store(self, reporter: AttemptReporter, run: Callable[[], Any]) -> StageResult:
         """Compute a stage body ending in the mp4 (`run`: (video, digest, stamps), or None when stopped),
         then store it: the render pool's and the colocated pool's common end."""
         out = await self.compute(reporter.job_id, run)
         if out is None:
-            return stopped(reporter)
-        return await self.complete(ticket, *out)
-
-    async def complete(self, ticket: dict[str, Any], video: bytes, digest: str, stamps: dict[str, float]) -> dict:
-        """The render's durable point: the mp4 to artifact storage, then the store (fenced)."""
-        job_id, fence = ticket["job_id"], ticket["fence"]
-        key = video_key(job_id, fence)
-        await asyncio.gather(self.artifacts.put_async(key, video), self.progress.flush())
-        job = await until_stored(lambda: self.store.complete(job_id, fence, key, len(video), stamps, digest))
-        if job is None:
-            await self.artifacts.delete_async(key)
-            return {"outcome": "stopped", "verdict": "refused"}
-        if job.handoff_key:  # the handoff has served its purpose
-            await self.artifacts.delete_async(job.handoff_key)
-        record_job_finished(job)
-        log_job_finished(job)
-        return {"outcome": "completed", "video_bytes": len(video), "switch_step": job.switch_step}
+            return reporter.stopped()
+        result, job = await reporter.complete(self.artifacts, *out)
+        if job is not None:  # completed here: its end is recorded here
+            record_job_finished(job)
+            log_job_finished(job)
+        return result

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from srserve.serving.control.jobs import Job, JobState
+from srserve.workload.timeline import Timeline
 
 Pool = Literal["text", "sketch", "render", "colocated"]
 POOLS: tuple[Pool, ...] = ("text", "sketch", "render", "colocated")
@@ -60,12 +61,6 @@ class PoolWork:
         return {f"srserve_pool_{k}": float(v) for k, v in asdict(self).items() if k != "pool"}
 
 
-def _span(timeline: dict[str, float], start: str, end: str) -> float | None:
-    if start in timeline and end in timeline and timeline[end] >= timeline[start]:
-        return timeline[end] - timeline[start]
-    return None
-
-
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -81,22 +76,22 @@ def measure_stage_times(jobs: Iterable[Job], now: float, recent: int = RECENT_SA
     for job in reversed(list(jobs)):  # the store returns jobs in creation order: newest last
         if all(len(s) >= recent for s in samples):
             break
-        t = job.timeline
-        if (d := _span(t, "encode_start", "encode_end")) is not None:
+        t = Timeline.of(job.timeline)
+        if (d := t.span("encode")) is not None:
             encode.append(d)
         if job.switch_step:  # handed off: the whole sketch is known
-            if (d := _span(t, "sketch_start", "sketch_end")) is not None:
+            if (d := t.span("sketch")) is not None:
                 sketch.append(d / job.switch_step)
-        elif job.state == JobState.SKETCHING and job.step > 0 and "sketch_start" in t:
-            sketch.append(max(0.0, now - t["sketch_start"]) / job.step)
+        elif job.state == JobState.SKETCHING and job.step > 0 and "sketch_start" in t.marks:
+            sketch.append(max(0.0, now - t.marks["sketch_start"]) / job.step)
         if job.switch_step is not None and job.num_steps > job.switch_step:
-            if (d := _span(t, "render_start", "decode_start")) is not None:
+            if (d := t.span("render")) is not None:
                 render.append(d / (job.num_steps - job.switch_step))
-            elif job.state == JobState.RENDERING and job.step > job.switch_step and "render_start" in t:
-                render.append(max(0.0, now - t["render_start"]) / (job.step - job.switch_step))
+            elif job.state == JobState.RENDERING and job.step > job.switch_step and "render_start" in t.marks:
+                render.append(max(0.0, now - t.marks["render_start"]) / (job.step - job.switch_step))
         if job.switch_step is not None and job.num_steps and _switch(job).get("kind") == "adaptive":
             switch_fraction.append(job.switch_step / job.num_steps)
-        if (d := _span(t, "decode_start", "render_end")) is not None:
+        if (d := t.span("decode")) is not None:
             decode.append(d)
     return StageTimes(*(_median(s[:recent]) for s in samples))
 
