@@ -31,10 +31,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from srserve.engine.config import TINY_DEFAULTS
-from srserve.engine.request import GenerationRequest, resolve_request
+from srserve.engine.grammar import integer_range_pattern
+from srserve.engine.request import MAX_STEPS, GenerationRequest, SwitchPolicy, resolve_request
 from srserve.serving.api import schemas
-from srserve.serving.api.http import openapi_document, to_generation_fields
-from srserve.serving.api.schemas import parse_create
+from srserve.serving.api.http import openapi_document
+from srserve.serving.api.schemas import create_request, parse_create
 from srserve.serving.control.errors import InvalidRequest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,8 +204,8 @@ _BODY = st.builds(
 def server_accepts(body: dict[str, Any]) -> bool:
     """What POST /v1/videos does with a JSON body, short of storing the job."""
     try:
-        fields, _ = to_generation_fields(parse_create(body), MODEL, TINY_DEFAULTS.num_inference_steps)
-        resolve_request(GenerationRequest.model_validate(fields), TINY_DEFAULTS)
+        request, _ = create_request(body, MODEL, TINY_DEFAULTS.num_inference_steps)
+        resolve_request(request, TINY_DEFAULTS)
     except (InvalidRequest, ValidationError):
         return False
     return True
@@ -220,18 +221,41 @@ def test_create_schema_is_exact(body: dict[str, Any]) -> None:
 @given(st.integers(0, 3000), st.integers(0, 3000))
 def test_integer_range_pattern(lo: int, hi: int) -> None:
     lo, hi = min(lo, hi), max(lo, hi)
-    pattern = schemas.integer_range_pattern(lo, hi)
+    pattern = integer_range_pattern(lo, hi)
     for n in {0, lo - 1, lo, hi, hi + 1, (lo + hi) // 2, 9, 10, 99, 100, 999, 1000}:
         if n >= 0:
             assert bool(re.fullmatch(pattern, str(n))) == (lo <= n <= hi), (lo, hi, n, pattern)
     assert not re.fullmatch(pattern, f"0{hi}")
 
 
+def _capped(text: str, steps: int) -> str:
+    return str(GenerationRequest.with_capped_switch({"prompt": "x", "switch": text}, steps).switch)
+
+
 def test_switch_steps_are_capped_at_the_step_count() -> None:
-    assert schemas.cap_switch("fixed:99", 20) == "fixed:20"  # the large model runs every step
-    assert schemas.cap_switch("fixed:2", 6) == "fixed:2"
-    assert schemas.cap_switch("adaptive:0.5:160:109", 69) == "adaptive:0.5:69:69"
-    assert schemas.cap_switch("adaptive:0.5:30:10", 69) == "adaptive:0.5:10:10"
-    assert schemas.cap_switch("load:0.5:5:99", 20) == "load:0.5:5:20"
-    assert schemas.cap_switch("fixed:500", 20) == "fixed:500"  # past the engine's limit: the engine refuses it
-    assert schemas.cap_switch("fixed:0.3", 20) == "fixed:0.3"
+    assert _capped("fixed:99", 20) == "fixed:20"  # the large model runs every step
+    assert _capped("fixed:2", 6) == "fixed:2"
+    assert _capped("adaptive:0.5:160:109", 69) == "adaptive:0.5:69:69"
+    assert _capped("adaptive:0.5:30:10", 69) == "adaptive:0.5:10:10"
+    assert _capped("load:0.5:5:99", 20) == "load:0.5:5:20"
+    assert _capped("fixed:0.3", 20) == "fixed:0.3"
+    explicit = {"prompt": "x", "switch": "fixed:9", "num_inference_steps": 3}
+    assert GenerationRequest.with_capped_switch(explicit, 50).switch == SwitchPolicy(kind="fixed", step=3)
+    with pytest.raises(ValidationError, match="less than or equal to 200"):
+        _capped("fixed:500", 20)  # past the engine's limit: refused, never capped
+    with pytest.raises(ValidationError, match="min_step"):
+        GenerationRequest(prompt="x", switch="adaptive:0.5:30:10")  # the engine itself caps nothing
+
+
+_PUBLISHED = st.one_of(
+    st.tuples(st.just("switch"), st.from_regex(schemas.SWITCH_PATTERN, fullmatch=True)),
+    st.tuples(st.just("cache"), st.from_regex(schemas.CACHE_PATTERN, fullmatch=True)),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_PUBLISHED)
+def test_published_grammars_read_within_their_fields_ranges(published: tuple[str, str]) -> None:
+    """Every text the published switch and cache patterns admit is a valid value (switch steps capped)."""
+    field, text = published
+    GenerationRequest.with_capped_switch({"prompt": "x", field: text}, MAX_STEPS)

@@ -39,7 +39,6 @@ from srserve.serving.api.errors import (
     http_status,
 )
 from srserve.serving.api.schemas import (
-    DEFAULT_FPS,
     VIDEO_ID_PATTERN,
     ErrorResponse,
     Health,
@@ -49,10 +48,8 @@ from srserve.serving.api.schemas import (
     VideoCreateParams,
     VideoDeleted,
     VideoList,
-    cap_switch,
+    create_request,
     form_values,
-    frames_for_seconds,
-    parse_create,
 )
 from srserve.serving.control.artifacts import RangeNotSatisfiable, parse_range_header
 from srserve.serving.control.jobs import Job, JobState
@@ -187,25 +184,6 @@ async def _bad_parameters(_request: Request, exc: RequestValidationError) -> JSO
 # -- the Video object -----------------------------------------------------------------------------
 
 
-def to_generation_fields(
-    params: VideoCreateParams, served_model: str, default_steps: int
-) -> tuple[dict[str, Any], float | None]:
-    """The checked body as GenerationRequest fields (+ the deadline)."""
-    if params.model is not None and params.model != served_model:
-        raise InvalidRequest(f"model: unknown model {params.model!r}; this server serves {served_model!r}", "model")
-    fields = params.model_dump(exclude_none=True, exclude={"model", "seconds", "size", "deadline_s"})
-    if params.size is not None:
-        width, height = (int(v) for v in params.size.split("x"))
-        fields.setdefault("width", width)
-        fields.setdefault("height", height)
-    if params.seconds is not None and params.num_frames is None:
-        fields["num_frames"] = frames_for_seconds(int(params.seconds), params.fps or DEFAULT_FPS)
-    if params.switch is not None:
-        steps = params.num_inference_steps if params.num_inference_steps is not None else default_steps
-        fields["switch"] = cap_switch(params.switch, steps)
-    return fields, params.deadline_s
-
-
 def video_object(job: Job | dict[str, Any], model: str) -> dict[str, Any]:
     """A job as the OpenAI `Video` object, with srserve's details under `srserve`."""
     if isinstance(job, Job):
@@ -331,8 +309,8 @@ async def create_video(request: Request, response: Response) -> dict[str, Any]:
     """Queue a video; poll it (GET), follow its events (SSE) or wait for it, then download the mp4."""
     core = _core()
     body = await _read_create_body(request, core.config.ingress.max_request_bytes)
-    fields, deadline_s = to_generation_fields(parse_create(body), core.model_name, core.defaults.num_inference_steps)
-    job = await core.submit(core.validate(fields), deadline_s)
+    generation, deadline_s = create_request(body, core.model_name, core.defaults.num_inference_steps)
+    job = await core.submit(generation, deadline_s)
     response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     return video_object(job, core.model_name)
 
