@@ -57,9 +57,13 @@ from srserve.serving.ingress import IngressCore
 
 POLL_AFTER_MS = "250"
 MAX_SEQ = 2**63 - 1  # event sequence numbers are PostgreSQL bigints
-RANGE_PATTERN = r"^[ \t]*[Bb][Yy][Tt][Ee][Ss][ \t]*=[ \t]*(?:[0-9]+[ \t]*-[ \t]*[0-9]*|-[ \t]*0*[1-9][0-9]*)[ \t]*$"
+_OWS = r"[ \t]*"
+_BYTE_RANGE = rf"[Bb][Yy][Tt][Ee][Ss]{_OWS}={_OWS}(?:[0-9]+{_OWS}-{_OWS}[0-9]*|-{_OWS}0*[1-9][0-9]*)"
+# One byte range (srserve serves no multipart ranges), or an empty value, which names none (the whole video).
+RANGE_PATTERN = rf"^{_OWS}(?:{_BYTE_RANGE}{_OWS})?$"
 _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
 _VIDEO_ID = re.compile(VIDEO_ID_PATTERN)
+_RANGE = re.compile(RANGE_PATTERN)
 _STATUS = {
     JobState.QUEUED: "queued",
     JobState.COMPLETED: "completed",
@@ -104,7 +108,8 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     413: ("request_too_large: the body exceeds the ingress's size limit", {}),
     415: ("unsupported_media_type: send application/json, multipart/form-data or a urlencoded form", {}),
     416: (
-        "range_not_satisfiable: the Range header names no byte of the video (one range, within its size)",
+        "range_not_satisfiable: the Range header (well-formed: a malformed one is a 400) names no byte of the "
+        "video: it starts at or past the video's end, or ends before it starts",
         {"Content-Range": {"description": "`bytes */SIZE`", "required": True, "schema": {"type": "string"}}},
     ),
     429: ("resource_exhausted: a pool's backlog is full; nothing was created, retry later", _RETRY_AFTER),
@@ -278,7 +283,11 @@ _CREATE_BODY = {
 }
 _HANDOFF_BODY = {
     "required": True,
-    "description": "a handoff state in srserve's wire format (`srserve generate --handoff-out`)",
+    "description": (
+        "a handoff state in srserve's wire format, made for this server's model pair (`srserve generate "
+        "--handoff-out`, or a sketch replica): safetensors bytes whose header carries srserve's versioned handoff "
+        "record. Not any bytes: JSON Schema cannot state which bytes are one, so other bytes are answered 400"
+    ),
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
 }
 _POLL = {"openai-poll-after-ms": {"description": "when to poll again", "schema": {"type": "integer"}}}
@@ -315,11 +324,21 @@ async def create_video(request: Request, response: Response) -> dict[str, Any]:
     return video_object(job, core.model_name)
 
 
+_NOT_A_HANDOFF = (
+    "invalid_argument: the body is not a handoff state this server can render (not the wire format, another "
+    "format version, another model family or pair, inconsistent steps; the message says which), or a bad deadline_s"
+)
+
+
 @app.post(
     "/v1/handoffs",
     operation_id="renderHandoff",
     response_model=Video,
-    responses={200: {"headers": _POLL, "links": _LINKS}, **_errors(400, 401, 413, 429, 503)},
+    responses={
+        200: {"headers": _POLL, "links": _LINKS},
+        **_errors(400, 401, 413, 429, 503),
+        400: {**_errors(400)[400], "description": _NOT_A_HANDOFF},
+    },
     openapi_extra={"requestBody": _HANDOFF_BODY},
 )
 async def render_handoff(
@@ -429,15 +448,22 @@ async def download_video(
     video_id: VideoId,
     variant: Annotated[Literal["video"], Query(description="only the mp4 is available")] = "video",
     range: Annotated[
-        str | None, Header(description="one byte range", json_schema_extra={"pattern": RANGE_PATTERN})
+        str | None,
+        Header(description="one byte range (empty: the whole video)", json_schema_extra={"pattern": RANGE_PATTERN}),
     ] = None,
 ) -> Response:
     """Streams the mp4 from artifact storage; honours a single HTTP Range (206, or 416 when unsatisfiable)."""
+    if range is not None and not _RANGE.fullmatch(range):  # the published pattern decides: a malformed header
+        raise InvalidRequest(
+            f"range: malformed Range header {range!r}; expected one byte range: bytes=START-, bytes=START-END "
+            "or bytes=-SUFFIX",
+            param="range",
+        )
     core = _core()
     job, size = await core.video(_known_id(video_id))
     headers = {"content-disposition": f'attachment; filename="{video_id}.mp4"', "accept-ranges": "bytes"}
     try:
-        span = parse_range_header(range, size)
+        span = parse_range_header(range if range and range.strip(" \t") else None, size)
     except RangeNotSatisfiable as exc:
         raise RangeUnsatisfiable(f"range: {exc}", "range", {**headers, "content-range": f"bytes */{size}"}) from None
     start, end = span if span is not None else (0, size)
