@@ -46,7 +46,7 @@ from tests.serving_helpers import wait_state
 ROOT = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("SRSERVE_CONTRACT_SEED", "20261201"))
 # (seed, examples per operation, phases): one full run, then other seeds through the random phases
-# (the examples and coverage phases draw the same cases at any seed).
+# (the examples and coverage phases hardly depend on the seed).
 RUNS = [
     (SEED, 30, "examples,coverage,fuzzing,stateful"),
     (SEED + 1, 10, "fuzzing,stateful"),
