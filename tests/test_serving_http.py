@@ -266,3 +266,25 @@ def test_methods_media_types_and_the_schema(serving) -> None:
     params = doc["components"]["schemas"]["VideoCreateParams"]
     assert params["properties"]["model"]["enum"] == ["tiny-wan2.1"] and params["required"] == ["prompt"]
     assert params["additionalProperties"] is False
+
+
+def test_range_headers_malformed_unsatisfiable_and_empty(serving) -> None:
+    """The published Range pattern decides: outside it a 400 naming `range`; well-formed but past the video a 416;
+    an empty value names no range (the whole video)."""
+    job = submit(serving.http, {"prompt": "ranges", "num_inference_steps": 2, "switch": "fixed:1"})
+    assert wait_state(serving.http, job["id"])["status"] == "completed"
+    url = f"/v1/videos/{job['id']}/content"
+    whole = get(serving.http, url).content
+    size = len(whole)
+    for header in ("{}", "bytes=0-1,4-5", "items=0-5", "bytes=-0", "bytes=x-"):
+        r = get(serving.http, url, headers={"Range": header})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "range", (header, r.status_code, r.text)
+    for header in (f"bytes={size}-", "bytes=5-2"):
+        r = get(serving.http, url, headers={"Range": header})
+        assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{size}", (header, r.text)
+    part = get(serving.http, url, headers={"Range": "bytes = 2 - 5"})
+    assert part.status_code == 206 and part.content == whole[2:6]
+    empty = get(serving.http, url, headers={"Range": ""})
+    assert empty.status_code == 200 and empty.content == whole
+    missing = get(serving.http, "/v1/videos/video_" + "0" * 32 + "/content", headers={"Range": "{}"})
+    assert missing.status_code == 400  # the request's shape is checked before the store is asked

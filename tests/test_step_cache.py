@@ -15,7 +15,13 @@ from srserve.engine.cache import CachePolicy, CacheSpec, mag_ratios_for, with_ra
 from srserve.engine.handoff import HandoffState
 from srserve.engine.mag_calibration import calibrate, write_ratios
 from srserve.engine.request import describe_validation_error
-from srserve.serving.control.request_cache import CacheLimits, CacheRefused, allowed_kinds, resolve_cache
+from srserve.serving.control.request_cache import (
+    CacheLimits,
+    CacheRefused,
+    allowed_kinds,
+    cache_pattern,
+    resolve_cache,
+)
 
 BASE = {"prompt": "a lighthouse in a storm", "negative_prompt": "blur", "num_inference_steps": 12, "seed": 7}
 SWITCH = "fixed:5"
@@ -151,11 +157,9 @@ def test_a_deployments_schema_states_its_cache_kinds_exactly() -> None:
     """The published `cache` grammar accepts a text exactly when the pools' limits do."""
     import re
 
-    from srserve.serving.api.schemas import cache_pattern
-
     sketch = (CachePolicy(kind="first_block"), CacheLimits(kinds=["none", "taylorseer"]))
     render = (CachePolicy(kind="mag", ratios_file="/r.json"), CacheLimits())
-    pattern = cache_pattern(allowed_kinds(*sketch), allowed_kinds(*render))
+    pattern = cache_pattern(sketch, render)
     texts = ["none", "first_block", "mag", "taylorseer:3", "sketch=taylorseer:2", "render=mag:0.2"]
     texts += ["sketch=none,render=mag", "render=none,sketch=first_block:0.1", "sketch=mag", "render=taylorseer"]
     for text in texts:

@@ -14,7 +14,7 @@ its own first step on (`to_diffusers(first_step=...)`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal, get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from srserve.engine.grammar import Grammar, Spelling, field_limits, number
 
 CacheKind = Literal["none", "first_block", "taylorseer", "mag"]
 CACHE_KINDS: tuple[str, ...] = get_args(CacheKind)
@@ -122,22 +124,43 @@ class CachePolicy(BaseModel):
         value = getattr(self, field)
         return self.kind if value is None else f"{self.kind}:{value}"
 
-    @classmethod
-    def parse(cls, text: str) -> CachePolicy:
-        """`none`, `first_block[:THRESHOLD]`, `taylorseer[:INTERVAL]` or `mag[:THRESHOLD]`."""
-        kind, _, value = text.strip().partition(":")
-        if kind not in CACHE_KINDS:
-            raise ValueError(f"cache: unknown kind {kind!r}; known: {', '.join(CACHE_KINDS)}")
-        if not value:
-            return cls(kind=kind)
-        field = _TEXT_FIELD.get(kind)
-        if field is None:
-            raise ValueError(f"cache: {kind!r} takes no value")
-        try:
-            number: float | int = int(value) if field == "interval" else float(value)
-        except ValueError:
-            raise ValueError(f"cache: {value!r} is not a number ({kind}:{field.upper()})") from None
-        return cls(kind=kind, **{field: number})
+
+_TEXT_NUMBERS = {field: number(CachePolicy, field) for field in set(_TEXT_FIELD.values())}
+
+
+def _cache_grammar(s: Spelling, sketch: Sequence[str] = CACHE_KINDS, render: Sequence[str] = CACHE_KINDS) -> str:
+    """`KIND[:N]` for both stages, or `sketch=KIND[:N]` and/or `render=KIND[:N]` (either order), each
+    stage's KIND one of the kinds given for it."""
+
+    def policy(stage: str, kinds: Sequence[str]) -> str:
+        forms = []
+        for kind in kinds:
+            form = s.word(f"{stage}.kind", kind)
+            field = _TEXT_FIELD.get(kind)
+            if field is not None:
+                form += f"(?:{s.sep(':')}{s.number(f'{stage}.{field}', _TEXT_NUMBERS[field])})?"
+            forms.append(form)
+        return "(?:" + "|".join(forms) + ")"
+
+    def stages(first: str, second: str) -> str:
+        kinds = {"sketch": sketch, "render": render}
+        return (
+            f"{first}{s.sep('=')}{policy(first, kinds[first])}"
+            f"(?:{s.sep(',')}{second}{s.sep('=')}{policy(second, kinds[second])})?"
+        )
+
+    both = [k for k in sketch if k in render]
+    forms = [policy("both", both)] if both else []
+    return "|".join([*forms, stages("sketch", "render"), stages("render", "sketch")])
+
+
+_INTERVAL = field_limits(CachePolicy, "interval")
+CACHE = Grammar(
+    "cache",
+    _cache_grammar,
+    "KIND or sketch=KIND,render=KIND; KIND: none, first_block[:THRESHOLD], "
+    f"taylorseer[:INTERVAL {_INTERVAL['ge']}..{_INTERVAL['le']}], mag[:THRESHOLD] (THRESHOLD in (0, 1])",
+)
 
 
 class CacheSpec(BaseModel):
@@ -148,21 +171,20 @@ class CacheSpec(BaseModel):
     sketch: CachePolicy | None = None
     render: CachePolicy | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        """A text in the `cache` grammar; its both-stages form sets each stage."""
+        if not isinstance(value, str):
+            return value
+        fields = CACHE.fields(value)
+        both = fields.pop("both", None)
+        return {"sketch": both, "render": both} if both is not None else fields
+
     @classmethod
     def parse(cls, text: str) -> CacheSpec:
         """`KIND[:N]` for both stages, or `sketch=KIND[:N],render=KIND[:N]` (either part optional)."""
-        text = text.strip()
-        if "=" not in text:
-            policy = CachePolicy.parse(text)
-            return cls(sketch=policy, render=policy)
-        parts: dict[str, CachePolicy] = {}
-        for item in text.split(","):
-            stage, _, value = item.partition("=")
-            stage = stage.strip()
-            if stage not in ("sketch", "render") or stage in parts:
-                raise ValueError(f"cache: expected sketch=KIND and/or render=KIND, got {item.strip()!r}")
-            parts[stage] = CachePolicy.parse(value)
-        return cls(**parts)
+        return cls.model_validate(text)
 
     def __str__(self) -> str:
         sketch = self.sketch.text() if self.sketch else None

@@ -1,12 +1,15 @@
-"""The one request model shared by the CLI, the engine and (later) the gRPC and HTTP APIs."""
+"""The one request model shared by the CLI, the engine and the gRPC and HTTP APIs (each edge converts
+into it once), with the grammar of its `switch` text (the `cache` text's is srserve.engine.cache's)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from srserve.engine.cache import CacheSpec
+from srserve.engine.grammar import Grammar, Spelling, number
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
@@ -49,32 +52,7 @@ class SwitchPolicy(BaseModel):
     @classmethod
     def parse(cls, text: str) -> SwitchPolicy:
         """Parse `fixed:10`, `fixed:0.3`, `adaptive`, `adaptive:0.01`, `adaptive:0.01:5:30` (and `load` alike)."""
-        kind, _, rest = text.strip().partition(":")
-        parts = [p for p in rest.split(":") if p] if rest else []
-        try:
-            if kind == "fixed":
-                if len(parts) != 1:
-                    raise ValueError
-                value = parts[0]
-                if "." in value:
-                    return cls(kind="fixed", fraction=float(value))
-                return cls(kind="fixed", step=int(value))
-            if kind in ("adaptive", "load"):
-                if len(parts) > 3 or len(parts) == 2:
-                    raise ValueError
-                fields: dict[str, float | int] = {}
-                if parts:
-                    fields["tau"] = float(parts[0])
-                if len(parts) == 3:
-                    fields["min_step"], fields["max_step"] = int(parts[1]), int(parts[2])
-                return cls(kind=kind, **fields)
-        except ValueError as exc:
-            if str(exc):
-                raise
-        raise ValueError(
-            f"switch: cannot parse {text!r}; use fixed:STEP, fixed:FRACTION (e.g. fixed:0.3), "
-            "adaptive, adaptive:TAU or adaptive:TAU:MIN:MAX (or load, load:TAU, load:TAU:MIN:MAX)"
-        )
+        return cls.model_validate(SWITCH.fields(text))
 
     def bounds(self, num_steps: int) -> tuple[int, int]:
         """(min, max) number of sketch steps for an adaptive (or load) switch over `num_steps` steps."""
@@ -93,6 +71,51 @@ class SwitchPolicy(BaseModel):
             return f"fixed:{self.step if self.step is not None else self.fraction}"
         lo = "" if self.min_step is None else f":{self.min_step}:{self.max_step}"
         return f"{self.kind}:{self.tau}{lo}"
+
+
+_STEP = number(SwitchPolicy, "step")
+_FRACTION = number(SwitchPolicy, "fraction", point=True)  # with a '.': told apart from a step count
+_TAU = number(SwitchPolicy, "tau")
+
+
+def _switch_grammar(s: Spelling) -> str:
+    colon = s.sep(":")
+    bounds = f"{colon}{s.number('min_step', _STEP)}{colon}{s.number('max_step', _STEP)}"
+    return (
+        f"{s.word('kind', 'fixed')}{colon}(?:{s.number('step', _STEP)}|{s.number('fraction', _FRACTION)})"
+        f"|{s.word('kind', 'adaptive', 'load')}(?:{colon}{s.number('tau', _TAU)}(?:{bounds})?)?"
+    )
+
+
+SWITCH = Grammar(
+    "switch",
+    _switch_grammar,
+    "fixed:K, fixed:FRACTION, adaptive, adaptive:TAU or adaptive:TAU:MIN:MAX, or load alike "
+    f"(K, MIN, MAX in 0..{MAX_STEPS}; FRACTION in [0, 1] with a '.'; TAU in (0, 1])",
+)
+# Validation context key: cap a switch text's step counts at the request's step count (`with_capped_switch`).
+_CAP_SWITCH_AT = "srserve.cap_switch_at"
+
+
+def capped_switch(fields: dict[str, Any], num_steps: int) -> dict[str, Any]:
+    """A switch text's fields with its step counts capped at `num_steps`, as the engine runs them.
+
+    `fixed:K` at or past the step count runs the large model for all steps (as `fixed:N` does);
+    adaptive bounds past it are clipped as SwitchPolicy.bounds clips them, and a lower bound above
+    the upper one meets it (the upper bound forces the switch first either way). Step counts outside
+    the engine's range are left for SwitchPolicy to refuse.
+    """
+
+    def in_range(*counts: int | None) -> bool:
+        return all(c is not None and 0 <= c <= MAX_STEPS for c in counts)
+
+    out = dict(fields)
+    if out.get("kind") == "fixed" and in_range(out.get("step")):
+        out["step"] = min(out["step"], num_steps)
+    elif in_range(out.get("min_step"), out.get("max_step")):
+        out["max_step"] = min(out["max_step"], num_steps)
+        out["min_step"] = min(out["min_step"], out["max_step"])
+    return out
 
 
 class GenerationRequest(BaseModel):
@@ -136,13 +159,15 @@ class GenerationRequest(BaseModel):
 
     @field_validator("switch", mode="before")
     @classmethod
-    def _switch_from_text(cls, value: object) -> object:
-        return SwitchPolicy.parse(value) if isinstance(value, str) else value
-
-    @field_validator("cache", mode="before")
-    @classmethod
-    def _cache_from_text(cls, value: object) -> object:
-        return CacheSpec.parse(value) if isinstance(value, str) else value
+    def _switch_from_text(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        fields = SWITCH.fields(value)
+        default_steps = (info.context or {}).get(_CAP_SWITCH_AT)
+        if default_steps is None:
+            return fields
+        steps = info.data.get("num_inference_steps")
+        return capped_switch(fields, steps if steps is not None else default_steps)
 
     @model_validator(mode="after")
     def _switch_within_steps(self) -> GenerationRequest:
@@ -155,6 +180,13 @@ class GenerationRequest(BaseModel):
         if sw.kind != "fixed" and sw.max_step is not None and sw.max_step > steps:
             raise ValueError(f"switch: max_step {sw.max_step} is beyond num_inference_steps ({steps})")
         return self
+
+    @classmethod
+    def with_capped_switch(cls, fields: Mapping[str, Any], default_steps: int) -> GenerationRequest:
+        """The request of `fields`, a switch text's step counts capped at its step count (`default_steps`
+        when it sets none; `capped_switch`): the rule of the published grammar, which states each field's
+        range but cannot compare two fields."""
+        return cls.model_validate(fields, context={_CAP_SWITCH_AT: default_steps})
 
 
 class RequestDefaults(BaseModel):
@@ -177,12 +209,18 @@ class ResolvedRequest(GenerationRequest):
     num_inference_steps: int
 
 
-def resolve_request(request: GenerationRequest, defaults: RequestDefaults) -> ResolvedRequest:
+def resolve_request(request: GenerationRequest, defaults: RequestDefaults, **updates: Any) -> ResolvedRequest:
+    """`request` with the defaults' sizes where it sets none and `updates` applied, checked as a whole once."""
     data = request.model_dump()
     for name in ("height", "width", "num_frames", "num_inference_steps"):
         if data[name] is None:
             data[name] = getattr(defaults, name)
-    return ResolvedRequest.model_validate(data)
+    return ResolvedRequest.model_validate({**data, **updates})
+
+
+def stored_switch(request: Mapping[str, Any]) -> SwitchPolicy:
+    """The switch of a stored request (a ResolvedRequest as JSON, as the job store keeps it)."""
+    return SwitchPolicy.model_validate(request["switch"])
 
 
 def describe_validation_error(exc: Exception) -> str:
@@ -197,3 +235,11 @@ def describe_validation_error(exc: Exception) -> str:
         msg = msg.removeprefix("Value error, ")
         lines.append(f"{field}: {msg}")
     return "; ".join(lines)
+
+
+def error_field(exc: ValidationError) -> str | None:
+    """The field of a validation error's first problem (an API error's `param`), if it names one."""
+    errors = exc.errors()
+    if not errors:
+        return None
+    return ".".join(map(str, errors[0].get("loc", ()))) or None

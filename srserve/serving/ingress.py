@@ -27,9 +27,9 @@ from srserve.engine.request import (
     RequestDefaults,
     ResolvedRequest,
     describe_validation_error,
+    error_field,
     resolve_request,
 )
-from srserve.serving.api.schemas import cache_pattern
 from srserve.serving.config import PoolConfig, ServingConfig
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore
 from srserve.serving.control.database import open_store
@@ -38,7 +38,7 @@ from srserve.serving.control.events import EventHub
 from srserve.serving.control.jobs import Job, JobEvent, JobState, handoff_key
 from srserve.serving.control.load_switch import SwitchChoice, choose_switch, load_snapshot
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
-from srserve.serving.control.request_cache import CacheRefused, allowed_kinds, resolve_cache
+from srserve.serving.control.request_cache import CacheRefused, cache_pattern, resolve_cache
 from srserve.serving.ops.job_logging import log_job_finished
 from srserve.serving.ops.metrics import record_job_finished, record_switch_choice
 
@@ -86,6 +86,8 @@ class IngressCore:
         if pair is not None:  # configs only, no weights: lets uploads be checked before they queue
             self._family = get_family(pair.family)
             self._family.bind(pair)
+        # A family with its own expert boundary (wan2.2) switches there unless the client says otherwise.
+        self._boundary_switch = getattr(self._family, "boundary_switch", None)
         self.store = open_store(config.job_store)
         self.artifacts = ArtifactStore.from_config(config.artifacts)
         ing = config.ingress
@@ -125,26 +127,8 @@ class IngressCore:
         if self.auth is not None and not self.auth.check(authorization):
             raise Unauthenticated("missing or invalid bearer token")
 
-    def validate(self, fields: dict[str, Any]) -> GenerationRequest:
-        try:
-            request = GenerationRequest.model_validate(fields)
-            resolve_request(request, self.defaults)
-        except ValidationError as exc:
-            first = exc.errors()[0].get("loc", ()) if exc.errors() else ()
-            raise InvalidRequest(describe_validation_error(exc), param=".".join(map(str, first)) or None) from None
-        return request
-
     async def submit(self, request: GenerationRequest, deadline_s: float | None = None) -> Job:
-        resolved = resolve_request(request, self.defaults)
-        boundary = getattr(self._family, "boundary_switch", None)
-        if "switch" not in request.model_fields_set and boundary is not None:
-            # A family with its own expert boundary (wan2.2) switches there unless the client says otherwise.
-            resolved = resolved.model_copy(update={"switch": boundary(resolved.num_inference_steps)})
-        resolved = resolved.model_copy(update={"cache": self._caches(resolved.cache)})
-        choice = None
-        if resolved.switch.kind == "load":
-            choice = await self._choose_switch(resolved, deadline_s)
-            resolved = resolved.model_copy(update={"switch": choice.policy})
+        resolved, choice = await self.resolve(request, deadline_s)
         job = await self._admit_job(
             resolved.model_dump(mode="json"),
             resolved.num_inference_steps,
@@ -154,6 +138,25 @@ class IngressCore:
         record_switch_choice(job)
         return job
 
+    async def resolve(
+        self, request: GenerationRequest, deadline_s: float | None = None
+    ) -> tuple[ResolvedRequest, SwitchChoice | None]:
+        """The request a job runs, decided here once: the model pair's defaults for unset sizes, the
+        family's own switch (wan2.2's expert boundary) when the request names none, the step caches
+        within the pools' limits, then for a `load` switch the cap chosen from the pools' queued work."""
+        updates: dict[str, Any] = {"cache": self._caches(request.cache)}
+        if self._boundary_switch is not None and "switch" not in request.model_fields_set:
+            steps = request.num_inference_steps or self.defaults.num_inference_steps
+            updates["switch"] = self._boundary_switch(steps)
+        try:
+            resolved = resolve_request(request, self.defaults, **updates)
+        except ValidationError as exc:
+            raise InvalidRequest(describe_validation_error(exc), param=error_field(exc)) from None
+        if resolved.switch.kind != "load":
+            return resolved, None
+        choice = await self._choose_switch(resolved, deadline_s)
+        return resolved.model_copy(update={"switch": choice.policy}), choice
+
     def _cache_pools(self) -> tuple[PoolConfig, PoolConfig]:
         cfg = self.config
         if cfg.layout == "colocated":
@@ -161,11 +164,9 @@ class IngressCore:
         return cfg.sketch_pool, cfg.render_pool
 
     def cache_pattern(self) -> str:
-        """The `cache` field's grammar for this deployment: the kinds each stage's pool allows."""
+        """The `cache` field's published grammar for this deployment: the kinds each stage's pool allows."""
         sketch, render = self._cache_pools()
-        return cache_pattern(
-            allowed_kinds(sketch.cache, sketch.cache_limits), allowed_kinds(render.cache, render.cache_limits)
-        )
+        return cache_pattern((sketch.cache, sketch.cache_limits), (render.cache, render.cache_limits))
 
     def _caches(self, asked: CacheSpec | None, render_only: bool = False) -> CacheSpec | None:
         """The step caches the job runs: the request's within the pools' limits, else the pools' own."""

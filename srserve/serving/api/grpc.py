@@ -20,8 +20,9 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2
 from ray.serve.grpc_util import RayServegRPCContext
 
+from srserve.engine.request import GenerationRequest
 from srserve.serving.api.errors import InvalidRequest, JobNotFound, ServingError, grpc_status
-from srserve.serving.api.schemas import VIDEO_ID_PATTERN, cap_switch
+from srserve.serving.api.schemas import VIDEO_ID_PATTERN, check_model, engine_request
 from srserve.serving.control.jobs import ErrorCode, Job, JobState
 from srserve.serving.proto import video_pb2
 
@@ -47,25 +48,22 @@ def _serving_fail(context: RayServegRPCContext | None, exc: ServingError) -> Sta
     return _fail(context, getattr(grpc.StatusCode, grpc_status(exc)), exc.message)
 
 
-def request_fields(msg: video_pb2.GenerateRequest, default_steps: int) -> tuple[dict[str, Any], float | None]:
-    """GenerationRequest fields of a GenerateRequest (switch steps capped as over HTTP) and its deadline."""
+def generate_request(
+    msg: video_pb2.GenerateRequest, served_model: str, default_steps: int
+) -> tuple[GenerationRequest, float | None]:
+    """A GenerateRequest as the engine's request and the job's deadline: gRPC's one conversion (switch steps
+    capped at the step count, as over HTTP)."""
     for name in ("prompt", "negative_prompt"):
         if "\x00" in getattr(msg, name):
             raise InvalidRequest(f"{name}: must not contain NUL characters", param=name)
-    fields: dict[str, Any] = {"prompt": msg.prompt, "negative_prompt": msg.negative_prompt}
-    for name in _OPTIONAL_FIELDS:
-        if msg.HasField(name):
-            fields[name] = getattr(msg, name)
-    if msg.switch:
-        fields["switch"] = cap_switch(msg.switch, fields.get("num_inference_steps", default_steps))
-    if msg.model:
-        fields["model"] = msg.model
-    if msg.cache:
-        fields["cache"] = msg.cache
     deadline = msg.deadline_s if msg.HasField("deadline_s") else None
     if deadline is not None and deadline <= 0:
         raise InvalidRequest("deadline_s: must be positive", param="deadline_s")
-    return fields, deadline
+    check_model(msg.model or None, served_model)
+    fields: dict[str, Any] = {"prompt": msg.prompt, "negative_prompt": msg.negative_prompt}
+    fields |= {name: getattr(msg, name) for name in _OPTIONAL_FIELDS if msg.HasField(name)}
+    fields |= {name: getattr(msg, name) for name in ("switch", "cache") if getattr(msg, name)}
+    return engine_request(fields, default_steps), deadline
 
 
 def job_message(job: Job | dict[str, Any]) -> video_pb2.Job:
@@ -150,13 +148,8 @@ class GrpcApi:
         return _decode(context, kind, request)
 
     async def _submit_message(self, msg: video_pb2.GenerateRequest) -> Job:
-        fields, deadline = request_fields(msg, self.defaults.num_inference_steps)
-        model = fields.pop("model", None)
-        if model not in (None, self.model_name):
-            raise InvalidRequest(
-                f"model: unknown model {model!r}; this server serves {self.model_name!r}", param="model"
-            )
-        return await self.submit(self.validate(fields), deadline)
+        request, deadline = generate_request(msg, self.model_name, self.defaults.num_inference_steps)
+        return await self.submit(request, deadline)
 
     async def Submit(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.Job:
         msg = self._admit(grpc_context, video_pb2.GenerateRequest, request)

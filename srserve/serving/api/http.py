@@ -39,7 +39,6 @@ from srserve.serving.api.errors import (
     http_status,
 )
 from srserve.serving.api.schemas import (
-    DEFAULT_FPS,
     VIDEO_ID_PATTERN,
     ErrorResponse,
     Health,
@@ -49,10 +48,8 @@ from srserve.serving.api.schemas import (
     VideoCreateParams,
     VideoDeleted,
     VideoList,
-    cap_switch,
+    create_request,
     form_values,
-    frames_for_seconds,
-    parse_create,
 )
 from srserve.serving.control.artifacts import RangeNotSatisfiable, parse_range_header
 from srserve.serving.control.jobs import Job, JobState
@@ -60,9 +57,13 @@ from srserve.serving.ingress import IngressCore
 
 POLL_AFTER_MS = "250"
 MAX_SEQ = 2**63 - 1  # event sequence numbers are PostgreSQL bigints
-RANGE_PATTERN = r"^[ \t]*[Bb][Yy][Tt][Ee][Ss][ \t]*=[ \t]*(?:[0-9]+[ \t]*-[ \t]*[0-9]*|-[ \t]*0*[1-9][0-9]*)[ \t]*$"
+_OWS = r"[ \t]*"
+_BYTE_RANGE = rf"[Bb][Yy][Tt][Ee][Ss]{_OWS}={_OWS}(?:[0-9]+{_OWS}-{_OWS}[0-9]*|-{_OWS}0*[1-9][0-9]*)"
+# One byte range (srserve serves no multipart ranges), or an empty value, which names none (the whole video).
+RANGE_PATTERN = rf"^{_OWS}(?:{_BYTE_RANGE}{_OWS})?$"
 _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
 _VIDEO_ID = re.compile(VIDEO_ID_PATTERN)
+_RANGE = re.compile(RANGE_PATTERN)
 _STATUS = {
     JobState.QUEUED: "queued",
     JobState.COMPLETED: "completed",
@@ -107,7 +108,8 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     413: ("request_too_large: the body exceeds the ingress's size limit", {}),
     415: ("unsupported_media_type: send application/json, multipart/form-data or a urlencoded form", {}),
     416: (
-        "range_not_satisfiable: the Range header names no byte of the video (one range, within its size)",
+        "range_not_satisfiable: the Range header (well-formed: a malformed one is a 400) names no byte of the "
+        "video: it starts at or past the video's end, or ends before it starts",
         {"Content-Range": {"description": "`bytes */SIZE`", "required": True, "schema": {"type": "string"}}},
     ),
     429: ("resource_exhausted: a pool's backlog is full; nothing was created, retry later", _RETRY_AFTER),
@@ -185,25 +187,6 @@ async def _bad_parameters(_request: Request, exc: RequestValidationError) -> JSO
 
 
 # -- the Video object -----------------------------------------------------------------------------
-
-
-def to_generation_fields(
-    params: VideoCreateParams, served_model: str, default_steps: int
-) -> tuple[dict[str, Any], float | None]:
-    """The checked body as GenerationRequest fields (+ the deadline)."""
-    if params.model is not None and params.model != served_model:
-        raise InvalidRequest(f"model: unknown model {params.model!r}; this server serves {served_model!r}", "model")
-    fields = params.model_dump(exclude_none=True, exclude={"model", "seconds", "size", "deadline_s"})
-    if params.size is not None:
-        width, height = (int(v) for v in params.size.split("x"))
-        fields.setdefault("width", width)
-        fields.setdefault("height", height)
-    if params.seconds is not None and params.num_frames is None:
-        fields["num_frames"] = frames_for_seconds(int(params.seconds), params.fps or DEFAULT_FPS)
-    if params.switch is not None:
-        steps = params.num_inference_steps if params.num_inference_steps is not None else default_steps
-        fields["switch"] = cap_switch(params.switch, steps)
-    return fields, params.deadline_s
 
 
 def video_object(job: Job | dict[str, Any], model: str) -> dict[str, Any]:
@@ -300,7 +283,11 @@ _CREATE_BODY = {
 }
 _HANDOFF_BODY = {
     "required": True,
-    "description": "a handoff state in srserve's wire format (`srserve generate --handoff-out`)",
+    "description": (
+        "a handoff state in srserve's wire format, made for this server's model pair (`srserve generate "
+        "--handoff-out`, or a sketch replica): safetensors bytes whose header carries srserve's versioned handoff "
+        "record. Not any bytes: JSON Schema cannot state which bytes are one, so other bytes are answered 400"
+    ),
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
 }
 _POLL = {"openai-poll-after-ms": {"description": "when to poll again", "schema": {"type": "integer"}}}
@@ -331,17 +318,27 @@ async def create_video(request: Request, response: Response) -> dict[str, Any]:
     """Queue a video; poll it (GET), follow its events (SSE) or wait for it, then download the mp4."""
     core = _core()
     body = await _read_create_body(request, core.config.ingress.max_request_bytes)
-    fields, deadline_s = to_generation_fields(parse_create(body), core.model_name, core.defaults.num_inference_steps)
-    job = await core.submit(core.validate(fields), deadline_s)
+    generation, deadline_s = create_request(body, core.model_name, core.defaults.num_inference_steps)
+    job = await core.submit(generation, deadline_s)
     response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     return video_object(job, core.model_name)
+
+
+_NOT_A_HANDOFF = (
+    "invalid_argument: the body is not a handoff state this server can render (not the wire format, another "
+    "format version, another model family or pair, inconsistent steps; the message says which), or a bad deadline_s"
+)
 
 
 @app.post(
     "/v1/handoffs",
     operation_id="renderHandoff",
     response_model=Video,
-    responses={200: {"headers": _POLL, "links": _LINKS}, **_errors(400, 401, 413, 429, 503)},
+    responses={
+        200: {"headers": _POLL, "links": _LINKS},
+        **_errors(400, 401, 413, 429, 503),
+        400: {**_errors(400)[400], "description": _NOT_A_HANDOFF},
+    },
     openapi_extra={"requestBody": _HANDOFF_BODY},
 )
 async def render_handoff(
@@ -451,15 +448,22 @@ async def download_video(
     video_id: VideoId,
     variant: Annotated[Literal["video"], Query(description="only the mp4 is available")] = "video",
     range: Annotated[
-        str | None, Header(description="one byte range", json_schema_extra={"pattern": RANGE_PATTERN})
+        str | None,
+        Header(description="one byte range (empty: the whole video)", json_schema_extra={"pattern": RANGE_PATTERN}),
     ] = None,
 ) -> Response:
     """Streams the mp4 from artifact storage; honours a single HTTP Range (206, or 416 when unsatisfiable)."""
+    if range is not None and not _RANGE.fullmatch(range):  # the published pattern decides: a malformed header
+        raise InvalidRequest(
+            f"range: malformed Range header {range!r}; expected one byte range: bytes=START-, bytes=START-END "
+            "or bytes=-SUFFIX",
+            param="range",
+        )
     core = _core()
     job, size = await core.video(_known_id(video_id))
     headers = {"content-disposition": f'attachment; filename="{video_id}.mp4"', "accept-ranges": "bytes"}
     try:
-        span = parse_range_header(range, size)
+        span = parse_range_header(range if range and range.strip(" \t") else None, size)
     except RangeNotSatisfiable as exc:
         raise RangeUnsatisfiable(f"range: {exc}", "range", {**headers, "content-range": f"bytes */{size}"}) from None
     start, end = span if span is not None else (0, size)

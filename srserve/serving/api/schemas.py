@@ -2,76 +2,34 @@
 
 The create body's schema is exact, so a client built from it never sends a request the server
 refuses for its shape (backpressure and outages aside): every limit is the engine's
-(`srserve.engine.request.GenerationRequest`), and the HTTP spellings (`size`, `seconds`, `switch`)
-are patterns over those limits. JSON Schema cannot compare two fields, so the two rules that
-would need it are made expressible: a switch step is capped at the step count (`fixed:K` with K at
-or past the step count runs the large model only, as `fixed:N` does; adaptive bounds are capped the
-same way), and each `seconds` value states the frame rates it allows (4k+1 frames at most 257).
+(`srserve.engine.request.GenerationRequest`), and the HTTP spellings (`size`, `seconds`) are
+patterns over those limits; `switch` and `cache` publish the engine's own grammars
+(`srserve.engine.grammar`). JSON Schema cannot compare two fields, so the two rules that would need
+it are made expressible: a switch step is capped at the step count (`fixed:K` with K at or past the
+step count runs the large model only, as `fixed:N` does; adaptive bounds are capped the same way;
+`GenerationRequest.with_capped_switch`), and each `seconds` value states the frame rates it allows
+(4k+1 frames at most 257).
+
+A create body becomes the engine's request once (`create_request`); the ingress resolves it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from srserve.engine.cache import CACHE_KINDS
-from srserve.engine.request import MAX_STEPS, GenerationRequest
+from srserve.engine.cache import CACHE
+from srserve.engine.grammar import field_limits
+from srserve.engine.request import SWITCH, GenerationRequest, describe_validation_error, error_field
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.jobs import JobState
-
-_ENGINE = GenerationRequest.model_json_schema()
-_JSON_KEYWORDS = {"minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt", "minLength": "min_length"}
-_JSON_KEYWORDS["maxLength"] = "max_length"
 
 
 def engine_limits(name: str) -> dict[str, Any]:
     """The engine's bounds on one request field, as pydantic Field arguments (one source of truth)."""
-    spec = _ENGINE["properties"][name]
-    branch = next(b for b in spec.get("anyOf", [spec]) if b.get("type") != "null")
-    return {_JSON_KEYWORDS[k]: v for k, v in branch.items() if k in _JSON_KEYWORDS}
-
-
-def _digits(a: int, b: int) -> str:
-    return str(a) if a == b else f"[{a}-{b}]"
-
-
-def _any_digits(n: int) -> str:
-    return "[0-9]" if n == 1 else f"[0-9]{{{n}}}"
-
-
-def _range_alternatives(lo: str, hi: str) -> list[str]:
-    """Regex alternatives for the decimals lo..hi, both of one length."""
-    n = len(lo)
-    if lo == hi:
-        return [lo]
-    if n == 1:
-        return [_digits(int(lo), int(hi))]
-    if lo[0] == hi[0]:
-        return [lo[0] + rest for rest in _range_alternatives(lo[1:], hi[1:])]
-    out, first, last = [], int(lo[0]), int(hi[0])
-    if lo[1:] != "0" * (n - 1):
-        out += [lo[0] + rest for rest in _range_alternatives(lo[1:], "9" * (n - 1))]
-        first += 1
-    full_top = hi[1:] == "9" * (n - 1)
-    if first <= (last if full_top else last - 1):
-        out.append(_digits(first, last if full_top else last - 1) + _any_digits(n - 1))
-    if not full_top:
-        out += [hi[0] + rest for rest in _range_alternatives("0" * (n - 1), hi[1:])]
-    return out
-
-
-def integer_range_pattern(lo: int, hi: int) -> str:
-    """A regex group matching the canonical decimal spellings of lo..hi (0 <= lo <= hi)."""
-    parts: list[str] = []
-    for digits in range(len(str(lo)), len(str(hi)) + 1):
-        first = max(lo, 0 if digits == 1 else 10 ** (digits - 1))
-        last = min(hi, 10**digits - 1)
-        if first <= last:
-            parts += _range_alternatives(str(first), str(last))
-    return "(?:" + "|".join(parts) + ")"
+    return field_limits(GenerationRequest, name)
 
 
 SIDE = engine_limits("height")
@@ -89,33 +47,8 @@ PROMPT_PATTERN = rf"^[^\x00]*[^\x00{_SPACE}][^\x00]*$"
 NO_NUL_PATTERN = r"^[^\x00]*$"
 SIZE_PATTERN = "^(?:{0})x(?:{0})$".format("|".join(map(str, SIDES)))
 VIDEO_ID_PATTERN = r"^video_[0-9a-f]{32}$"
-_STEP = integer_range_pattern(0, MAX_STEPS)
-_FRACTION = r"(?:0\.[0-9]{0,15}|\.[0-9]{1,15}|1\.0{0,15})"  # [0, 1], always with a '.'
-_TAU = r"(?:0?\.[0-9]{0,14}[1-9][0-9]{0,14}|1(?:\.0{0,15})?)"  # (0, 1]
-SWITCH_PATTERN = rf"^(?:fixed:(?:{_STEP}|{_FRACTION})|(?:adaptive|load)(?::{_TAU}(?::{_STEP}:{_STEP})?)?)$"
-_THRESHOLD = r"(?:0?\.[0-9]{0,14}[1-9][0-9]{0,14}|1(?:\.0{0,15})?)"  # (0, 1]
-_CACHE_KIND_PATTERNS = {
-    "none": "none",
-    "first_block": rf"first_block(?::{_THRESHOLD})?",
-    "taylorseer": r"taylorseer(?::(?:[1-9]|[1-4][0-9]|50))?",
-    "mag": rf"mag(?::{_THRESHOLD})?",
-}
-
-
-def cache_pattern(sketch_kinds: Sequence[str] = CACHE_KINDS, render_kinds: Sequence[str] = CACHE_KINDS) -> str:
-    """The `cache` field's grammar for the kinds each stage allows (a deployment's, or all kinds)."""
-
-    def alt(kinds: Iterable[str]) -> str:
-        return "(?:" + "|".join(_CACHE_KIND_PATTERNS[k] for k in kinds) + ")"
-
-    both = [k for k in sketch_kinds if k in render_kinds]
-    forms = [alt(both)] if both else []
-    sketch, render = alt(sketch_kinds), alt(render_kinds)
-    forms += [f"sketch={sketch}(?:,render={render})?", f"render={render}(?:,sketch={sketch})?"]
-    return "^(?:" + "|".join(forms) + ")$"
-
-
-CACHE_PATTERN = cache_pattern()
+SWITCH_PATTERN = SWITCH.pattern()
+CACHE_PATTERN = CACHE.pattern()  # every kind; a deployment publishes the kinds its pools allow
 
 
 def frames_for_seconds(seconds: float, fps: int) -> int:
@@ -130,28 +63,6 @@ def max_fps(seconds: int) -> int:
 
 # Whole seconds (as the openai SDK spells them: strings) that fit the frame limit at the default rate.
 SECONDS = [str(s) for s in range(1, 10_000) if frames_for_seconds(s, DEFAULT_FPS) <= FRAMES["le"]]
-
-
-_FIXED_STEP = re.compile(r"fixed:([0-9]+)")
-_BOUNDED = re.compile(r"(adaptive|load):([^:]+):([0-9]+):([0-9]+)")
-
-
-def cap_switch(text: str, num_steps: int) -> str:
-    """A switch with its step counts capped at `num_steps`: what the engine does with them at run time.
-
-    `fixed:K` at or past the step count runs the large model for all steps (as `fixed:N` does);
-    adaptive bounds past it are clipped as SwitchPolicy.bounds clips them, and a lower bound above
-    the upper one meets it (the upper bound forces the switch first either way). Step counts beyond
-    the engine's limit are left for the engine to refuse.
-    """
-    fixed = _FIXED_STEP.fullmatch(text)
-    if fixed is not None and int(fixed[1]) <= MAX_STEPS:
-        return f"fixed:{min(int(fixed[1]), num_steps)}"
-    bounded = _BOUNDED.fullmatch(text)
-    if bounded is not None and max(int(bounded[3]), int(bounded[4])) <= MAX_STEPS:
-        high = min(int(bounded[4]), num_steps)
-        return f"{bounded[1]}:{bounded[2]}:{min(int(bounded[3]), high)}:{high}"
-    return text
 
 
 def _seconds_rules() -> list[dict[str, Any]]:
@@ -277,15 +188,8 @@ GRAMMARS = {
     "prompt": "text with a non-whitespace character and no NUL",
     "negative_prompt": "text without NUL",
     "size": f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in {SIDE['ge']}..{SIDE['le']} (e.g. '832x480')",
-    "switch": (
-        f"fixed:K, fixed:FRACTION, adaptive, adaptive:TAU or adaptive:TAU:MIN:MAX, or load alike (K, MIN, MAX in "
-        f"0..{MAX_STEPS}; "
-        "FRACTION in [0, 1] with a '.'; TAU in (0, 1])"
-    ),
-    "cache": (
-        "KIND or sketch=KIND,render=KIND; KIND: none, first_block[:THRESHOLD], taylorseer[:INTERVAL 1..50], "
-        "mag[:THRESHOLD] (THRESHOLD in (0, 1])"
-    ),
+    "switch": SWITCH.syntax,
+    "cache": CACHE.syntax,
     "seconds": f"whole seconds as text, '1'..'{SECONDS[-1]}'",
 }
 
@@ -325,6 +229,36 @@ def parse_create(body: dict[str, Any]) -> VideoCreateParams:
                 param="seconds",
             )
     return params
+
+
+def check_model(asked: str | None, served: str) -> None:
+    """A request may name the served model pair (or none); any other name is a client error."""
+    if asked is not None and asked != served:
+        raise InvalidRequest(f"model: unknown model {asked!r}; this server serves {served!r}", param="model")
+
+
+def engine_request(fields: dict[str, Any], default_steps: int) -> GenerationRequest:
+    """An edge's fields as the engine's request (switch steps capped at the step count); errors name the field."""
+    try:
+        return GenerationRequest.with_capped_switch(fields, default_steps)
+    except ValidationError as exc:
+        raise InvalidRequest(describe_validation_error(exc), param=error_field(exc)) from None
+
+
+def create_request(
+    body: dict[str, Any], served_model: str, default_steps: int
+) -> tuple[GenerationRequest, float | None]:
+    """A create body (JSON types) as the engine's request and the job's deadline: HTTP's one conversion."""
+    params = parse_create(body)
+    check_model(params.model, served_model)
+    fields = params.model_dump(exclude_none=True, exclude={"model", "seconds", "size", "deadline_s"})
+    if params.size is not None:
+        width, height = (int(v) for v in params.size.split("x"))
+        fields.setdefault("width", width)
+        fields.setdefault("height", height)
+    if params.seconds is not None and params.num_frames is None:
+        fields["num_frames"] = frames_for_seconds(int(params.seconds), params.fps or DEFAULT_FPS)
+    return engine_request(fields, default_steps), params.deadline_s
 
 
 # -- responses ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from srserve.engine.cache import CACHE_KINDS, CacheKind, CachePolicy, CacheSpec
+from srserve.engine.cache import CACHE, CACHE_KINDS, CacheKind, CachePolicy, CacheSpec
 
 
 class CacheLimits(BaseModel):
@@ -41,6 +41,12 @@ def allowed_kinds(default: CachePolicy, limits: CacheLimits) -> list[str]:
     if default.kind != "mag" or default.ratios_file is None:
         kinds.discard("mag")
     return [k for k in CACHE_KINDS if k in kinds]
+
+
+def cache_pattern(sketch: tuple[CachePolicy, CacheLimits], render: tuple[CachePolicy, CacheLimits]) -> str:
+    """The `cache` grammar's published regex for a deployment: a text matches it exactly when
+    `resolve_cache` admits it (each stage's kinds as its pool allows)."""
+    return CACHE.pattern(sketch=allowed_kinds(*sketch), render=allowed_kinds(*render))
 
 
 def _one(stage: str, asked: CachePolicy | None, default: CachePolicy, limits: CacheLimits) -> CachePolicy:
