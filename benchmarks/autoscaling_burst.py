@@ -29,8 +29,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from srserve.serving.config import DeployFile, ServingConfig
 from srserve.serving.control.database import open_store
+from srserve.serving.control.pool_work import estimate_pool_work
 from srserve.serving.launcher import deploy, ensure_ray
-from srserve.serving.ops.pool_work import estimate_pool_work
 
 TERMINAL = ("completed", "failed", "cancelled")
 DEPLOYMENT = "RenderWorker"

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore, ArtifactStoreConfig
-from srserve.serving.control.jobs import JobState, handoff_key, video_key
+from srserve.serving.control.jobs import Job, JobState, handoff_key, video_key
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
 from srserve.serving.control.store import JobStore, ProgressUpdate
 from tests.serving_helpers import get, post, wait_state
@@ -96,7 +96,7 @@ def test_retention_and_delete_remove_the_artifacts(store_dsn: str, tmp_path: Pat
             fence = (await store.begin_attempt(job_id, "sketch", "o", 3)).fence
             await store.apply_progress([ProgressUpdate(job_id, fence, JobState.SKETCHING, 2, 2)])
             artifacts.put(handoff_key(job_id, fence), b"handoff")
-            assert await store.record_handoff(job_id, fence, handoff_key(job_id, fence), 7, 2, {})
+            assert isinstance(await store.record_handoff(job_id, fence, handoff_key(job_id, fence), 7, 2, {}), Job)
             fence = (await store.begin_attempt(job_id, "render", "o", 3)).fence
             await store.apply_progress(
                 [
@@ -105,7 +105,7 @@ def test_retention_and_delete_remove_the_artifacts(store_dsn: str, tmp_path: Pat
                 ]
             )
             artifacts.put(video_key(job_id, fence), b"mp4")
-            assert await store.complete(job_id, fence, video_key(job_id, fence), 3, {}, None) is not None
+            assert isinstance(await store.complete(job_id, fence, video_key(job_id, fence), 3, {}, None), Job)
         old = await store.get("old")
         assert await orchestrator.expire() == 1
         assert await store.get("old") is None and await store.get("new") is not None

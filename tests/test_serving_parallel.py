@@ -244,10 +244,10 @@ def _profile():
 
 
 def test_the_planner_counts_a_replica_of_degree_u_x_c_as_that_many_gpus() -> None:
-    from srserve.loadgen.arrivals import PoissonArrivals
-    from srserve.loadgen.mix import RequestClass, RequestMix
     from srserve.planner.search import PlanSpec, analytic_capacity, enumerate_candidates, mean_work, plan
     from srserve.planner.serve_config import serve_config
+    from srserve.workload.arrivals import PoissonArrivals
+    from srserve.workload.mix import RequestClass, RequestMix
 
     profile = _profile()
     mix = RequestMix(classes=[RequestClass(switch="fixed:10")])

@@ -381,11 +381,11 @@ def test_make_tiny_and_generate_wan22_from_the_cli(
 
 
 def test_derived_profile_plans_two_equal_size_expert_pools() -> None:
-    from srserve.loadgen.arrivals import PoissonArrivals
-    from srserve.loadgen.mix import RequestMix
-    from srserve.loadgen.plan import SloPolicy
     from srserve.planner.profile import Profile
     from srserve.planner.search import PlanSpec, plan
+    from srserve.workload.arrivals import PoissonArrivals
+    from srserve.workload.mix import RequestMix
+    from srserve.workload.plan import SloPolicy
 
     profile = Profile.read(PROFILE)
     assert profile.source == "derived" and profile.description.startswith("DERIVED, not measured")

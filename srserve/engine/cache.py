@@ -18,12 +18,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from srserve.engine.grammar import Grammar, Spelling, field_limits, number
+
+if TYPE_CHECKING:
+    import torch
 
 CacheKind = Literal["none", "first_block", "taylorseer", "mag"]
 CACHE_KINDS: tuple[str, ...] = get_args(CacheKind)
@@ -89,6 +91,7 @@ class CachePolicy(BaseModel):
 
         `modules`: the family's patterns of the block submodules TaylorSeer extrapolates (diffusers'
         defaults match no Wan or CogVideoX module: they full-match `blocks.*attn`, not `attn1`)."""
+        import torch
         from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 
         if self.kind == "first_block":
@@ -215,6 +218,7 @@ def _read_ratios(path: str) -> dict[str, Any]:
 
 def mag_ratios_for(path: str, model: str, num_steps: int) -> list[float]:
     """The calibrated ratios of `model` ("sketch" or "render"), resampled to `num_steps` steps."""
+    import torch
     from diffusers.hooks.mag_cache import nearest_interp
 
     data = _read_ratios(path)

@@ -103,15 +103,15 @@ class ModelPairConfig(BaseModel):
 
     @classmethod
     def tiny_pair(
-        cls, name: str, root: str | Path | None = None, write: bool = True, **overrides: object
+        cls, pair: str, /, root: str | Path | None = None, write: bool = True, **overrides: object
     ) -> ModelPairConfig:
         """An embedded tiny pair by name (`tiny` is Wan2.1), written on first use (seconds, no network) unless
         `write` is off; under `root`, else under srserve_home()/tiny/<family>."""
         from srserve.engine.tiny import TINY_LAYOUTS
 
-        key = TINY_ALIASES.get(name, name)
+        key = TINY_ALIASES.get(pair, pair)
         if key not in TINY_PAIRS:
-            raise ValueError(f"unknown tiny pair {name!r}; known: {', '.join([*TINY_ALIASES, *TINY_PAIRS])}")
+            raise ValueError(f"unknown tiny pair {pair!r}; known: {', '.join([*TINY_ALIASES, *TINY_PAIRS])}")
         family, defaults = TINY_PAIRS[key]
         layout = TINY_LAYOUTS[family]
         base = Path(root) if root is not None else srserve_home() / "tiny" / family

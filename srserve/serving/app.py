@@ -16,11 +16,12 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from srserve.engine.families import check_pair
 from srserve.serving.api.grpc import GrpcApi
 from srserve.serving.api.http import app as http_app
 from srserve.serving.api.tls_gateway import GrpcTlsGateway
 from srserve.serving.config import ServingConfig
-from srserve.serving.control.database import open_store
+from srserve.serving.control.database import migrate_store
 from srserve.serving.ingress import IngressCore
 from srserve.serving.ops.job_logging import install_job_log_filter
 from srserve.serving.ops.metrics import export_store_gauges
@@ -32,6 +33,7 @@ from srserve.serving.pools.text import text_deployment
 from srserve.serving.pools.worker import replica_id
 
 logger = logging.getLogger("ray.serve")
+
 
 @serve.deployment(name="Ingress")
 @serve.ingress(http_app)
@@ -54,27 +56,14 @@ class Ingress(GrpcApi, IngressCore):
             logger.warning("ingress stopped with %d job(s) still running; released to the other replicas", left)
 
 
-def migrate(config: ServingConfig) -> int:
-    """Bring the job store's schema up to date before any replica uses it; returns its version."""
-
-    async def run() -> int:
-        store = open_store(config.job_store)
-        try:
-            return await store.migrate()
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
 def build_app(config: ServingConfig) -> Application:
     config = config.resolved()  # the embedded database started, paths made absolute
-    migrate(config)
+    migrate_store(config.job_store)  # the schema is current before any replica uses it
     pair = config.model_pair()
     if config.layout == "disaggregated" and all(Path(p).exists() for p in (pair.sketch_path, pair.render_path)):
         # An incompatible sketch/render pair is refused here, naming what differs. Where the folders
         # are only on the GPU nodes (a KubeRay head mounts none), each replica refuses it at load.
-        pair.check()
+        check_pair(pair)
     stores = (config.job_store, config.artifacts)
     text = None
     if config.text_encoder_placement == "pool":

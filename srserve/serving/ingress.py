@@ -32,6 +32,7 @@ from srserve.engine.request import (
 )
 from srserve.serving.config import PoolConfig, ServingConfig
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore
+from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import open_store
 from srserve.serving.control.errors import InvalidRequest, JobNotFound, NotReady, RequestTooLarge, Unauthenticated
 from srserve.serving.control.events import EventHub
@@ -39,7 +40,7 @@ from srserve.serving.control.jobs import Job, JobEvent, JobState, handoff_key
 from srserve.serving.control.load_switch import SwitchChoice, choose_switch, load_snapshot
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
 from srserve.serving.control.request_cache import CacheRefused, cache_pattern, resolve_cache
-from srserve.serving.ops.job_logging import log_job_finished
+from srserve.serving.ops.job_logging import bind_job, log_job_finished
 from srserve.serving.ops.metrics import record_job_finished, record_switch_choice
 
 # What a caller sees when the replica running its request dies (Serve does not retry these).
@@ -59,6 +60,12 @@ def _replica_lost(exc: BaseException | None, depth: int = 0) -> bool:
     if isinstance(exc, REPLICA_LOST):
         return True
     return _replica_lost(getattr(exc, "cause", None), depth + 1) or _replica_lost(exc.__cause__, depth + 1)
+
+
+def _job_ended(job: Job) -> None:
+    """What the serving layer does when a job ends: its metrics and its summary log line."""
+    record_job_finished(job)
+    log_job_finished(job)
 
 
 class IngressCore:
@@ -106,6 +113,8 @@ class IngressCore:
             ),
             self._run_stage,
             _replica_lost,
+            on_job_ended=_job_ended,
+            bind_job=bind_job,
         )
         self.events_hub = EventHub(self.store)
         self.limits = {"sketch": config.sketch_pool.max_backlog, "render": config.render_pool.max_backlog}
@@ -115,7 +124,7 @@ class IngressCore:
         self.orchestrator.start()
         self.events_hub.start()
 
-    async def _run_stage(self, stage: str, ticket: dict[str, Any]) -> dict[str, Any]:
+    async def _run_stage(self, stage: str, ticket: StageTicket) -> StageResult:
         if stage == "render":
             return await self.render.render.remote(ticket)
         if self.text is not None:
@@ -273,8 +282,7 @@ class IngressCore:
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}", param="id")
         if not before.terminal:
-            record_job_finished(job)
-            log_job_finished(job)
+            _job_ended(job)
         return job
 
     async def delete(self, job_id: str) -> None:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
+from srserve.engine.request import stored_switch
 from srserve.serving.control.jobs import Job, JobState
 from srserve.workload.timeline import Timeline
 
@@ -25,8 +26,6 @@ POOLS: tuple[Pool, ...] = ("text", "sketch", "render", "colocated")
 
 # Recent samples per measured quantity (newest jobs first); the median of them is used.
 RECENT_SAMPLES = 32
-# SwitchPolicy's adaptive bounds when a request leaves them unset (srserve.engine.request).
-_ADAPTIVE_DEFAULT_BOUNDS = (0.1, 0.6)
 
 _BEFORE_SKETCH = frozenset({JobState.QUEUED, JobState.ENCODING})
 _SKETCH_STATES = _BEFORE_SKETCH | {JobState.SKETCHING}
@@ -89,16 +88,11 @@ def measure_stage_times(jobs: Iterable[Job], now: float, recent: int = RECENT_SA
                 render.append(d / (job.num_steps - job.switch_step))
             elif job.state == JobState.RENDERING and job.step > job.switch_step and "render_start" in t.marks:
                 render.append(max(0.0, now - t.marks["render_start"]) / (job.step - job.switch_step))
-        if job.switch_step is not None and job.num_steps and _switch(job).get("kind") == "adaptive":
+        if job.switch_step is not None and job.num_steps and stored_switch(job.request).kind == "adaptive":
             switch_fraction.append(job.switch_step / job.num_steps)
         if (d := t.span("decode")) is not None:
             decode.append(d)
     return StageTimes(*(_median(s[:recent]) for s in samples))
-
-
-def _switch(job: Job) -> dict[str, Any]:
-    switch = job.request.get("switch") if isinstance(job.request, dict) else None
-    return switch if isinstance(switch, dict) else {}
 
 
 def expected_sketch_steps(job: Job, adaptive_fraction: float | None) -> int:
@@ -106,17 +100,12 @@ def expected_sketch_steps(job: Job, adaptive_fraction: float | None) -> int:
     if job.switch_step is not None:
         return job.switch_step
     n = job.num_steps
-    switch = _switch(job)
-    if switch.get("kind") == "fixed":
-        if switch.get("step") is not None:
-            return min(int(switch["step"]), n)
-        return min(round(float(switch.get("fraction") or 0.0) * n), n)
-    lo = switch.get("min_step")
-    hi = switch.get("max_step")
-    lo = round(_ADAPTIVE_DEFAULT_BOUNDS[0] * n) if lo is None else int(lo)
-    hi = round(_ADAPTIVE_DEFAULT_BOUNDS[1] * n) if hi is None else int(hi)
+    switch = stored_switch(job.request)
+    if switch.kind == "fixed":
+        return min(switch.fixed_step(n), n)
+    lo, hi = switch.bounds(n)
     guess = round(adaptive_fraction * n) if adaptive_fraction is not None else hi  # unmeasured: the bound
-    return max(min(lo, n), min(guess, hi, n))
+    return max(lo, min(guess, hi))
 
 
 class _Tally:
