@@ -1,6 +1,6 @@
 """A planner profile for Wan2.1 derived from published figures (NOT measured here).
 
-Source (DESIGN.md): a third-party reproduction on 1x A100, 832x480, 81 frames, 50 steps:
+Source (docs/algorithm.md): a third-party reproduction on 1x A100, 832x480, 81 frames, 50 steps:
 14B alone 948 s, 1.3B alone 192 s, SRDiffusion 344 s. With the per-step cost ratio of the two
 transformers taken from their FLOP counts (srserve.profiling.flops, ~0.169 at 480p):
     50 L + O = 948,   50 r L + O = 192   ->   L (14B step), S = r L (1.3B step), O (fixed cost)
@@ -114,7 +114,7 @@ def main() -> None:
         delays=Delays(dispatch_s=0.05, handoff_s=0.2, completion_s=0.05),
         role_memory_gib={k: round(v + ACTIVATION_ALLOWANCE_GIB[k], 2) for k, v in weights.items()},
         adaptive_switch={n: {k_lo: round(1 - frac, 3), k_lo + 1: round(frac, 3)}},
-        measured_at={"source": "DESIGN.md published figures (third-party reproduction, 1x A100)"},
+        measured_at={"source": "docs/algorithm.md published figures (third-party reproduction, 1x A100)"},
     )
     path = profile.write(args.out)
     print(

@@ -130,7 +130,7 @@ def test_restarting_unipc_without_its_state_differs(engine: SRDiffusionEngine, w
 
 
 def _direct_adaptive_step(predictions: list[torch.Tensor], tau: float, lo: int, hi: int) -> int:
-    """The SRDiffusion rule written out from DESIGN.md, independent of srserve.engine.switch."""
+    """The SRDiffusion rule written out from docs/algorithm.md, independent of srserve.engine.switch."""
     d: dict[int, float] = {}
     for k in range(len(predictions)):
         if k >= 1:

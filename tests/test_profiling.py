@@ -61,7 +61,7 @@ def test_real_size_configs_and_flops() -> None:
         analytic = transformer_forward_flops(config, s480.width, s480.height, s480.num_frames, 512)
         assert analytic == pytest.approx(counter.get_total_flops(), rel=0.01)
         counted[role] = analytic
-    assert 0.15 < counted["small"] / counted["large"] < 0.2  # DESIGN.md: a 1.3B step ~0.2 of a 14B step
+    assert 0.15 < counted["small"] / counted["large"] < 0.2  # docs/algorithm.md: a 1.3B step ~0.2 of a 14B step
     assert device_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert device_peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert device_peak_tflops("Some CPU") is None

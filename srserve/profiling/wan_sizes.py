@@ -1,7 +1,7 @@
 """Architectures to profile: the real Wan2.1 sizes (14B and 1.3B transformers, the Wan VAE, the
 umT5-XXL text encoder) and a scaled-down preset with the same structure for CPU tests.
 
-Real sizes follow the diffusers conversion of the public checkpoints (DESIGN.md): 1.3B = 30 layers,
+Real sizes follow the diffusers conversion of the public checkpoints (docs/algorithm.md): 1.3B = 30 layers,
 12 heads x 128, ffn 8960; 14B = 40 layers, 40 heads x 128, ffn 13824; umT5-XXL d_model 4096,
 24 layers, 64 heads x 64, d_ff 10240, vocab 256384; the VAE is AutoencoderKLWan's default config.
 """
