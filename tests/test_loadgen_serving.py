@@ -14,20 +14,11 @@ from srserve.workload.arrivals import ClosedLoop, PoissonArrivals, TraceArrivals
 from srserve.workload.mix import RequestClass, RequestMix
 from srserve.workload.plan import SloPolicy
 from srserve.workload.stats import summarize
+from srserve.workload.timeline import MARKS
 
 pytestmark = pytest.mark.slow
 
-STAMPS = (
-    "submitted",
-    "encode_start",
-    "encode_end",
-    "sketch_start",
-    "sketch_end",
-    "render_start",
-    "decode_start",
-    "render_end",
-    "finished",
-)
+STAMPS = MARKS  # every stamp a completed served job carries
 MIX = RequestMix(
     classes=[
         RequestClass(name="short", num_inference_steps=4, switch="fixed:1", slo_s=60.0),
