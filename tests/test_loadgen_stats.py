@@ -175,3 +175,12 @@ def test_mix_classes_are_validated_by_the_request_model() -> None:
     rng = random.Random(0)
     picks = [mix.sample(rng).name for _ in range(4000)]
     assert picks.count("a") / len(picks) == pytest.approx(0.75, abs=0.03)
+
+
+def test_replicas_per_pool_counts_a_queue_autoscaled_pool_at_its_maximum() -> None:
+    from srserve.loadgen.shape import replicas_per_pool
+    from srserve.serving.config import PoolConfig, QueueWorkAutoscaling, ServingConfig
+
+    scaled = PoolConfig(num_replicas=None, queue_autoscaling=QueueWorkAutoscaling(min_replicas=1, max_replicas=3))
+    config = ServingConfig(sketch_pool=PoolConfig(num_replicas=2), render_pool=scaled)
+    assert replicas_per_pool(config) == {"sketch": 2, "render": 3}

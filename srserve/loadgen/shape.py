@@ -7,9 +7,8 @@ from srserve.workload.records import COLOCATED, RENDER, SKETCH
 
 
 def _replicas(pool: PoolConfig) -> int:
-    if pool.num_replicas is not None:
-        return pool.num_replicas
-    return int((pool.autoscaling_config or {}).get("max_replicas", 1))
+    """Replicas a pool may run (autoscaled, queue-autoscaled included: its maximum)."""
+    return pool.replica_ceiling()
 
 
 def replicas_per_pool(config: ServingConfig) -> dict[str, int]:
