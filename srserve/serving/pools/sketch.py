@@ -49,7 +49,7 @@ class SketchWorker(PoolWorker):
         if out is None:
             return reporter.stopped()
         state, blob, end = out
-        return await self.hand_off(reporter, state.switch_step, blob, {"sketch_end": end})
+        return await reporter.hand_off(self.artifacts, blob, state.switch_step, {"sketch_end": end})
 
 
 def sketch_deployment(**options: Any):

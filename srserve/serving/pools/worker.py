@@ -101,12 +101,6 @@ class PoolWorker(ReplicaOperations):
 
         return await asyncio.to_thread(locked)
 
-    async def hand_off(
-        self, reporter: AttemptReporter, switch_step: int, blob: bytes, stamps: dict[str, float]
-    ) -> StageResult:
-        """The sketch's durable point (srserve.serving.control.progress.AttemptReporter.hand_off)."""
-        return await reporter.hand_off(self.artifacts, blob, switch_step, stamps)
-
     async def render_and_store(self, reporter: AttemptReporter, run: Callable[[], Any]) -> StageResult:
         """Compute a stage body ending in the mp4 (`run`: (video, digest, stamps), or None when stopped),
         then store it: the render pool's and the colocated pool's common end."""
