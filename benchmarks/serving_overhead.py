@@ -27,10 +27,27 @@ from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
 from srserve.serving.config import DeployFile, PoolConfig, ServingConfig
 from srserve.serving.launcher import deploy, embedded_database, ensure_ray
 
+# Where a served request's time goes: client-side edges (wall clock, as the stamps) and the job's
+# stamps, in order; each part is the time from the previous edge to this one.
+SERVED_PARTS = (
+    ("post", "client_posted"),  # the POST answered: the job is in the store
+    ("to_replica", "encode_start"),  # the orchestrator's attempt and the call reaching the sketch replica
+    ("encode", "encode_end"),
+    ("sketch", "sketch_end"),  # the large model's steps, the handoff serialized
+    ("handoff", "render_start"),  # the handoff stored, recorded, the render attempt begun and called
+    ("render", "decode_start"),
+    ("decode", "render_end"),  # decode and mp4 export
+    ("complete", "finished"),  # the mp4 stored, the job completed in the store
+    ("done_event", "client_done"),  # NOTIFY -> event hub -> SSE `done` read by the client
+    ("download", "client_downloaded"),  # GET the mp4
+)
+ENGINE_PARTS = ("encode", "sketch", "handoff_serialize", "handoff_deserialize", "render", "decode", "export")
 
-def served_once(base: str, body: dict) -> tuple[float, bytes, dict]:
-    start = time.perf_counter()
+
+def served_once(base: str, body: dict) -> tuple[float, bytes, dict, dict[str, float]]:
+    start, wall = time.perf_counter(), time.time()
     job = requests.post(f"{base}/v1/videos", json=body, timeout=30).json()
+    edges = {"client_posted": time.time()}
     done = None
     with requests.get(f"{base}/v1/videos/{job['id']}/events", stream=True, timeout=120) as stream:
         event = None
@@ -40,11 +57,18 @@ def served_once(base: str, body: dict) -> tuple[float, bytes, dict]:
             elif line.startswith("data: ") and event == "done":
                 done = json.loads(line[6:])
                 break
+    edges["client_done"] = time.time()
     video = requests.get(f"{base}/v1/videos/{job['id']}/content", timeout=30).content
+    edges["client_downloaded"] = time.time()
     elapsed = time.perf_counter() - start
     if done is None or done["status"] != "completed":
         raise RuntimeError(f"{job['id']}: {done}")
-    return elapsed, video, done
+    marks = {**done["srserve"]["timeline"], **edges}
+    parts, last = {}, wall
+    for name, edge in SERVED_PARTS:
+        parts[name] = marks[edge] - last
+        last = marks[edge]
+    return elapsed, video, done, parts
 
 
 def main() -> None:
@@ -71,17 +95,29 @@ def main() -> None:
     served_once(base, {**body, "seed": 0})  # warm-up both
     engine.generate(GenerationRequest(**body, seed=0))
     served, local = [], []
+    served_parts: dict[str, list[float]] = {name: [] for name, _ in SERVED_PARTS}
+    engine_parts: dict[str, list[float]] = {name: [] for name in ENGINE_PARTS}
     same_video = True
     for i in range(args.repeats):
-        seconds, video, _ = served_once(base, {**body, "seed": i})
+        seconds, video, _, parts = served_once(base, {**body, "seed": i})
         served.append(seconds)
+        for name, value in parts.items():
+            served_parts[name].append(value)
         start = time.perf_counter()
         result = engine.generate(GenerationRequest(**body, seed=i))
         local.append(time.perf_counter() - start)
+        for name in ENGINE_PARTS:
+            engine_parts[name].append(result.timings[name])
         same_video &= result.video == video
     med_served, med_local = statistics.median(served), statistics.median(local)
     ratio = med_served / med_local
     print(f"served median {med_served:.3f}s  engine median {med_local:.3f}s  ratio {ratio:.3f}  same mp4 {same_video}")
+    breakdown = {
+        "served": {k: statistics.median(v) for k, v in served_parts.items()},
+        "engine": {k: statistics.median(v) for k, v in engine_parts.items()},
+    }
+    for side, parts in breakdown.items():
+        print(f"{side:>7}: " + "  ".join(f"{k} {v * 1000:.0f}ms" for k, v in parts.items()))
     report = {
         "command": f"python benchmarks/serving_overhead.py --repeats {args.repeats} --steps {args.steps} "
         f"--switch {args.switch}",
@@ -94,6 +130,7 @@ def main() -> None:
         "engine_median_s": med_local,
         "ratio": ratio,
         "identical_mp4": same_video,
+        "breakdown_median_s": breakdown,
     }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from srserve.serving.control.jobs import PoolBacklog
 from srserve.serving.control.store import JobStore
 
 REQUEST = {"prompt": "a fox", "num_inference_steps": 20, "switch": {"kind": "fixed", "step": 5}}
-LIMITS = {"sketch": 100, "render": 100}
+LIMITS = (PoolBacklog("sketch", frozenset({"sketch"}), 100), PoolBacklog("render", frozenset({"render"}), 100))
 
 
 class Clock:

@@ -92,7 +92,7 @@ def test_retention_and_delete_remove_the_artifacts(store_dsn: str, tmp_path: Pat
             store, artifacts, "o", OrchestratorSettings(retain_jobs=1, retain_age_s=None), run_stage, lambda e: False
         )
         for job_id in ("old", "new"):
-            await store.create(job_id, {"prompt": "x"}, 4, None, "o", 30, {})
+            await store.create(job_id, {"prompt": "x"}, 4, None, "o", 30, ())
             fence = (await store.begin_attempt(job_id, "sketch", "o", 3)).fence
             await store.apply_progress([ProgressUpdate(job_id, fence, JobState.SKETCHING, 2, 2)])
             artifacts.put(handoff_key(job_id, fence), b"handoff")

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from srserve.serving.api.errors import grpc_status, http_status
+from srserve.serving.config import PoolConfig, PoolLayout
 from srserve.serving.control.attempts import StopReason
 from srserve.serving.control.errors import Overloaded
 from srserve.serving.control.jobs import TERMINAL_STATES, ErrorCode, Job, JobState
@@ -127,7 +128,7 @@ def test_admission_is_global_per_phase(store_dsn: str) -> None:
 
     async def go():
         store = await _store(store_dsn)
-        limits = {"sketch": 2, "render": 1}
+        limits = PoolLayout.disaggregated(PoolConfig(max_backlog=2), PoolConfig(max_backlog=1)).backlogs()
         await store.create("a", REQUEST, 20, None, "ingress-1", 30, limits)
         await store.create("b", REQUEST, 20, None, "ingress-2", 30, limits)
         with pytest.raises(Overloaded, match="sketch pool is full"):
@@ -138,6 +139,25 @@ def test_admission_is_global_per_phase(store_dsn: str) -> None:
         await store.cancel("a")
         with pytest.raises(Overloaded, match="render pool is full"):  # a prompt needs room in both phases
             await store.create("c", REQUEST, 20, None, "ingress-3", 30, limits)
+        await store.cancel("h")
+        await store.create("c", REQUEST, 20, None, "ingress-3", 30, limits)  # room again
+        await store.close()
+
+    run(go())
+
+
+def test_admission_counts_a_colocated_pool_once_for_both_phases(store_dsn: str) -> None:
+    """One pool runs both phases: its backlog counts jobs in either, uploaded handoffs included."""
+
+    async def go():
+        store = await _store(store_dsn)
+        limits = PoolLayout.colocated(PoolConfig(max_backlog=2)).backlogs()
+        assert [(b.pool, b.phases, b.max_jobs) for b in limits] == [("colocated", {"sketch", "render"}, 2)]
+        await store.create("a", REQUEST, 20, None, "ingress-1", 30, limits)
+        await store.create("h", REQUEST, 20, None, "ingress-1", 30, limits, handoff=("k", 10, 5))
+        for job_id, handoff in (("c", None), ("h2", ("k2", 10, 5))):
+            with pytest.raises(Overloaded, match="colocated pool is full \\(2 jobs waiting\\)"):
+                await store.create(job_id, REQUEST, 20, None, "ingress-1", 30, limits, handoff=handoff)
         await store.cancel("h")
         await store.create("c", REQUEST, 20, None, "ingress-3", 30, limits)  # room again
         await store.close()

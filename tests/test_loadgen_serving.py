@@ -8,6 +8,7 @@ import time
 import pytest
 import requests
 
+from srserve.engine import GenerationRequest, Role, SRDiffusionEngine
 from srserve.loadgen.clients import GrpcTarget, HttpTarget, Rejected, connect
 from srserve.loadgen.runner import LoadRunner, unloaded_latency
 from srserve.workload.arrivals import ClosedLoop, PoissonArrivals, TraceArrivals
@@ -15,6 +16,7 @@ from srserve.workload.mix import RequestClass, RequestMix
 from srserve.workload.plan import SloPolicy
 from srserve.workload.stats import summarize
 from srserve.workload.timeline import MARKS
+from tests.serving_helpers import post, wait_done
 
 pytestmark = pytest.mark.slow
 
@@ -224,5 +226,16 @@ def test_colocated_layout_serves_the_same_latents(serving, tiny_config) -> None:
         assert all(k in colocated[0].timeline for k in STAMPS)
         assert colocated[0].switch_step == 2
         assert colocated[1] and colocated[1] == disaggregated[1]  # exact: the same final latents
+
+        # An uploaded handoff: the layout routes its render stage to the colocated pool too.
+        engine = SRDiffusionEngine(tiny_config.model_copy(update={"num_threads": 1}), roles={Role.TEXT, Role.SKETCH})
+        request = engine.resolve(GenerationRequest(**fields))
+        blob = engine.sketch(request, engine.encode(request)).to_bytes()
+        base = serving.http + "/colocated-test"
+        upload = post(base, "/v1/handoffs", data=blob, headers={"content-type": "application/octet-stream"})
+        assert upload.status_code == 200, upload.text
+        done = wait_done(base, upload.json()["id"])
+        assert done["srserve"]["replicas"].keys() == {"colocated"}, done
+        assert done["srserve"]["latents_sha256"] == disaggregated[1]
     finally:
         serve.delete("colocated-test")

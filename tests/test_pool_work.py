@@ -9,6 +9,7 @@ import pytest
 from srserve.serving.control.jobs import Job, JobState
 from srserve.serving.control.pool_work import estimate_pool_work, expected_sketch_steps, measure_stage_times
 from srserve.serving.control.store import JobStore, ProgressUpdate
+from tests.store_helpers import LIMITS
 
 T0 = 1_000.0
 S = JobState
@@ -26,10 +27,9 @@ async def _jobs_in_store(dsn: str) -> dict[str, Job]:
     """Real store records: one finished job (its stamps give the step times) and jobs in every stage."""
     store = JobStore(dsn)
     await store.migrate()
-    limits = {"sketch": 100, "render": 100}
 
     async def new(job_id: str) -> int:
-        await store.create(job_id, _request(FIXED5), 20, None, "o", 30, limits)
+        await store.create(job_id, _request(FIXED5), 20, None, "o", 30, LIMITS)
         return (await store.begin_attempt(job_id, "sketch", "o", 3)).fence
 
     def up(job_id, fence, state=None, step=None, total=None, stamps=None):
@@ -112,7 +112,7 @@ def test_before_any_measurement_steps_are_unpriced(store_dsn: str) -> None:
         store = JobStore(store_dsn)
         await store.migrate()
         for i in range(3):
-            await store.create(f"j{i}", _request(FIXED5), 20, None, "o", 30, {})
+            await store.create(f"j{i}", _request(FIXED5), 20, None, "o", 30, ())
         jobs = await store.jobs_for_work()
         await store.close()
         return jobs

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from srserve.serving.config import PoolConfig, ServingConfig
-from srserve.workload.records import COLOCATED, RENDER, SKETCH
-
-
-def _replicas(pool: PoolConfig) -> int:
-    """Replicas a pool may run (autoscaled, queue-autoscaled included: its maximum)."""
-    return pool.replica_ceiling()
+from srserve.serving.config import ServingConfig
 
 
 def replicas_per_pool(config: ServingConfig) -> dict[str, int]:
-    if config.layout == "colocated":
-        return {COLOCATED: _replicas(config.colocated_pool)}
-    return {SKETCH: _replicas(config.sketch_pool), RENDER: _replicas(config.render_pool)}
+    """The replicas each pool running a phase of the jobs may have (autoscaled: its maximum)."""
+    layout = config.pool_layout()
+    return {name: layout.pools[name].replica_ceiling() for name in dict.fromkeys(layout.phases.values())}
 
 
 def device_count(config: ServingConfig) -> float:
-    """GPUs the model pools hold; on CPU-only pools (num_gpus 0) each replica counts as one device."""
-    pools = [config.colocated_pool] if config.layout == "colocated" else [config.sketch_pool, config.render_pool]
-    if config.layout != "colocated" and config.text_encoder_placement == "pool":
-        pools.append(config.text_pool)
+    """GPUs the pools hold; on CPU-only pools (num_gpus 0) each replica counts as one device."""
     total = 0.0
-    for pool in pools:
+    for pool in config.pool_layout().pools.values():
         gpus = float(pool.ray_actor_options.get("num_gpus", 0) or 0)
-        total += _replicas(pool) * (gpus if gpus > 0 else 1.0)
+        total += pool.replica_ceiling() * (gpus if gpus > 0 else 1.0)
     return total

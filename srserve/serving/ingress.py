@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import ray
@@ -30,13 +30,13 @@ from srserve.engine.request import (
     error_field,
     resolve_request,
 )
-from srserve.serving.config import PoolConfig, ServingConfig
+from srserve.serving.config import ServingConfig
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore
 from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import open_store
 from srserve.serving.control.errors import InvalidRequest, JobNotFound, NotReady, RequestTooLarge, Unauthenticated
 from srserve.serving.control.events import EventHub
-from srserve.serving.control.jobs import Job, JobEvent, JobState, handoff_key
+from srserve.serving.control.jobs import Job, JobEvent, JobState, Phase, handoff_key
 from srserve.serving.control.load_switch import SwitchChoice, choose_switch, load_snapshot
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
 from srserve.serving.control.request_cache import CacheRefused, cache_pattern, resolve_cache
@@ -75,19 +75,16 @@ class IngressCore:
         defaults: RequestDefaults,
         model_name: str,
         family: str,
-        sketch: DeploymentHandle,
-        render: DeploymentHandle,
-        text: DeploymentHandle | None = None,
+        pools: Mapping[str, DeploymentHandle],
         replica: str = "local",
         pair: ModelPairConfig | None = None,
     ) -> None:
         self.config = config
+        self.layout = config.pool_layout()
         self.defaults = defaults
         self.model_name = model_name
         self.family = family
-        self.sketch = sketch
-        self.render = render
-        self.text = text
+        self.pools = dict(pools)  # one handle per pool of the layout
         self.auth = config.auth.resolve()
         self._family = None
         if pair is not None:  # configs only, no weights: lets uploads be checked before they queue
@@ -117,19 +114,20 @@ class IngressCore:
             bind_job=bind_job,
         )
         self.events_hub = EventHub(self.store)
-        self.limits = {"sketch": config.sketch_pool.max_backlog, "render": config.render_pool.max_backlog}
 
     def start(self) -> None:
         """Background work on the replica's loop: leases, resumption, sweeping, progress streams."""
         self.orchestrator.start()
         self.events_hub.start()
 
-    async def _run_stage(self, stage: str, ticket: StageTicket) -> StageResult:
-        if stage == "render":
-            return await self.render.render.remote(ticket)
-        if self.text is not None:
-            return await self.sketch.sketch.remote(ticket, self.text.encode.remote(ticket))
-        return await self.sketch.sketch.remote(ticket)
+    async def _run_stage(self, stage: Phase, ticket: StageTicket) -> StageResult:
+        """Call the pool the layout routes `stage` to, with the encoder pool's embeddings where the route
+        takes them (passed as a response: Ray hands the result to the stage's replica)."""
+        route = self.layout.routes[stage]
+        call = getattr(self.pools[route.pool], route.method)
+        if route.takes_prompt and self.layout.encoder is not None:
+            return await call.remote(ticket, self.pools[self.layout.encoder].encode.remote(ticket))
+        return await call.remote(ticket)
 
     # -- admission -----------------------------------------------------------------------
     def authorize(self, authorization: str | None) -> None:
@@ -166,20 +164,14 @@ class IngressCore:
         choice = await self._choose_switch(resolved, deadline_s)
         return resolved.model_copy(update={"switch": choice.policy}), choice
 
-    def _cache_pools(self) -> tuple[PoolConfig, PoolConfig]:
-        cfg = self.config
-        if cfg.layout == "colocated":
-            return cfg.colocated_pool, cfg.colocated_pool
-        return cfg.sketch_pool, cfg.render_pool
-
     def cache_pattern(self) -> str:
         """The `cache` field's published grammar for this deployment: the kinds each stage's pool allows."""
-        sketch, render = self._cache_pools()
+        sketch, render = self.layout.pool("sketch"), self.layout.pool("render")
         return cache_pattern((sketch.cache, sketch.cache_limits), (render.cache, render.cache_limits))
 
     def _caches(self, asked: CacheSpec | None, render_only: bool = False) -> CacheSpec | None:
         """The step caches the job runs: the request's within the pools' limits, else the pools' own."""
-        sketch, render = self._cache_pools()
+        sketch, render = self.layout.pool("sketch"), self.layout.pool("render")
         if render_only and asked is not None:
             asked = CacheSpec(render=asked.render)
         try:
@@ -191,13 +183,14 @@ class IngressCore:
         """The load-aware switch's cap for a new job, from the pools' queued work in the store."""
         cfg = self.config
         jobs = await self.store.jobs_for_work()
-        colocated = cfg.layout == "colocated"
-        replicas = (
-            (cfg.colocated_pool.replica_floor(),) * 2
-            if colocated
-            else (cfg.sketch_pool.replica_floor(), cfg.render_pool.replica_floor())
+        layout = self.layout
+        load = load_snapshot(
+            jobs,
+            time.time(),
+            *layout.replica_floors(),
+            pools=(layout.phases["sketch"], layout.phases["render"]),
+            text_pool=layout.encoder is not None,
         )
-        load = load_snapshot(jobs, time.time(), *replicas, colocated=colocated, text_pool=self.text is not None)
         slo = cfg.ingress.load_switch.slo_s
         if slo is None:
             slo = deadline_s if deadline_s is not None else cfg.ingress.default_deadline_s
@@ -258,7 +251,7 @@ class IngressCore:
                 deadline,
                 self.owner,
                 self.config.ingress.lease_ttl_s,
-                self.limits,
+                self.layout.backlogs(),
                 stored,
                 switch_choice,
             )

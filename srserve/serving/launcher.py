@@ -99,10 +99,7 @@ def check_model(serving: ServingConfig, path: str | Path, local: bool = True) ->
                 check_pair(pair)
             except IncompatiblePairError as exc:
                 raise ConfigError(f"{path}: model: {exc}") from None
-    if serving.layout != "disaggregated":
-        return
-    for name in ("sketch_pool", "render_pool"):
-        pool = getattr(serving, name)
+    for name, pool in serving.pool_layout().pools.items():
         if pool.parallel.enabled:
             from srserve.engine.parallel import ParallelUnsupported
             from srserve.serving.pools.ranks import check_pool_parallel
@@ -111,7 +108,7 @@ def check_model(serving: ServingConfig, path: str | Path, local: bool = True) ->
             try:
                 check_pool_parallel(pool.parallel, model, pool.ray_actor_options)
             except ParallelUnsupported as exc:
-                raise ConfigError(f"{path}: {name}.parallel: {exc}") from None
+                raise ConfigError(f"{path}: {name}_pool.parallel: {exc}") from None
 
 
 def check_ray_address(address: str) -> None:

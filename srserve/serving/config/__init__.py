@@ -9,6 +9,7 @@ from srserve.serving.config.autoscaling import POLICY_IMPORT_PATH, QueueWorkAuto
 from srserve.serving.config.deploy_file import APP_IMPORT_PATH, GRPC_SERVICER_FUNCTIONS, DeployFile
 from srserve.serving.config.errors import ConfigError, StartupError
 from srserve.serving.config.grpc_tls import GrpcTlsConfig
+from srserve.serving.config.layout import PoolLayout, StageRoute
 from srserve.serving.config.pools import PoolConfig, ReplicaSettings, rank_bundles
 from srserve.serving.config.serving import IngressConfig, ServingConfig
 from srserve.serving.config.telemetry import GpuTelemetryConfig
@@ -25,9 +26,11 @@ __all__ = [
     "GrpcTlsConfig",
     "IngressConfig",
     "PoolConfig",
+    "PoolLayout",
     "QueueWorkAutoscaling",
     "ReplicaSettings",
     "ServingConfig",
+    "StageRoute",
     "StartupError",
     "rank_bundles",
 ]

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from srserve.engine.config import ModelPairConfig, srserve_home
 from srserve.serving.config.auth import AuthConfig
 from srserve.serving.config.grpc_tls import GrpcTlsConfig
+from srserve.serving.config.layout import PoolLayout
 from srserve.serving.config.pools import PoolConfig
 from srserve.serving.control.artifacts import ArtifactStoreConfig
 from srserve.serving.control.database import JobStoreConfig, resolve_dsn
@@ -54,7 +55,7 @@ class ServingConfig(BaseModel):
     model: ModelPairConfig | Literal["tiny"] = "tiny"
     text_encoder_placement: Literal["sketch", "pool"] = "sketch"
     # disaggregated: sketch and render pools; colocated: colocated_pool replicas hold both models
-    # and run whole requests (the WanPipeline-with-transformer_2 baseline, see serving/pools/colocated.py).
+    # and run whole requests (the WanPipeline-with-transformer_2 baseline). pool_layout() says what each means.
     layout: Literal["disaggregated", "colocated"] = "disaggregated"
     sketch_pool: PoolConfig = PoolConfig()
     render_pool: PoolConfig = PoolConfig()
@@ -78,6 +79,13 @@ class ServingConfig(BaseModel):
                 # Its skip decision would be taken per token slice: the ranks would diverge (docs/parallel.md).
                 raise ValueError(f"{name}: a first_block cache cannot run with ulysses/ring; use taylorseer or mag")
         return self
+
+    def pool_layout(self) -> PoolLayout:
+        """The pools this config deploys and where each stage goes (srserve.serving.config.layout)."""
+        text = self.text_pool if self.text_encoder_placement == "pool" else None
+        if self.layout == "colocated":
+            return PoolLayout.colocated(self.colocated_pool, text)
+        return PoolLayout.disaggregated(self.sketch_pool, self.render_pool, text)
 
     def resolved(self) -> ServingConfig:
         """The config the replicas get: the embedded server started and its DSN filled in (no DSN is

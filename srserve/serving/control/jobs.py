@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 
 class JobState(StrEnum):
@@ -25,6 +25,18 @@ RUNNING_STATES = frozenset({JobState.ENCODING, JobState.SKETCHING, JobState.REND
 # Jobs waiting for or in the sketch pool, and those past the handoff (admission counts them per phase).
 SKETCH_PHASE = frozenset({JobState.QUEUED, JobState.ENCODING, JobState.SKETCHING})
 RENDER_PHASE = frozenset({JobState.HANDED_OFF, JobState.RENDERING, JobState.DECODING})
+Phase = Literal["sketch", "render"]
+PHASE_STATES: dict[Phase, frozenset[JobState]] = {"sketch": SKETCH_PHASE, "render": RENDER_PHASE}
+
+
+@dataclass(frozen=True)
+class PoolBacklog:
+    """Admission's limit on one pool: jobs in the phases it runs, beyond which new jobs are refused
+    (srserve.serving.config.layout makes one per pool of the deployment)."""
+
+    pool: str
+    phases: frozenset[Phase]
+    max_jobs: int
 
 
 class ErrorCode(StrEnum):

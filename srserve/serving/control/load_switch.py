@@ -126,20 +126,20 @@ def load_snapshot(
     sketch_replicas: int,
     render_replicas: int,
     *,
-    colocated: bool = False,
+    pools: tuple[str, str] = ("sketch", "render"),
     text_pool: bool = False,
 ) -> LoadSnapshot:
     """The snapshot of the store's jobs (live ones plus recent finished ones, which price a step).
 
-    Colocated replicas run both stages, so all their work counts as the sketch side's and the render
-    side has no queue of its own: the cap then moves only for the SLO."""
+    `pools` are the pools running the sketch and the render phase. When one pool runs both (colocated
+    replicas), all its work counts as the sketch side's and the render side has no queue of its own:
+    the cap then moves only for the SLO."""
     times = measure_stage_times(jobs, now)
-    if colocated:
-        sketch = estimate_pool_work(jobs, "colocated", now, times=times)
-        render_work = 0.0
-    else:
-        sketch = estimate_pool_work(jobs, "sketch", now, include_encode=not text_pool, times=times)
-        render = estimate_pool_work(jobs, "render", now, times=times)
+    sketch_pool, render_pool = pools
+    sketch = estimate_pool_work(jobs, sketch_pool, now, include_encode=not text_pool, times=times)
+    render_work = 0.0
+    if render_pool != sketch_pool:
+        render = estimate_pool_work(jobs, render_pool, now, times=times)
         render_work = render.work_s + render.incoming_s
     return LoadSnapshot(
         sketch_work_s=sketch.work_s,

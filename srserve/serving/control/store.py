@@ -23,7 +23,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
@@ -35,13 +35,13 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from srserve.serving.control.attempts import StopReason
 from srserve.serving.control.errors import Overloaded, StoreUnavailable
 from srserve.serving.control.jobs import (
-    RENDER_PHASE,
-    SKETCH_PHASE,
+    PHASE_STATES,
     TERMINAL,
     ErrorCode,
     Job,
     JobEvent,
     JobState,
+    PoolBacklog,
 )
 from srserve.serving.control.state_machine import RESUMABLE_FROM, RESUME_STATE, can_move, next_stage
 
@@ -289,11 +289,11 @@ class JobStore:
         deadline_s: float | None,
         owner: str,
         lease_ttl_s: float,
-        limits: dict[str, int],
+        limits: Sequence[PoolBacklog],
         handoff: tuple[str, int, int] | None = None,
         switch_choice: tuple[int, str] | None = None,
     ) -> Job:
-        """Admit a job under the global per-phase limits (counted here, across every ingress replica).
+        """Admit a job under the global per-pool limits (counted here, across every ingress replica).
 
         `handoff` (key, bytes, switch step) admits an uploaded handoff straight to `handed_off`;
         `switch_choice` (cap, reason) is the load-aware switch's decision for it.
@@ -304,12 +304,13 @@ class JobStore:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADMISSION_LOCK,))
             cur = await conn.execute(f"SELECT state, count(*) AS n FROM srserve_jobs WHERE {_LIVE} GROUP BY state")
             counts = {r["state"]: r["n"] for r in await cur.fetchall()}
-            for phase, states in (("sketch", SKETCH_PHASE), ("render", RENDER_PHASE)):
-                if handoff is not None and phase == "sketch":
+            for backlog in limits:
+                phases = backlog.phases - {"sketch"} if handoff is not None else backlog.phases
+                if not phases:  # an uploaded handoff needs no room in a sketch-only pool
                     continue
-                waiting = sum(counts.get(s.value, 0) for s in states)
-                if waiting >= limits.get(phase, 1 << 30):
-                    raise Overloaded(f"{phase} pool is full ({waiting} jobs waiting); retry later")
+                waiting = sum(counts.get(s.value, 0) for phase in backlog.phases for s in PHASE_STATES[phase])
+                if waiting >= backlog.max_jobs:
+                    raise Overloaded(f"{backlog.pool} pool is full ({waiting} jobs waiting); retry later")
             job = Job(
                 id=job_id,
                 request=request,

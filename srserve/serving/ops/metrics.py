@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from srserve.serving.control.jobs import RENDER_PHASE, SKETCH_PHASE, Job, JobState
+from srserve.serving.control.jobs import PHASE_STATES, Job, JobState, PoolBacklog
 from srserve.serving.control.pool_work import PoolWork, estimate_pool_work, measure_stage_times
 from srserve.workload.timeline import Timeline
 
 if TYPE_CHECKING:
+    from srserve.serving.config import PoolLayout
     from srserve.serving.ops.gpu_telemetry import GpuSample
 
 T = TypeVar("T")
@@ -205,40 +206,37 @@ def record_switch_choice(job: Job) -> None:
         m["switch_cap"].observe(job.switch_cap / job.num_steps, tags={"reason": job.switch_reason})
 
 
-def record_board(counts: Mapping[str, int], pools: Iterable[PoolWork]) -> None:
+def record_board(counts: Mapping[str, int], pools: Iterable[PoolWork], backlogs: Iterable[PoolBacklog]) -> None:
     """Gauges of the store's current contents: jobs per state, each pool's queue, the admission backlog."""
     m = _metrics()
     for state in JobState:
         m["jobs"].set(counts.get(state.value, 0), tags={"state": state.value})
-    for pool, states in (("sketch", SKETCH_PHASE), ("render", RENDER_PHASE)):
-        m["backlog"].set(sum(counts.get(s.value, 0) for s in states), tags={"pool": pool})
+    for backlog in backlogs:
+        waiting = sum(counts.get(s.value, 0) for phase in backlog.phases for s in PHASE_STATES[phase])
+        m["backlog"].set(waiting, tags={"pool": backlog.pool})
     for work in pools:
         m["pool_jobs"].set(work.jobs, tags={"pool": work.pool})
         m["pool_work"].set(work.work_s, tags={"pool": work.pool})
         m["pool_step"].set(work.step_s, tags={"pool": work.pool})
 
 
-# Stage names workers record in Job.replicas -> the pool that ran the stage.
-_STAGE_POOL = {"encode": "text", "sketch": "sketch", "render": "render", "colocated": "colocated"}
 BOARD_GAUGE_INTERVAL_S = 2.0
 
 
-def pools_in_use(jobs: Iterable[Job]) -> list[str]:
-    """Pools that ran a stage of a recent job (sketch and render until one has)."""
-    seen = {_STAGE_POOL[stage] for job in jobs for stage in job.replicas if stage in _STAGE_POOL}
-    return sorted(seen or {"sketch", "render"})
-
-
-async def export_store_gauges(store: Any, interval_s: float = BOARD_GAUGE_INTERVAL_S) -> None:
-    """The ingress's gauge loop, from the job store: jobs per state, each pool's queue, every `interval_s`."""
+async def export_store_gauges(store: Any, layout: PoolLayout, interval_s: float = BOARD_GAUGE_INTERVAL_S) -> None:
+    """The ingress's gauge loop, from the job store: jobs per state, each pool of `layout`'s queue and
+    admission backlog, every `interval_s`."""
     while True:
         try:
             current = await store.jobs_for_work()
             counts = await store.counts()
             now = time.time()
             times = measure_stage_times(current, now)
-            pools = [estimate_pool_work(current, pool, now, times=times) for pool in pools_in_use(current)]
-            record_board(counts, pools)
+            text = layout.encoder is not None
+            pools = [
+                estimate_pool_work(current, pool, now, include_encode=not text, times=times) for pool in layout.pools
+            ]
+            record_board(counts, pools, layout.backlogs())
         except Exception as exc:  # metrics must never stop the ingress; say why they are missing
             logger.warning("srserve store gauges skipped: %s", exc)
         await asyncio.sleep(interval_s)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from srserve.engine import Role, SRDiffusionEngine
 from srserve.serving.config import ReplicaSettings
@@ -24,25 +24,12 @@ if TYPE_CHECKING:
     from srserve.serving.control.store import JobStore
 
 
-def pool_of(roles: frozenset[Role]) -> str:
-    """The pool a replica belongs to, from the roles it loaded."""
-    if Role.SKETCH in roles and Role.RENDER in roles:
-        return "colocated"
-    if Role.SKETCH in roles:
-        return "sketch"
-    if Role.RENDER in roles:
-        return "render"
-    return "text"
-
-
 class ReplicaOperations:
+    # The layout's name for the replica's pool (srserve.serving.config.layout): each worker class sets it.
+    pool_name: ClassVar[str]
     store: JobStore
     engine: SRDiffusionEngine
     _gpu_telemetry: GpuTelemetry | None = None
-
-    @property
-    def pool_name(self) -> str:
-        return pool_of(self.engine.roles)
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         settings = ReplicaSettings.model_validate(user_config or {})

@@ -6,7 +6,8 @@ disaggregated pools are compared against. The handoff stays in memory (nothing d
 sketch and render: a replica lost mid-job is sketched again), and the replica reports the same
 stage stamps as the two pools do, under the stage name `colocated`.
 
-The orchestrator drives it through its usual sketch call; the answer is a completed job.
+The layout (srserve.serving.config.layout) routes a job's sketch stage to `generate`, whose answer is
+a completed job, and an uploaded handoff's render stage to `render`.
 """
 
 from __future__ import annotations
@@ -19,26 +20,25 @@ from ray import serve
 from srserve.engine import ALL_ROLES, ModelPairConfig
 from srserve.engine.families import EncodedPrompt
 from srserve.engine.request import ResolvedRequest
-from srserve.serving.config import ServingConfig
 from srserve.serving.control.artifacts import ArtifactStoreConfig
 from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.control.jobs import JobState
 from srserve.serving.pools import stages
-from srserve.serving.pools.worker import PoolWorker
-
-COLOCATED_STAGE = "colocated"
+from srserve.serving.pools.render import RendersHandoffs
 
 
-class ColocatedWorker(PoolWorker):
+class ColocatedWorker(RendersHandoffs):
     """Encode, sketch, render, decode and export in one replica, one job at a time."""
+
+    pool_name = "colocated"
 
     def __init__(self, model: ModelPairConfig, job_store: JobStoreConfig, artifacts: ArtifactStoreConfig) -> None:
         super().__init__(model, job_store, artifacts, ALL_ROLES)
 
-    async def sketch(self, ticket: StageTicket, encoded: EncodedPrompt | None = None) -> StageResult:
-        """Named like the sketch pool's method so the orchestrator drives both layouts alike."""
-        reporter = self.reporter(ticket, COLOCATED_STAGE)
+    async def generate(self, ticket: StageTicket, encoded: EncodedPrompt | None = None) -> StageResult:
+        """The whole job: the sketch, the handoff in memory, the render and the mp4."""
+        reporter = self.reporter(ticket, self.pool_name)
         request = ResolvedRequest.model_validate(ticket.request)
 
         def run():
@@ -61,8 +61,3 @@ class ColocatedWorker(PoolWorker):
 
 def colocated_deployment(**options: Any):
     return serve.deployment(ColocatedWorker, name="ColocatedWorker").options(**options)
-
-
-def colocated_ingress_config(config: ServingConfig) -> ServingConfig:
-    """Admission counts the sketch phase against its pool's backlog; in this layout that is the colocated pool."""
-    return config.model_copy(update={"sketch_pool": config.colocated_pool})

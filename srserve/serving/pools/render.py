@@ -16,18 +16,11 @@ from srserve.serving.pools import stages
 from srserve.serving.pools.worker import PoolWorker
 
 
-class RenderWorker(PoolWorker):
-    def __init__(
-        self,
-        model: ModelPairConfig,
-        job_store: JobStoreConfig,
-        artifacts: ArtifactStoreConfig,
-        parallel: ParallelSpec | None = None,
-    ) -> None:
-        super().__init__(model, job_store, artifacts, frozenset({Role.RENDER, Role.DECODE}), parallel)
+class RendersHandoffs(PoolWorker):
+    """The render stage of a stored handoff: the render pool's, and the colocated pool's for uploaded ones."""
 
     async def render(self, ticket: StageTicket) -> StageResult:
-        reporter = self.reporter(ticket, "render")
+        reporter = self.reporter(ticket, self.pool_name)
         if ticket.handoff_key is None:
             return StageResult.handoff_lost()
         try:  # read before taking the compute lock: overlaps the job running now
@@ -41,6 +34,19 @@ class RenderWorker(PoolWorker):
             return body(self.engine, reporter, state)
 
         return await self.render_and_store(reporter, run)
+
+
+class RenderWorker(RendersHandoffs):
+    pool_name = "render"
+
+    def __init__(
+        self,
+        model: ModelPairConfig,
+        job_store: JobStoreConfig,
+        artifacts: ArtifactStoreConfig,
+        parallel: ParallelSpec | None = None,
+    ) -> None:
+        super().__init__(model, job_store, artifacts, frozenset({Role.RENDER, Role.DECODE}), parallel)
 
 
 def render_deployment(**options: Any):

@@ -21,6 +21,8 @@ from srserve.serving.pools.worker import PoolWorker
 
 
 class SketchWorker(PoolWorker):
+    pool_name = "sketch"
+
     def __init__(
         self,
         model: ModelPairConfig,

@@ -17,6 +17,8 @@ from srserve.serving.pools.worker import PoolWorker
 
 
 class TextEncoderWorker(PoolWorker):
+    pool_name = "text"
+
     def __init__(self, model: ModelPairConfig, job_store: JobStoreConfig, artifacts: ArtifactStoreConfig) -> None:
         super().__init__(model, job_store, artifacts, frozenset({Role.TEXT}))
 
