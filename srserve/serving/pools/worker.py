@@ -78,6 +78,7 @@ class PoolWorker(ReplicaOperations):
         """Busy time and placement of this replica (which GPU Ray gave it)."""
         return {
             "replica": replica_id(),
+            "pid": os.getpid(),
             "busy_s": self.busy_s,
             "jobs_done": self.jobs_done,
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
