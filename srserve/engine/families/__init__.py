@@ -7,11 +7,14 @@ from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, M
 from srserve.engine.families.cogvideox import CogVideoXFamily
 from srserve.engine.families.wan import WanFamily
 from srserve.engine.families.wan22 import Wan22Family
+from srserve.engine.families.wan_i2v import Wan22I2VFamily, WanI2VFamily
 
 _FAMILIES: dict[str, type[ModelFamily]] = {
     WanFamily.name: WanFamily,
     Wan22Family.name: Wan22Family,
     CogVideoXFamily.name: CogVideoXFamily,
+    WanI2VFamily.name: WanI2VFamily,
+    Wan22I2VFamily.name: Wan22I2VFamily,
 }
 
 
@@ -26,10 +29,23 @@ def family_names() -> list[str]:
     return sorted(_FAMILIES)
 
 
+def takes_image(family: str) -> bool:
+    """Whether the family's requests need an input image (`input_reference`)."""
+    return get_family(family).takes_image
+
+
 def check_pair(config: ModelPairConfig) -> None:
     """The pair's family's check that its folders fit together (no weights load); IncompatiblePairError names
     the misfit. What serving runs when it reads a pool's model, before any replica starts."""
     get_family(config.family).check_pair(config)
 
 
-__all__ = ["EncodedPrompt", "IncompatiblePairError", "ModelFamily", "check_pair", "family_names", "get_family"]
+__all__ = [
+    "EncodedPrompt",
+    "IncompatiblePairError",
+    "ModelFamily",
+    "check_pair",
+    "family_names",
+    "get_family",
+    "takes_image",
+]
