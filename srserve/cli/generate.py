@@ -12,7 +12,7 @@ from srserve.cli.progress import StageBars
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
 from srserve.engine.cache import with_ratios_file
 from srserve.engine.config import EXPERT_FAMILIES, TINY_ALIASES, TINY_PAIRS
-from srserve.engine.families import IncompatiblePairError
+from srserve.engine.families import IncompatiblePairError, check_input_image
 from srserve.engine.families.wan22 import Wan22Family, low_noise_expert_path
 from srserve.engine.image import describe_image, load_image
 from srserve.engine.request import describe_validation_error
@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         if request.cache is not None and args.mag_ratios:
             request = request.model_copy(update={"cache": with_ratios_file(request.cache, args.mag_ratios)})
         config = model_pair_from_args(args)
+        check_input_image(config.family, request, image)  # before any weights load
         engine = SRDiffusionEngine(config)
         boundary = boundary or (args.switch is None and config.family in EXPERT_FAMILIES)
         if boundary:

@@ -22,7 +22,7 @@ from srserve.engine.attention import apply_attention_backend, check_attention_ba
 from srserve.engine.cache import step_cache
 from srserve.engine.component_config import read_component_config
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.families import EncodedPrompt, get_family
+from srserve.engine.families import EncodedPrompt, check_input_image, get_family
 from srserve.engine.handoff import HandoffState
 from srserve.engine.parallel.config import attention_heads, check_parallel
 from srserve.engine.parallel.group import ParallelRuntime
@@ -193,22 +193,9 @@ class SRDiffusionEngine:
         return resolve_request(request, self.config.defaults)
 
     def check_image(self, request: GenerationRequest, image: Image.Image | None) -> None:
-        """ValueError naming `input_reference` unless the request has an image exactly when the pair takes one.
-
-        With `image` None only the request is checked (what an ingress can do before the bytes are read).
-        """
-        family = self.family.name
-        if self.family.takes_image:
-            if request.input_reference is None:
-                raise ValueError(f"input_reference: the {family} pair generates from an image; the request has none")
-            if image is not None and image.size != (request.input_reference.width, request.input_reference.height):
-                ref = request.input_reference
-                raise ValueError(
-                    f"input_reference: the image is {image.size[0]}x{image.size[1]}, the request describes "
-                    f"{ref.width}x{ref.height}"
-                )
-        elif request.input_reference is not None or image is not None:
-            raise ValueError(f"input_reference: the {family} pair is text-to-video and takes no input image")
+        """ValueError naming `input_reference` unless the request has an image exactly when the pair takes one
+        (`srserve.engine.families.check_input_image`)."""
+        check_input_image(self.family.name, request, image)
 
     def encode(self, request: ResolvedRequest) -> EncodedPrompt:
         self._need(Role.TEXT)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,7 +29,7 @@ class ImageInputError(ValueError):
     param = "input_reference"
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(data: bytes, max_pixels: int | None = None) -> Image.Image:
     """The image's header (no pixels decoded yet), or ImageInputError naming what the bytes are."""
     if not isinstance(data, bytes | bytearray | memoryview) or not len(data):
         raise ImageInputError("input_reference: the image is empty")
@@ -36,8 +37,11 @@ def _open(data: bytes) -> Image.Image:
         with warnings.catch_warnings():  # our own pixel limit decides, not PIL's warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(bytes(data)), formats=list(MEDIA_TYPES))
-    except Image.DecompressionBombError as exc:
-        raise ImageInputError(f"input_reference: the image has too many pixels ({exc})") from exc
+    except Image.DecompressionBombError as exc:  # PIL's own last-resort limit, far above any sane one
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        count = found.group(1) if found else "too many"
+        limit = "" if max_pixels is None else f", over the limit of {max_pixels}"
+        raise ImageInputError(f"input_reference: the image has {count} pixels{limit}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         pass
     other = _other_format(data)
@@ -76,7 +80,7 @@ def load_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     """
     if len(data) > max_bytes:
         raise ImageInputError(f"input_reference: the image is {len(data)} bytes, over the limit of {max_bytes}")
-    img = _open(data)
+    img = _open(data, max_pixels)
     width, height = img.size
     if width * height > max_pixels:
         raise ImageInputError(

@@ -203,13 +203,13 @@ class WanI2VFamily(_ImageConditioned, WanFamily):
         self._vae: dict[str, Any] = {}
 
     def check_pair(self, config: ModelPairConfig) -> None:
-        super().check_pair(config)  # folders, transformer fields, text width, VAE (and channels), scheduler
         index = read_model_index(config.sketch_path) or {}
         if index.get("boundary_ratio") is not None or index.get("expand_timesteps"):
             raise IncompatiblePairError(
                 f"sketch folder {config.sketch_path!r} is a Wan2.2 folder (boundary_ratio / expand_timesteps in its "
                 "model_index.json): use family wan2.2-i2v"
             )
+        super().check_pair(config)  # folders, transformer fields, text width, VAE (and channels), scheduler
         sketch_t = require_component_config(config.sketch_path, "transformer")
         render_t = require_component_config(config.render_path, "transformer")
         problems = image_problems(sketch_t, render_t, Path(config.sketch_path), config.max_sequence_length)
