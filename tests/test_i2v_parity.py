@@ -80,19 +80,20 @@ def pipe22(i2v22: ModelPairConfig) -> WanImageToVideoPipeline:
     return pipe
 
 
-def _request(image_bytes: bytes, switch: str, guidance: float = GUIDANCE) -> GenerationRequest:
+def _request(image_bytes: bytes, switch: str, steps: int = STEPS, **fields: object) -> GenerationRequest:
     return GenerationRequest(
         prompt=PROMPT,
         negative_prompt=NEGATIVE,
         seed=SEED,
-        num_inference_steps=STEPS,
-        guidance_scale=guidance,
+        num_inference_steps=steps,
+        guidance_scale=GUIDANCE,
         switch=switch,
         input_reference=describe_image(image_bytes),
+        **fields,
     )
 
 
-def _run(pipe: WanImageToVideoPipeline, image: Image.Image, output_type: str = "latent", **kwargs):
+def _run(pipe: WanImageToVideoPipeline, image: Image.Image, output_type: str = "latent", **kwargs: object):
     call = {
         "image": image,
         "prompt": PROMPT,
@@ -194,6 +195,35 @@ def test_the_image_conditions_the_video(engine21, image, image_bytes) -> None:
     assert state.image_condition.shape == (1, 20, 5, 8, 8)
     assert torch.equal(state.image_condition[:, :4, 0], torch.ones(1, 4, 8, 8))  # the mask: first frame only
     assert not state.image_condition[:, :4, 1:].any()
+
+
+def test_adaptive_switch_is_the_fixed_switch_it_chose(engine21, image, image_bytes) -> None:
+    """The adaptive rule only observes the sketch's predictions: its run equals fixed:k at the k it chose."""
+    steps = 6
+    adaptive = engine21.generate(_request(image_bytes, "adaptive:0.5", steps), image=image)
+    lo, hi = round(0.1 * steps), round(0.6 * steps)
+    assert lo <= adaptive.switch_step <= hi and adaptive.switch_trace
+    fixed = engine21.generate(_request(image_bytes, f"fixed:{adaptive.switch_step}", steps), image=image)
+    assert torch.equal(adaptive.latents, fixed.latents)
+
+
+def test_step_caches_run_on_both_i2v_stages(engine21, image, image_bytes) -> None:
+    """A step cache hooks each stage's model for its own steps; image conditioning changes nothing there."""
+    steps, switch = 8, "fixed:4"
+    calls: list[int] = []
+    models = (engine21.sketch_model, engine21.render_model)
+    hooks = [m.blocks[-1].ffn.net[0].register_forward_hook(lambda *_: calls.append(1)) for m in models]
+    try:
+        plain = engine21.generate(_request(image_bytes, switch, steps, cache="none"), image=image)
+        full, calls[:] = len(calls), []
+        assert full == 2 * steps  # every step, both CFG branches
+        cached = engine21.generate(_request(image_bytes, switch, steps, cache="first_block:0.3"), image=image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(calls) < full, "the cache skipped no computation"
+    assert torch.isfinite(cached.latents).all() and not torch.equal(cached.latents, plain.latents)
+    assert not any(m.is_cache_enabled for m in models)
 
 
 # -- wan2.2-i2v: Wan2.2-I2V-A14B's experts ------------------------------------------------------------
