@@ -218,9 +218,10 @@ def test_a_wan22_folder_is_not_wan21_i2v_and_guidance_scale_2_is_wan22s(folders)
 def test_parallel_degrees_are_refused_naming_why(family: str) -> None:
     import torch
 
-    for spec, why in ((ParallelSpec(ulysses=2), "context-parallel plan"), (ParallelSpec(cfg=2), "cfg: 2")):
-        with pytest.raises(ParallelUnsupported, match=why):
+    for spec in (ParallelSpec(ulysses=2), ParallelSpec(cfg=2), ParallelSpec(ring=2)):
+        with pytest.raises(ParallelUnsupported, match=f"family '{family}' runs on one device per replica"):
             check_parallel(spec, family, "native", torch.device("cpu"))
+    check_parallel(ParallelSpec(), family, "native", torch.device("cpu"))
 
 
 # -- the CLI ------------------------------------------------------------------------------------------
