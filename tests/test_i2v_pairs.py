@@ -4,6 +4,7 @@ caches, adaptive switches and parallel degrees for the I2V families."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import itertools
 import json
@@ -26,6 +27,9 @@ from srserve.engine.tiny import (
     write_tiny_wan22_pair,
     write_tiny_wan_pair,
 )
+from srserve.planner.profile import Profile
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _configs_only(src: Path, dst: Path) -> Path:
@@ -249,3 +253,28 @@ def test_cli_make_tiny_then_generate_from_an_image(tmp_path: Path, capsys: pytes
     assert "GIF images are not accepted" in capsys.readouterr().err
     assert cli_main(["generate", "--model-pair", "tiny", "--image", str(image), *common]) == 2
     assert "input_reference: the wan2.1 pair is text-to-video" in capsys.readouterr().err
+
+
+# -- the planner's derived profiles -------------------------------------------------------------------
+
+
+def test_derived_i2v_profiles_reproduce_the_published_figure() -> None:
+    """The committed profiles are what the script derives, and the large-only run adds up to 366 s on an H200."""
+    spec = importlib.util.spec_from_file_location("derive_i2v_profiles", ROOT / "benchmarks" / "derive_i2v_profiles.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    derived = script.derive(Profile.read(script.WAN21_PROFILE))
+    for profile in derived:
+        name = profile.model_pair.replace(".", "").replace("-", "_")
+        committed = Profile.read(ROOT / "benchmarks" / "results" / f"profile_{name}_h200_derived.json")
+        assert committed == profile and committed.source == "derived"
+        assert committed.description.startswith("DERIVED, not measured")
+        c = committed.kinds["H200"].shapes["832x480x81"]
+        total = c.encode_s + c.sketch_overhead_s + 40 * c.large_step_s + c.decode_s
+        assert total == pytest.approx(366.0)
+    wan21, wan22 = derived
+    assert wan21.model_pair == "wan2.1-i2v" and wan21.kinds["H200"].shapes["832x480x81"].small_step_s < 2.0
+    costs = wan22.kinds["H200"].shapes["832x480x81"]
+    assert costs.small_step_s == costs.large_step_s and 0 < costs.detail["boundary_switch_step"] < 40
+    assert wan22.fits("H200", ("large", "text_encoder")) and wan22.fits("H200", ("small", "vae"))
