@@ -278,3 +278,16 @@ def test_derived_i2v_profiles_reproduce_the_published_figure() -> None:
     costs = wan22.kinds["H200"].shapes["832x480x81"]
     assert costs.small_step_s == costs.large_step_s and 0 < costs.detail["boundary_switch_step"] < 40
     assert wan22.fits("H200", ("large", "text_encoder")) and wan22.fits("H200", ("small", "vae"))
+
+
+@pytest.mark.parametrize(("family", "switch"), [("wan2.1-i2v", "fixed:10"), ("wan2.2-i2v", "fixed:15")])
+def test_plan_emits_a_config_for_an_i2v_profile(tmp_path: Path, family: str, switch: str) -> None:
+    from srserve.serving.config import DeployFile
+
+    name = family.replace(".", "").replace("-", "_")
+    profile = ROOT / "benchmarks" / "results" / f"profile_{name}_h200_derived.json"
+    out = tmp_path / "serve.yaml"
+    args = ["--gpus", "3", "--requests", "60", "--switch", switch, "--top", "1", "--emit-config", str(out)]
+    assert cli_main(["plan", "--profile", str(profile), *args]) == 0
+    model = DeployFile.from_yaml(out).serving.model
+    assert model.family == family and "I2V" in model.sketch_path
