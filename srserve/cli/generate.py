@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from srserve.cli.progress import StageBars
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
+from srserve.engine.adapter_spec import AdapterConfig, LoraSpec
+from srserve.engine.adapters import AdapterMisfitError
 from srserve.engine.cache import with_ratios_file
 from srserve.engine.families import IncompatiblePairError
 from srserve.engine.families.wan22 import Wan22Family, low_noise_expert_path
@@ -81,6 +83,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "first_block[:THRESHOLD], taylorseer[:INTERVAL], mag[:THRESHOLD] (mag needs --mag-ratios)",
     )
     p.add_argument("--mag-ratios", default=None, help="the file `srserve calibrate-mag` wrote (for a mag cache)")
+    p.add_argument(
+        "--sketch-lora", default=None, metavar="PATH[:SCALE]", help="a LoRA file for the sketch model (scale 1.0)"
+    )
+    p.add_argument(
+        "--render-lora", default=None, metavar="PATH[:SCALE]", help="a LoRA file for the render model (scale 1.0)"
+    )
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pair's)")
     p.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: the pair's)")
     p.add_argument("--height", type=int, default=None)
@@ -92,6 +100,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--handoff-out", default=None, help="also write the handoff state (to render elsewhere)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+
+CLI_ADAPTER = "cli"
+
+
+def _path_and_scale(text: str) -> tuple[str, float | None]:
+    """`PATH` or `PATH:SCALE` (the last ':' starts a scale only when a number follows it)."""
+    path, sep, tail = text.rpartition(":")
+    if sep:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return text, None
+
+
+def with_cli_adapter(
+    config: ModelPairConfig, sketch: str | None, render: str | None
+) -> tuple[ModelPairConfig, LoraSpec]:
+    """The pair with one adapter, `cli`, of the files given, and the request's `lora` naming it. One scale
+    for both files (an adapter has one): two different scales are refused."""
+    files = {"sketch": sketch, "render": render}
+    scales = set()
+    for side, text in files.items():
+        if text is not None:
+            files[side], scale = _path_and_scale(text)
+            scales.add(1.0 if scale is None else scale)
+    if len(scales) > 1:
+        raise ValueError("--sketch-lora and --render-lora take one scale (an adapter has one); give it to both")
+    adapter = AdapterConfig(sketch=files["sketch"], render=files["render"], scale=scales.pop())
+    config = ModelPairConfig.model_validate({**config.model_dump(), "adapters": {CLI_ADAPTER: adapter.model_dump()}})
+    return config, LoraSpec(name=CLI_ADAPTER)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
         if request.cache is not None and args.mag_ratios:
             request = request.model_copy(update={"cache": with_ratios_file(request.cache, args.mag_ratios)})
         config = model_pair_from_args(args)
+        if args.sketch_lora or args.render_lora:
+            config, lora = with_cli_adapter(config, args.sketch_lora, args.render_lora)
+            request = request.model_copy(update={"lora": lora})
         engine = SRDiffusionEngine(config)
         boundary = boundary or (args.switch is None and config.family == Wan22Family.name)
         if boundary:
@@ -124,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, IncompatiblePairError) as exc:
+    except (ValueError, IncompatiblePairError, AdapterMisfitError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bars = StageBars(enabled=not args.no_progress)
@@ -138,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
     if args.handoff_out:
         Path(args.handoff_out).write_bytes(result.handoff)
         print(f"wrote the handoff state to {args.handoff_out} ({len(result.handoff)} bytes)")
+    if result.lora is not None:
+        sides = [side for side in ("sketch", "render") if result.lora.on(side)]
+        print(f"LoRA at scale {result.lora.scale} on the {' and '.join(sides)} model")
     frames, height, width, _ = result.frames.shape
     print(f"wrote {out} ({frames} frames, {width}x{height}, {len(result.video)} bytes)")
     print(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from srserve.engine.tiny import write_tiny_cogvideox_pair, write_tiny_wan22_pair, write_tiny_wan_pair
+from srserve.engine.tiny.lora import RENDER_LORA, SKETCH_LORA, write_tiny_loras
 
 # wan2.2 writes one A14B-shaped folder: the sketch is the folder (high-noise expert), the render its transformer_2.
 WRITERS = {"wan2.1": write_tiny_wan_pair, "wan2.2": write_tiny_wan22_pair, "cogvideox": write_tiny_cogvideox_pair}
@@ -14,11 +16,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-tiny", help="write a tiny sketch/render pair (random weights) to DIR")
     p.add_argument("dir")
     p.add_argument("--family", default="wan2.1", choices=sorted(WRITERS), help="which family's pair (default wan2.1)")
+    p.add_argument(
+        "--loras",
+        metavar="LORA_DIR",
+        default=None,
+        help="wan2.1: also write random LoRA adapters for the pair to LORA_DIR (sketch_lora.safetensors, "
+        "render_lora.safetensors, and sketch_lora_comfy.safetensors in ComfyUI-style keys)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.loras and args.family != "wan2.1":
+        print(f"error: --loras writes adapters for the tiny wan2.1 pair, not {args.family}", file=sys.stderr)
+        return 2
     sketch, render = WRITERS[args.family](args.dir)
     print(f"sketch model: {sketch}\nrender model: {render}")
-    print(f"use: srserve generate --model-pair {args.family} --sketch-model {sketch} --render-model {render} ...")
+    use = f"srserve generate --model-pair {args.family} --sketch-model {sketch} --render-model {render}"
+    if args.loras:
+        files = write_tiny_loras(args.loras, sketch, render)
+        for path in files.values():
+            print(f"LoRA: {path}")
+        use += f" --sketch-lora {files[SKETCH_LORA]} --render-lora {files[RENDER_LORA]}"
+    print(f"use: {use} ...")
     return 0

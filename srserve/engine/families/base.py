@@ -48,6 +48,9 @@ class ModelFamily(ABC):
     attention_backends: frozenset[str] = frozenset({"native"})
     # Block submodules whose outputs a TaylorSeer step cache extrapolates (srserve.engine.cache).
     cached_modules: tuple[str, ...] = ()
+    # The diffusers pipeline class whose `lora_state_dict` / `load_lora_into_transformer` read this family's
+    # LoRA files (srserve.engine.adapters); None: the family takes no adapters.
+    lora_pipeline: type | None = None
 
     @abstractmethod
     def check_pair(self, config: ModelPairConfig) -> None:
