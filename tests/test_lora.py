@@ -4,8 +4,10 @@ and the refusals (unknown name, a file that does not fit its model)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import WanPipeline, WanTransformer3DModel
@@ -119,8 +121,6 @@ def test_the_request_field_and_its_grammar() -> None:
     assert GenerationRequest(prompt="x", lora=" style : 0.5 ").lora == LoraSpec(name="style", scale=0.5)
     assert GenerationRequest(prompt="x", lora={"name": "style", "scale": 1}).lora.scale == 1.0
     pattern = LORA.pattern()
-    import re
-
     assert re.fullmatch(pattern, "style:1.5") and not re.fullmatch(pattern, "style:5")
     for bad in ("/models/x.safetensors", "a.b", "style:", "style:9"):
         with pytest.raises(ValidationError) as err:
@@ -188,13 +188,7 @@ def test_a_job_without_an_adapter_after_one_equals_a_fresh_engine(lora_engine, t
     components.clear()  # a fresh engine: its own transformers, loaded from disk
     fresh = SRDiffusionEngine(tiny_config).generate(_request("fixed:2"), through_bytes=False)
     assert torch.equal(after.latents, fresh.latents)
-    assert np_equal(after.frames, fresh.frames)
-
-
-def np_equal(a, b) -> bool:
-    import numpy as np
-
-    return bool(np.array_equal(a, b))
+    assert np.array_equal(after.frames, fresh.frames)
 
 
 def test_the_lru_evicts_and_counts(lora_config: ModelPairConfig) -> None:
