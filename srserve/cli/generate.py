@@ -10,8 +10,7 @@ from pydantic import ValidationError
 
 from srserve.cli.progress import StageBars
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
-from srserve.engine.adapter_spec import AdapterConfig, LoraSpec
-from srserve.engine.adapters import AdapterMisfitError
+from srserve.engine.adapter_spec import AdapterConfig
 from srserve.engine.cache import with_ratios_file
 from srserve.engine.families import IncompatiblePairError
 from srserve.engine.families.wan22 import Wan22Family, low_noise_expert_path
@@ -37,8 +36,42 @@ def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+CLI_ADAPTER = "cli"  # the one adapter --sketch-lora / --render-lora make, which the request names
+
+
+def _path_and_scale(text: str) -> tuple[str, float | None]:
+    """`PATH` or `PATH:SCALE` (the last ':' starts a scale only when a number follows it)."""
+    path, sep, tail = text.rpartition(":")
+    if sep:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return text, None
+
+
+def cli_adapters(args: argparse.Namespace) -> dict[str, AdapterConfig]:
+    """The pair's adapters from `--sketch-lora PATH[:SCALE]` / `--render-lora PATH[:SCALE]`: one, `cli`.
+    An adapter has one scale for both files, so two different scales are refused."""
+    given = {side: getattr(args, f"{side}_lora", None) for side in ("sketch", "render")}
+    if not any(given.values()):
+        return {}
+    files: dict[str, str | None] = {}
+    scales = set()
+    for side, text in given.items():
+        files[side], scale = _path_and_scale(text) if text else (None, None)
+        if text:
+            scales.add(1.0 if scale is None else scale)
+    if len(scales) > 1:
+        raise ValueError("--sketch-lora and --render-lora take one scale (an adapter has one); give it to both")
+    return {CLI_ADAPTER: AdapterConfig(sketch=files["sketch"], render=files["render"], scale=scales.pop())}
+
+
 def model_pair_from_args(args: argparse.Namespace) -> ModelPairConfig:
     overrides: dict[str, object] = {}
+    adapters = cli_adapters(args)
+    if adapters:
+        overrides["adapters"] = adapters
     if args.device:
         overrides["device"] = args.device
     if args.dtype:
@@ -102,38 +135,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-CLI_ADAPTER = "cli"
-
-
-def _path_and_scale(text: str) -> tuple[str, float | None]:
-    """`PATH` or `PATH:SCALE` (the last ':' starts a scale only when a number follows it)."""
-    path, sep, tail = text.rpartition(":")
-    if sep:
-        try:
-            return path, float(tail)
-        except ValueError:
-            pass
-    return text, None
-
-
-def with_cli_adapter(
-    config: ModelPairConfig, sketch: str | None, render: str | None
-) -> tuple[ModelPairConfig, LoraSpec]:
-    """The pair with one adapter, `cli`, of the files given, and the request's `lora` naming it. One scale
-    for both files (an adapter has one): two different scales are refused."""
-    files = {"sketch": sketch, "render": render}
-    scales = set()
-    for side, text in files.items():
-        if text is not None:
-            files[side], scale = _path_and_scale(text)
-            scales.add(1.0 if scale is None else scale)
-    if len(scales) > 1:
-        raise ValueError("--sketch-lora and --render-lora take one scale (an adapter has one); give it to both")
-    adapter = AdapterConfig(sketch=files["sketch"], render=files["render"], scale=scales.pop())
-    config = ModelPairConfig.model_validate({**config.model_dump(), "adapters": {CLI_ADAPTER: adapter.model_dump()}})
-    return config, LoraSpec(name=CLI_ADAPTER)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         boundary = args.switch == "boundary"
@@ -146,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
             num_inference_steps=args.steps,
             guidance_scale=args.guidance_scale,
             seed=args.seed,
+            lora=CLI_ADAPTER if args.sketch_lora or args.render_lora else None,
             switch="adaptive" if args.switch in (None, "boundary") else args.switch,
             fps=args.fps,
             cache=args.cache,
@@ -153,9 +155,6 @@ def run(args: argparse.Namespace) -> int:
         if request.cache is not None and args.mag_ratios:
             request = request.model_copy(update={"cache": with_ratios_file(request.cache, args.mag_ratios)})
         config = model_pair_from_args(args)
-        if args.sketch_lora or args.render_lora:
-            config, lora = with_cli_adapter(config, args.sketch_lora, args.render_lora)
-            request = request.model_copy(update={"lora": lora})
         engine = SRDiffusionEngine(config)
         boundary = boundary or (args.switch is None and config.family == Wan22Family.name)
         if boundary:
@@ -167,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, IncompatiblePairError, AdapterMisfitError) as exc:
+    except (ValueError, IncompatiblePairError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bars = StageBars(enabled=not args.no_progress)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from srserve.engine.tiny import write_tiny_cogvideox_pair, write_tiny_wan22_pair, write_tiny_wan_pair
-from srserve.engine.tiny.lora import RENDER_LORA, SKETCH_LORA, write_tiny_loras
 
 # wan2.2 writes one A14B-shaped folder: the sketch is the folder (high-noise expert), the render its transformer_2.
 WRITERS = {"wan2.1": write_tiny_wan_pair, "wan2.2": write_tiny_wan22_pair, "cogvideox": write_tiny_cogvideox_pair}
@@ -16,6 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-tiny", help="write a tiny sketch/render pair (random weights) to DIR")
     p.add_argument("dir")
     p.add_argument("--family", default="wan2.1", choices=sorted(WRITERS), help="which family's pair (default wan2.1)")
+    p.set_defaults(func=run)
     p.add_argument(
         "--loras",
         metavar="LORA_DIR",
@@ -23,20 +24,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="wan2.1: also write random LoRA adapters for the pair to LORA_DIR (sketch_lora.safetensors, "
         "render_lora.safetensors, and sketch_lora_comfy.safetensors in ComfyUI-style keys)",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_with_loras)  # run, then the adapters
 
 
 def run(args: argparse.Namespace) -> int:
+    sketch, render = WRITERS[args.family](args.dir)
+    print(f"sketch model: {sketch}\nrender model: {render}")
+    print(f"use: srserve generate --model-pair {args.family} --sketch-model {sketch} --render-model {render} ...")
+    return 0
+
+
+def run_with_loras(args: argparse.Namespace) -> int:
+    """`run`, then (`--loras LORA_DIR`) the tiny Wan2.1 pair's LoRA adapters (srserve.engine.tiny.lora)."""
     if args.loras and args.family != "wan2.1":
         print(f"error: --loras writes adapters for the tiny wan2.1 pair, not {args.family}", file=sys.stderr)
         return 2
-    sketch, render = WRITERS[args.family](args.dir)
-    print(f"sketch model: {sketch}\nrender model: {render}")
-    use = f"srserve generate --model-pair {args.family} --sketch-model {sketch} --render-model {render}"
-    if args.loras:
-        files = write_tiny_loras(args.loras, sketch, render)
-        for path in files.values():
-            print(f"LoRA: {path}")
-        use += f" --sketch-lora {files[SKETCH_LORA]} --render-lora {files[RENDER_LORA]}"
-    print(f"use: {use} ...")
+    code = run(args)
+    if code or not args.loras:
+        return code
+    from srserve.engine.tiny import TINY_LAYOUTS
+    from srserve.engine.tiny.lora import RENDER_LORA, SKETCH_LORA, write_tiny_loras
+
+    files = write_tiny_loras(args.loras, *TINY_LAYOUTS["wan2.1"].folders(Path(args.dir)))
+    for path in files.values():
+        print(f"LoRA: {path}")
+    print(f"with adapters: srserve generate ... --sketch-lora {files[SKETCH_LORA]} --render-lora {files[RENDER_LORA]}")
     return 0

@@ -132,12 +132,12 @@ class GenerationRequest(BaseModel):
     num_inference_steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
     guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] = 5.0
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    # A LoRA adapter the model pair configures (srserve.engine.adapter_spec): `NAME` or `NAME:SCALE`.
+    lora: LoraSpec | None = None
     switch: SwitchPolicy = SwitchPolicy()
     # Step caches per stage (srserve.engine.cache); unset: none in the engine, the pools' in serving.
     cache: CacheSpec | None = None
     fps: Annotated[int, Field(ge=1, le=120)] = 16
-    # A LoRA adapter the model pair configures (srserve.engine.adapter_spec): `NAME` or `NAME:SCALE`.
-    lora: LoraSpec | None = None
 
     @field_validator("prompt")
     @classmethod
