@@ -229,7 +229,8 @@ class AdapterStats:
     hits: int
     evictions: int
     capacity: int
-    loaded: dict[str, list[str]] = field(default_factory=dict)  # side -> names, least recently used first
+    # side -> names, least recently used first (the sides whose transformer has run a stage or been warmed)
+    loaded: dict[str, list[str]] = field(default_factory=dict)
     fused: dict[str, list[str]] = field(default_factory=dict)  # side -> names fused at load
 
 
