@@ -34,43 +34,43 @@ class PoolLayout:
     kind: LayoutKind
     pools: Mapping[PoolName, PoolConfig]  # one deployment each
     routes: Mapping[Phase, StageRoute]  # the orchestrator's stage that runs each phase of a job
-    phases: Mapping[Phase, PoolName]  # the pool each phase's work runs on (its caches, replicas, queue)
-    encoder: PoolName | None  # a pool that encodes prompts for the sketch stage; None: the stage's replica does
 
     @classmethod
     def disaggregated(cls, sketch: PoolConfig, render: PoolConfig, text: PoolConfig | None = None) -> PoolLayout:
         """Sketch and render pools (the split), with an optional text-encoder pool before the sketch."""
-        pools: dict[PoolName, PoolConfig] = {"sketch": sketch, "render": render}
-        if text is not None:
-            pools["text"] = text
-        return cls(
-            kind="disaggregated",
-            pools=pools,
-            routes={
-                "sketch": StageRoute("sketch", "sketch", takes_prompt=True),
-                "render": StageRoute("render", "render"),
-            },
-            phases={"sketch": "sketch", "render": "render"},
-            encoder="text" if text is not None else None,
-        )
+        routes = {"sketch": StageRoute("sketch", "sketch", takes_prompt=True), "render": StageRoute("render", "render")}
+        return cls._with_text("disaggregated", {"sketch": sketch, "render": render}, routes, text)
 
     @classmethod
     def colocated(cls, colocated: PoolConfig, text: PoolConfig | None = None) -> PoolLayout:
         """One pool whose replicas hold both models: a job's sketch stage runs the whole job there (the
         handoff stays in memory); an uploaded handoff's render stage runs there too."""
-        pools: dict[PoolName, PoolConfig] = {"colocated": colocated}
-        if text is not None:
-            pools["text"] = text
-        return cls(
-            kind="colocated",
-            pools=pools,
-            routes={
-                "sketch": StageRoute("colocated", "generate", takes_prompt=True),
-                "render": StageRoute("colocated", "render"),
-            },
-            phases={"sketch": "colocated", "render": "colocated"},
-            encoder="text" if text is not None else None,
-        )
+        routes = {
+            "sketch": StageRoute("colocated", "generate", takes_prompt=True),
+            "render": StageRoute("colocated", "render"),
+        }
+        return cls._with_text("colocated", {"colocated": colocated}, routes, text)
+
+    @classmethod
+    def _with_text(
+        cls,
+        kind: LayoutKind,
+        pools: dict[PoolName, PoolConfig],
+        routes: dict[Phase, StageRoute],
+        text: PoolConfig | None,
+    ) -> PoolLayout:
+        """The layout, with the optional text-encoder pool added to its pools."""
+        return cls(kind=kind, pools=pools if text is None else {**pools, "text": text}, routes=routes)
+
+    @property
+    def phases(self) -> dict[Phase, PoolName]:
+        """The pool each phase's work runs on (its caches, replicas, queue): the pool its stage is routed to."""
+        return {phase: route.pool for phase, route in self.routes.items()}
+
+    @property
+    def encoder(self) -> PoolName | None:
+        """A pool that encodes prompts for the stages that take them; None: the stage's replica does."""
+        return "text" if "text" in self.pools else None
 
     def pool(self, phase: Phase) -> PoolConfig:
         """The config of the pool that runs `phase`."""
