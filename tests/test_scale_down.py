@@ -39,7 +39,30 @@ def _deploy(tiny_config, render_replicas: int | None = None) -> None:
     }
     if render_replicas is not None:
         app["deployments"] = [{"name": "RenderWorker", "num_replicas": render_replicas}]
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": [app]}), _blocking=True)
+    # Not `_blocking=True`: that gives up after a fixed 60 s, which a loaded CI machine can exceed while
+    # three replicas import torch and load their models. Wait for the app's own verdict instead.
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": [app]}))
+    _wait_running(render_replicas or 2)
+
+
+def _wait_running(render_replicas: int, deadline_s: float = 600) -> None:
+    """Until the app is RUNNING with `render_replicas` render replicas; a failed deploy fails at once.
+
+    The deadline only bounds a hang; nothing waits on it."""
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        app = serve.status().applications.get("scaledown")
+        if app is not None:
+            assert app.status != ApplicationStatus.DEPLOY_FAILED, app.message
+            render = app.deployments.get("RenderWorker")
+            states = render.replica_states if render else {}
+            if app.status == ApplicationStatus.RUNNING and states == {"RUNNING": render_replicas}:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"scaledown did not reach RUNNING with {render_replicas} render replicas: {serve.status()}")
 
 
 def _replica_names() -> list[str]:
@@ -56,18 +79,13 @@ def test_render_pool_scale_down_loses_no_job(serving, tiny_config) -> None:
     try:
         body = {"prompt": "scale down", "num_inference_steps": 80, "switch": "fixed:1"}
         ids = [requests.post(base + "/v1/videos", json={**body, "seed": i}, timeout=30).json()["id"] for i in range(5)]
-        wait_state(base, ids[0], until=lambda j: j["srserve"]["state"] == "rendering")
-        wait_state(base, ids[1], until=lambda j: j["srserve"]["state"] == "rendering")
+        wait_state(base, ids[0], timeout_s=600, until=lambda j: j["srserve"]["state"] == "rendering")
+        wait_state(base, ids[1], timeout_s=600, until=lambda j: j["srserve"]["state"] == "rendering")
         before = _replica_names()
         _deploy(tiny_config, 1)
         finals = [wait_state(base, i, timeout_s=600) for i in ids]
         assert [f["status"] for f in finals] == ["completed"] * 5, [f.get("error") for f in finals]
-        for _ in range(60):
-            running = serve.status().applications["scaledown"].deployments["RenderWorker"].replica_states
-            if running == {"RUNNING": 1}:
-                break
-            time.sleep(0.5)
-        assert running == {"RUNNING": 1}
+        _wait_running(1)
         after = _replica_names()
         # Only a render replica went away: the job board, the ingress and the sketch pool kept running.
         assert [n for n in before if "RenderWorker" not in n] == [n for n in after if "RenderWorker" not in n]
