@@ -11,11 +11,15 @@ from pydantic import ValidationError
 from srserve.cli.progress import StageBars
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
 from srserve.engine.cache import with_ratios_file
-from srserve.engine.families import IncompatiblePairError
+from srserve.engine.config import EXPERT_FAMILIES, TINY_ALIASES, TINY_PAIRS
+from srserve.engine.families import IncompatiblePairError, check_input_image
 from srserve.engine.families.wan22 import Wan22Family, low_noise_expert_path
+from srserve.engine.image import describe_image, load_image
 from srserve.engine.request import describe_validation_error
 
-TINY_PAIRS = ("tiny", "tiny-wan2.1", "tiny-wan2.2", "tiny-cogvideox")
+# The CLI's own limits on an --image file (a server sets its own).
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +27,8 @@ def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-pair",
         default="tiny",
         help="tiny (embedded Wan2.1, default), tiny-wan2.2 (embedded Wan2.2 A14B), tiny-cogvideox (embedded "
-        "CogVideoX), or a family: wan2.1, wan2.2, cogvideox",
+        "CogVideoX), tiny-wan2.1-i2v, tiny-wan2.2-i2v (embedded image-to-video pairs: give --image), or a family: "
+        "wan2.1, wan2.2, cogvideox, wan2.1-i2v, wan2.2-i2v",
     )
     parser.add_argument("--sketch-model", help="local Diffusers folder of the large (sketch) model")
     parser.add_argument("--render-model", help="local Diffusers folder of the small (render) model")
@@ -31,7 +36,10 @@ def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
-        "--guidance-scale-2", type=float, default=None, help="wan2.2: the render (low-noise) model's CFG scale"
+        "--guidance-scale-2",
+        type=float,
+        default=None,
+        help="wan2.2, wan2.2-i2v: the render (low-noise) model's CFG scale",
     )
 
 
@@ -45,14 +53,14 @@ def model_pair_from_args(args: argparse.Namespace) -> ModelPairConfig:
         overrides["num_threads"] = args.threads
     if getattr(args, "guidance_scale_2", None) is not None:
         overrides["guidance_scale_2"] = args.guidance_scale_2
-    if args.model_pair in TINY_PAIRS:
+    if args.model_pair in TINY_PAIRS or args.model_pair in TINY_ALIASES:
         if args.sketch_model or args.render_model:
             raise ValueError(f"--sketch-model/--render-model apply to a real pair, not --model-pair {args.model_pair}")
         return ModelPairConfig.tiny_pair(args.model_pair, **overrides)
     if not (args.sketch_model and args.render_model):
         raise ValueError(f"--model-pair {args.model_pair} needs --sketch-model PATH and --render-model PATH")
     render = args.render_model
-    if args.model_pair == Wan22Family.name and render == args.sketch_model:
+    if args.model_pair in EXPERT_FAMILIES and render == args.sketch_model:
         render = low_noise_expert_path(render)  # one A14B folder: its low-noise expert renders
     return ModelPairConfig(
         family=args.model_pair,
@@ -67,12 +75,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate one video in this process (no Ray)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default="")
+    p.add_argument("--image", default=None, help="image-to-video pairs: the input image (PNG, JPEG or WebP)")
     add_model_pair_arguments(p)
     p.add_argument(
         "--switch",
         default=None,
-        help="fixed:STEP, fixed:FRACTION, adaptive[:TAU[:MIN:MAX]], or boundary (wan2.2: the model's own switch "
-        "step, its default; other pairs default to adaptive)",
+        help="fixed:STEP, fixed:FRACTION, adaptive[:TAU[:MIN:MAX]], or boundary (wan2.2, wan2.2-i2v: the model's "
+        "own switch step, their default; other pairs default to adaptive)",
     )
     p.add_argument(
         "--cache",
@@ -110,17 +119,29 @@ def run(args: argparse.Namespace) -> int:
             fps=args.fps,
             cache=args.cache,
         )
+        image = None
+        if args.image:
+            data = Path(args.image).read_bytes()
+            image = load_image(data, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS)
+            request = request.model_copy(update={"input_reference": describe_image(data)})
         if request.cache is not None and args.mag_ratios:
             request = request.model_copy(update={"cache": with_ratios_file(request.cache, args.mag_ratios)})
         config = model_pair_from_args(args)
+        check_input_image(config.family, request, image)  # before any weights load
         engine = SRDiffusionEngine(config)
-        boundary = boundary or (args.switch is None and config.family == Wan22Family.name)
+        boundary = boundary or (args.switch is None and config.family in EXPERT_FAMILIES)
         if boundary:
             if not isinstance(engine.family, Wan22Family):
-                raise ValueError(f"--switch boundary: family {config.family} has no expert boundary (wan2.2 has)")
+                raise ValueError(
+                    f"--switch boundary: family {config.family} has no expert boundary "
+                    f"({', '.join(EXPERT_FAMILIES)} have)"
+                )
             steps = engine.resolve(request).num_inference_steps
             request = request.model_copy(update={"switch": engine.family.boundary_switch(steps)})
-        engine.resolve(request)
+        engine.check_image(engine.resolve(request), image)
+    except OSError as exc:
+        print(f"error: --image: {exc}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
         print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
@@ -129,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     bars = StageBars(enabled=not args.no_progress)
     try:
-        result = engine.generate(request, on_step=bars)
+        result = engine.generate(request, image=image, on_step=bars)
     finally:
         bars.close()
     out = Path(args.out)

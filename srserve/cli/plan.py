@@ -62,6 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 PLACEHOLDER_PATHS = {
     "wan2.1": ("/models/Wan2.1-T2V-14B-Diffusers", "/models/Wan2.1-T2V-1.3B-Diffusers"),
     "wan2.2": ("/models/Wan2.2-T2V-A14B-Diffusers", "/models/Wan2.2-T2V-A14B-Diffusers/transformer_2"),
+    "wan2.1-i2v": ("/models/Wan2.1-I2V-14B-480P-Diffusers", "/models/Wan2.1-Fun-1.3B-InP-Diffusers"),
+    "wan2.2-i2v": ("/models/Wan2.2-I2V-A14B-Diffusers", "/models/Wan2.2-I2V-A14B-Diffusers/transformer_2"),
 }
 
 
@@ -167,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
     if args.emit_config and results:
         model: object = "tiny"
         if not profile.model_pair.startswith("tiny") or args.sketch_model or args.render_model:
-            family = "wan2.2" if profile.model_pair.startswith("wan2.2") else "wan2.1"
+            family = profile.model_pair
+            if family not in PLACEHOLDER_PATHS:  # a profile named after a variant of a family's pair
+                family = "wan2.2" if family.startswith("wan2.2") else "wan2.1"
             sketch, render = PLACEHOLDER_PATHS[family]
             model = {
                 "family": family,

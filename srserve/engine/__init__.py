@@ -20,6 +20,7 @@ __all__ = [
     "GenerationResult",
     "HandoffFormatError",
     "HandoffState",
+    "InputImage",
     "ModelPairConfig",
     "ResolvedRequest",
     "Role",
@@ -35,7 +36,7 @@ def __getattr__(name: str) -> Any:
         from srserve.engine import config as module
     elif name in ("HandoffFormatError", "HandoffState"):
         from srserve.engine import handoff as module
-    elif name in ("GenerationRequest", "ResolvedRequest", "SwitchPolicy"):
+    elif name in ("GenerationRequest", "InputImage", "ResolvedRequest", "SwitchPolicy"):
         from srserve.engine import request as module
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # torch is imported where a device or dtype is resolved, not 
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
+# Families of two Wan2.2 experts switched at a boundary: those with guidance_scale_2.
+EXPERT_FAMILIES = ("wan2.2", "wan2.2-i2v")
 TINY_DEFAULTS = RequestDefaults(height=64, width=64, num_frames=17, num_inference_steps=20)
 TINY_COGVIDEOX_DEFAULTS = RequestDefaults(height=64, width=64, num_frames=9, num_inference_steps=20)
 # Wan2.2-T2V-A14B's own defaults are 40 steps at 480p or 720p; the tiny folder keeps the tiny Wan2.1 shape.
@@ -31,6 +33,8 @@ TINY_PAIRS: dict[str, tuple[str, RequestDefaults]] = {
     "tiny-wan2.1": ("wan2.1", TINY_DEFAULTS),
     "tiny-wan2.2": ("wan2.2", TINY_WAN22_DEFAULTS),
     "tiny-cogvideox": ("cogvideox", TINY_COGVIDEOX_DEFAULTS),
+    "tiny-wan2.1-i2v": ("wan2.1-i2v", TINY_DEFAULTS),
+    "tiny-wan2.2-i2v": ("wan2.2-i2v", TINY_WAN22_DEFAULTS),
 }
 TINY_ALIASES = {"tiny": "tiny-wan2.1"}
 
@@ -55,6 +59,9 @@ class ModelPairConfig(BaseModel):
     dtype: DTypeName = "auto"
     vae_dtype: DTypeName = "float32"
     text_encoder_dtype: DTypeName = "auto"
+    image_encoder_dtype: DTypeName = Field(
+        "float32", description="image-to-video: the CLIP image encoder's dtype (diffusers' examples run it in float32)"
+    )
     render_dtype: DTypeName | None = Field(
         None, description="the render transformer's dtype; None: `dtype` (CogVideoX-2B prefers float16, 5B bfloat16)"
     )
@@ -82,8 +89,11 @@ class ModelPairConfig(BaseModel):
 
     @model_validator(mode="after")
     def _guidance_scale_2_is_wan22s(self) -> ModelPairConfig:
-        if self.guidance_scale_2 is not None and self.family != "wan2.2":
-            raise ValueError(f"guidance_scale_2 applies to family wan2.2 (its low-noise expert), not {self.family!r}")
+        if self.guidance_scale_2 is not None and self.family not in EXPERT_FAMILIES:
+            raise ValueError(
+                f"guidance_scale_2 applies to family {' or '.join(EXPERT_FAMILIES)} (the low-noise expert), "
+                f"not {self.family!r}"
+            )
         return self
 
     def resolved_device(self) -> torch.device:

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from srserve.engine import components
 from srserve.engine.attention import apply_attention_backend, check_attention_backend
 from srserve.engine.cache import step_cache
 from srserve.engine.component_config import read_component_config
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.families import EncodedPrompt, get_family
+from srserve.engine.families import EncodedPrompt, check_input_image, get_family
 from srserve.engine.handoff import HandoffState
 from srserve.engine.parallel.config import attention_heads, check_parallel
 from srserve.engine.parallel.group import ParallelRuntime
@@ -136,7 +137,17 @@ class SRDiffusionEngine:
                     self.family.load_transformer(config.render_path, self.render_dtype, self.device)
                 ),
             )
-        if Role.DECODE in self.roles:
+        self.image_encoder: Any = None
+        if Role.SKETCH in self.roles and self.family.takes_image:  # the image is encoded on the sketch side
+            ie_dtype = config.resolve_dtype(config.image_encoder_dtype)
+            self.image_encoder = components.load_shared(
+                "image_encoder",
+                config.sketch_path,
+                ie_dtype,
+                self.device,
+                lambda: self.family.load_image_encoder(config, ie_dtype, self.device),
+            )
+        if Role.DECODE in self.roles or (Role.SKETCH in self.roles and self.family.takes_image):
             vae_dtype = config.resolve_dtype(config.vae_dtype)
             self.vae = components.load_shared(
                 "vae",
@@ -181,6 +192,11 @@ class SRDiffusionEngine:
         """Fill unset sizes from the pair's defaults and re-validate the whole request."""
         return resolve_request(request, self.config.defaults)
 
+    def check_image(self, request: GenerationRequest, image: Image.Image | None) -> None:
+        """ValueError naming `input_reference` unless the request has an image exactly when the pair takes one
+        (`srserve.engine.families.check_input_image`)."""
+        check_input_image(self.family.name, request, image)
+
     def encode(self, request: ResolvedRequest) -> EncodedPrompt:
         self._need(Role.TEXT)
         with torch.no_grad():
@@ -194,11 +210,28 @@ class SRDiffusionEngine:
         request: ResolvedRequest,
         encoded: EncodedPrompt,
         *,
+        image: Image.Image | None = None,
         job_id: str = "",
         on_step: ProgressFn | None = None,
         cancelled: CancelFn | None = None,
     ) -> HandoffState:
-        """Run the large model from pure noise until the switch policy hands over."""
+        """Run the large model from pure noise until the switch policy hands over.
+
+        Image-to-video pairs take the request's decoded input image (`image`, RGB; see
+        srserve.engine.image.load_image); it is encoded here, once, and its conditioning crosses in the handoff.
+        """
+        self.check_image(request, image)
+        if self.family.takes_image and image is None:
+            raise ValueError(f"input_reference: the {self.family.name} sketch needs the decoded image (image=)")
+        if image is not None:
+            if image.mode != "RGB":
+                raise ValueError(f"input_reference: the image must be RGB (load_image converts it), not {image.mode}")
+            self._need(Role.SKETCH)
+            assert self.vae is not None
+            condition, image_embeds = self.family.encode_image(
+                image, request, self.image_encoder, self.vae, self.device
+            )
+            encoded = replace(encoded, image_condition=condition, image_embeds=image_embeds)
         num_steps = request.num_inference_steps
         sched = self._new_scheduler(num_steps)
         if hasattr(sched, "set_begin_index"):
@@ -237,6 +270,8 @@ class SRDiffusionEngine:
             sigmas=getattr(sched, "sigmas", None),
             job_id=job_id,
             switch_trace=list(decider.trace),
+            image_condition=encoded.image_condition,
+            image_embeds=encoded.image_embeds,
         )
         return self.family.convert_handoff(state)
 
@@ -260,6 +295,8 @@ class SRDiffusionEngine:
         encoded = EncodedPrompt(
             state.prompt_embeds.to(self.device),
             None if state.negative_prompt_embeds is None else state.negative_prompt_embeds.to(self.device),
+            None if state.image_condition is None else state.image_condition.to(self.device),
+            None if state.image_embeds is None else state.image_embeds.to(self.device),
         )
         latents = state.latents.to(self.device)
         if state.switch_step < num_steps:
@@ -290,10 +327,14 @@ class SRDiffusionEngine:
         self,
         request: GenerationRequest,
         *,
+        image: Image.Image | None = None,
         on_step: ProgressFn | None = None,
         through_bytes: bool = True,
     ) -> GenerationResult:
-        """All stages in this process; the handoff goes through its wire format unless told not to."""
+        """All stages in this process; the handoff goes through its wire format unless told not to.
+
+        `image`: the decoded input image of an image-to-video request (its `input_reference` describes it).
+        """
         timings: dict[str, float] = {}
 
         def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -303,8 +344,9 @@ class SRDiffusionEngine:
             return out
 
         resolved = self.resolve(request)
+        self.check_image(resolved, image)  # before the text encoder runs
         encoded = timed("encode", lambda: self.encode(resolved))
-        state = timed("sketch", lambda: self.sketch(resolved, encoded, on_step=on_step))
+        state = timed("sketch", lambda: self.sketch(resolved, encoded, image=image, on_step=on_step))
         nbytes, blob = 0, b""
         if through_bytes:
             blob = timed("handoff_serialize", state.to_bytes)

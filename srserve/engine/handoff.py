@@ -1,8 +1,13 @@
 """The handoff state: everything a render worker needs to continue a sketch exactly.
 
-Wire format (version 1): one safetensors blob. Tensors are stored natively (bf16 stays bf16);
+Wire format (version 2): one safetensors blob. Tensors are stored natively (bf16 stays bf16);
 everything else is a JSON document in the safetensors metadata under `srserve.handoff`. Parsing
 never executes code, so a blob from an untrusted client is safe to load.
+
+Version 2 adds the image conditioning of image-to-video pairs, as optional tensors: `image_condition`
+(the first-frame mask and VAE latents the transformer reads beside the noisy latent) and
+`image_embeds` (CLIP image embeddings, where the models take them). Version 1 (text-to-video only)
+had neither and still parses: its state simply has none.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from srserve.engine.request import ResolvedRequest
 from srserve.engine.scheduler_state import SchedulerSnapshot
 
 FORMAT_NAME = "srserve.handoff"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Versions this srserve reads: 1 is 2 without the image tensors.
+READABLE_VERSIONS = (1, 2)
 MAX_HEADER_BYTES = 16 * 1024 * 1024
+_IMAGE_TENSORS = ("image_condition", "image_embeds")
 
 
 class HandoffFormatError(ValueError):
@@ -45,6 +53,9 @@ class HandoffState:
     job_id: str = ""
     switch_trace: list[float] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    # Image-to-video: [B, mask + latent channels, F, H, W] and [B, tokens, image_dim] (None for text-to-video).
+    image_condition: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
 
     @property
     def num_steps(self) -> int:
@@ -61,6 +72,10 @@ class HandoffState:
             tensors["negative_prompt_embeds"] = self.negative_prompt_embeds
         if self.sigmas is not None:
             tensors["sigmas"] = self.sigmas
+        if self.image_condition is not None:
+            tensors["image_condition"] = self.image_condition
+        if self.image_embeds is not None:
+            tensors["image_embeds"] = self.image_embeds
         for name, tensor in self.scheduler.tensors.items():
             tensors[f"scheduler/{name}"] = tensor
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -105,6 +120,8 @@ class HandoffState:
                 job_id=str(header.get("job_id", "")),
                 switch_trace=[float(x) for x in header.get("switch_trace", [])],
                 extras=dict(header.get("extras", {})),
+                image_condition=tensors.get("image_condition"),
+                image_embeds=tensors.get("image_embeds"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise HandoffFormatError(f"handoff header is incomplete or invalid: {exc}") from exc
@@ -124,8 +141,12 @@ def _read_header(blob: bytes) -> dict[str, Any]:
         raise HandoffFormatError("blob is not an srserve handoff (no srserve.handoff metadata)") from exc
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise HandoffFormatError("blob is not an srserve handoff")
-    if header.get("version") != FORMAT_VERSION:
+    version = header.get("version")
+    if version not in READABLE_VERSIONS:
         raise HandoffFormatError(
-            f"handoff version {header.get('version')!r} is not supported (this srserve reads {FORMAT_VERSION})"
+            f"handoff version {version!r} is not supported (this srserve reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
         )
+    if version == 1 and any(key in raw for key in _IMAGE_TENSORS):
+        raise HandoffFormatError("a version 1 handoff cannot carry image tensors (image-to-video needs version 2)")
     return header

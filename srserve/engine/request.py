@@ -118,8 +118,29 @@ def capped_switch(fields: dict[str, Any], num_steps: int) -> dict[str, Any]:
     return out
 
 
+MediaType = Literal["image/png", "image/jpeg", "image/webp"]
+
+
+class InputImage(BaseModel):
+    """What a request says about its input image (image-to-video); never the pixels.
+
+    The bytes travel beside the request: the serving layer stores them under `key` and hands the
+    decoded image to the engine's sketch stage (`srserve.engine.image.load_image`), so a request
+    stays small enough to validate, log and store as JSON.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    media_type: MediaType
+    width: Annotated[int, Field(ge=1, le=1 << 16)]
+    height: Annotated[int, Field(ge=1, le=1 << 16)]
+    key: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+
+
 class GenerationRequest(BaseModel):
-    """One text-to-video request. Unset sizes take the model pair's defaults."""
+    """One text-to-video (or, with `input_reference`, image-to-video) request. Unset sizes take the model
+    pair's defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -135,6 +156,8 @@ class GenerationRequest(BaseModel):
     # Step caches per stage (srserve.engine.cache); unset: none in the engine, the pools' in serving.
     cache: CacheSpec | None = None
     fps: Annotated[int, Field(ge=1, le=120)] = 16
+    # The input image of an image-to-video request (its description; the pixels go to the sketch stage).
+    input_reference: InputImage | None = None
 
     @field_validator("prompt")
     @classmethod

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from PIL import Image
+
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily
 from srserve.engine.families.cogvideox import CogVideoXFamily
 from srserve.engine.families.wan import WanFamily
 from srserve.engine.families.wan22 import Wan22Family
+from srserve.engine.families.wan_i2v import Wan22I2VFamily, WanI2VFamily
+from srserve.engine.request import GenerationRequest
 
 _FAMILIES: dict[str, type[ModelFamily]] = {
     WanFamily.name: WanFamily,
     Wan22Family.name: Wan22Family,
     CogVideoXFamily.name: CogVideoXFamily,
+    WanI2VFamily.name: WanI2VFamily,
+    Wan22I2VFamily.name: Wan22I2VFamily,
 }
 
 
@@ -26,10 +32,43 @@ def family_names() -> list[str]:
     return sorted(_FAMILIES)
 
 
+def takes_image(family: str) -> bool:
+    """Whether the family's requests need an input image (`input_reference`)."""
+    return get_family(family).takes_image
+
+
+def check_input_image(family: str, request: GenerationRequest, image: Image.Image | None = None) -> None:
+    """ValueError naming `input_reference` unless the request has an input image exactly when the family takes one.
+
+    With `image` None only the request's description is checked: what an ingress can run before reading the
+    bytes. With an image, its size must be the one the request describes.
+    """
+    if takes_image(family):
+        ref = request.input_reference
+        if ref is None:
+            raise ValueError(f"input_reference: the {family} pair generates from an image; the request has none")
+        if image is not None and image.size != (ref.width, ref.height):
+            raise ValueError(
+                f"input_reference: the image is {image.size[0]}x{image.size[1]}, the request describes "
+                f"{ref.width}x{ref.height}"
+            )
+    elif request.input_reference is not None or image is not None:
+        raise ValueError(f"input_reference: the {family} pair is text-to-video and takes no input image")
+
+
 def check_pair(config: ModelPairConfig) -> None:
     """The pair's family's check that its folders fit together (no weights load); IncompatiblePairError names
     the misfit. What serving runs when it reads a pool's model, before any replica starts."""
     get_family(config.family).check_pair(config)
 
 
-__all__ = ["EncodedPrompt", "IncompatiblePairError", "ModelFamily", "check_pair", "family_names", "get_family"]
+__all__ = [
+    "EncodedPrompt",
+    "IncompatiblePairError",
+    "ModelFamily",
+    "check_input_image",
+    "check_pair",
+    "family_names",
+    "get_family",
+    "takes_image",
+]

@@ -32,8 +32,14 @@ def require_component_config(folder: str | Path, component: str) -> dict[str, An
 
 @dataclass
 class EncodedPrompt:
+    """What conditions every denoising step: the prompt's embeddings and, image-to-video, the image's."""
+
     prompt_embeds: torch.Tensor
     negative_prompt_embeds: torch.Tensor | None
+    # Image-to-video: the first-frame mask and VAE latents, concatenated to the noisy latent's channels ...
+    image_condition: torch.Tensor | None = None
+    # ... and the CLIP image embeddings the transformer's image cross-attention reads (None if it has none).
+    image_embeds: torch.Tensor | None = None
 
 
 class ModelFamily(ABC):
@@ -48,6 +54,8 @@ class ModelFamily(ABC):
     attention_backends: frozenset[str] = frozenset({"native"})
     # Block submodules whose outputs a TaylorSeer step cache extrapolates (srserve.engine.cache).
     cached_modules: tuple[str, ...] = ()
+    # Image-to-video: every request needs an input image (`input_reference`), encoded on the sketch side.
+    takes_image: bool = False
 
     @abstractmethod
     def check_pair(self, config: ModelPairConfig) -> None:
@@ -74,6 +82,21 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def load_vae(self, path: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module: ...
+
+    def load_image_encoder(self, config: ModelPairConfig, dtype: torch.dtype, device: torch.device) -> Any:
+        """Image-to-video: what `encode_image` needs besides the VAE (e.g. a CLIP encoder); None if nothing."""
+        return None
+
+    def encode_image(
+        self,
+        image: Any,
+        request: ResolvedRequest,
+        image_encoder: Any,
+        vae: torch.nn.Module,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Image-to-video: (image_condition, image_embeds) for one PIL image, on the sketch side."""
+        raise NotImplementedError(f"family {self.name!r} takes no input image")
 
     @abstractmethod
     def load_scheduler(self, path: str) -> Any:

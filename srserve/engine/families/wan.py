@@ -60,10 +60,9 @@ class WanFamily(ModelFamily):
                 f"text encoder width {te.get('d_model')} != transformer text_dim {sketch_t.get('text_dim')}"
             )
         vae = require_component_config(config.vae_path or config.render_path, "vae")
-        if vae.get("z_dim") != sketch_t.get("in_channels"):
-            raise IncompatiblePairError(
-                f"VAE z_dim {vae.get('z_dim')} != transformer in_channels {sketch_t.get('in_channels')}"
-            )
+        problem = self.channel_problem(vae, sketch_t)
+        if problem:
+            raise IncompatiblePairError(problem)
         other_vae = read_component_config(config.sketch_path, "vae")
         if other_vae is not None:
             _compare("VAE", _VAE_KEYS, other_vae, vae, ("sketch", "render"))
@@ -71,6 +70,12 @@ class WanFamily(ModelFamily):
         if other_sched is not None:
             sched = require_component_config(config.sketch_path, "scheduler")
             _compare("scheduler", _SCHEDULER_KEYS, sched, other_sched, ("sketch", "render"))
+
+    def channel_problem(self, vae: dict[str, Any], transformer: dict[str, Any]) -> str | None:
+        """Whether the transformer's input channels are what this family feeds it from the VAE's latents."""
+        if vae.get("z_dim") != transformer.get("in_channels"):
+            return f"VAE z_dim {vae.get('z_dim')} != transformer in_channels {transformer.get('in_channels')}"
+        return None
 
     def load_transformer(self, path: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
         model = WanTransformer3DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
@@ -154,16 +159,30 @@ class WanFamily(ModelFamily):
         cfg: bool,
         cfg_split: CfgSplit | None = None,
     ) -> torch.Tensor:
-        """WanPipeline's step prediction; `cfg` apart from the scale, since Wan2.2 decides it on another scale."""
+        """WanPipeline's step prediction; `cfg` apart from the scale, since Wan2.2 decides it on another scale.
+
+        Image-to-video (WanImageToVideoPipeline): the image condition joins the latent's channels, and
+        the CLIP embeddings go to a transformer that has image cross-attention (`image_dim`), only.
+        """
         dtype = transformer.dtype
-        model_input = latents.to(dtype)
+        if encoded.image_condition is None:
+            model_input = latents.to(dtype)
+        else:
+            model_input = torch.cat([latents, encoded.image_condition.to(latents.device)], dim=1).to(dtype)
+        image_embeds = None
+        if encoded.image_embeds is not None and transformer.config.get("image_dim") is not None:
+            image_embeds = encoded.image_embeds.to(latents.device, dtype)
         t = timestep.expand(latents.shape[0])
 
         def branch(name: str, embeds: torch.Tensor) -> torch.Tensor:
             # The named context keeps a step cache's state per branch (as WanPipeline does); a no-op without one.
             with transformer.cache_context(name):
                 return transformer(
-                    hidden_states=model_input, timestep=t, encoder_hidden_states=embeds.to(dtype), return_dict=False
+                    hidden_states=model_input,
+                    timestep=t,
+                    encoder_hidden_states=embeds.to(dtype),
+                    encoder_hidden_states_image=image_embeds,
+                    return_dict=False,
                 )[0]
 
         if cfg:

@@ -213,9 +213,8 @@ class Wan22Family(WanFamily):
                 + "; ".join(problems)
             )
 
-    @staticmethod
     def _vae_problems(
-        config: ModelPairConfig, sketch: ModelLocation, render: ModelLocation, transformer: dict[str, Any]
+        self, config: ModelPairConfig, sketch: ModelLocation, render: ModelLocation, transformer: dict[str, Any]
     ) -> list[str]:
         """The latent space: every VAE config field, and the channels the transformers take."""
         sketch_vae = _with_defaults(AutoencoderKLWan, require_component_config(sketch.pipeline, "vae"))
@@ -226,11 +225,9 @@ class Wan22Family(WanFamily):
                 AutoencoderKLWan, require_component_config(pipeline_folder(config.vae_path), "vae")
             )
             problems += _differences("VAE", None, sketch_vae, decode_vae, ("sketch", "vae_path"))
-        if sketch_vae.get("z_dim") != transformer.get("in_channels"):
-            problems.append(
-                f"sketch VAE z_dim {sketch_vae.get('z_dim')!r} != transformer in_channels "
-                f"{transformer.get('in_channels')!r}"
-            )
+        problem = self.channel_problem(sketch_vae, transformer)
+        if problem:
+            problems.append(f"sketch {problem}")
         return problems
 
     @staticmethod

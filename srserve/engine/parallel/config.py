@@ -30,6 +30,12 @@ RING_BACKENDS = frozenset({"_native_cudnn", "_native_flash", "flash", "sage"})
 # Families whose transformer declares a `_cp_plan` and whose predict can split its CFG branches.
 CONTEXT_PARALLEL_FAMILIES = frozenset({"wan2.1", "wan2.2"})
 CFG_PARALLEL_FAMILIES = frozenset({"wan2.1", "wan2.2"})
+# Families with no multi-device replica yet, and why (checked before the per-kind rules).
+_IMAGE_TO_VIDEO = (
+    "image-to-video has no multi-device parity test yet: neither context parallelism with the image "
+    "cross-attention's extra tokens nor the CFG split with the image condition was checked against one device"
+)
+NO_PARALLEL_FAMILIES: dict[str, str] = {"wan2.1-i2v": _IMAGE_TO_VIDEO, "wan2.2-i2v": _IMAGE_TO_VIDEO}
 
 
 class ParallelSpec(BaseModel):
@@ -110,6 +116,11 @@ def check_parallel(
     """
     if not spec.enabled:
         return
+    if family in NO_PARALLEL_FAMILIES:
+        raise ParallelUnsupported(
+            f"parallel {spec.label()}: family {family!r} runs on one device per replica "
+            f"({NO_PARALLEL_FAMILIES[family]})"
+        )
     if spec.context_degree > 1:
         if family not in CONTEXT_PARALLEL_FAMILIES:
             raise ParallelUnsupported(

@@ -6,10 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from srserve.engine.tiny import cogvideox, wan, wan22
+from srserve.engine.tiny import cogvideox, wan, wan22, wan_i2v
 from srserve.engine.tiny.cogvideox import TinyCogVideoXSpec, write_tiny_cogvideox_pair
 from srserve.engine.tiny.wan import TinyWanSpec, write_tiny_wan_pair
 from srserve.engine.tiny.wan22 import TinyWan22Spec, write_tiny_wan22_pair, write_tiny_wan22_ti2v
+from srserve.engine.tiny.wan_i2v import TinyWanI2VSpec, write_tiny_wan21_i2v_pair, write_tiny_wan22_i2v_pair
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,15 @@ TINY_LAYOUTS: dict[str, TinyLayout] = {
         cogvideox.RENDER_DIR,
         (cogvideox.SKETCH_DIR, cogvideox.RENDER_DIR),
     ),
+    "wan2.1-i2v": TinyLayout(
+        write_tiny_wan21_i2v_pair, wan_i2v.SKETCH_DIR, wan_i2v.RENDER_DIR, (wan_i2v.SKETCH_DIR, wan_i2v.RENDER_DIR)
+    ),
+    "wan2.2-i2v": TinyLayout(
+        write_tiny_wan22_i2v_pair,
+        wan_i2v.A14B_DIR,
+        f"{wan_i2v.A14B_DIR}/{wan22.LOW_NOISE_SUBFOLDER}",
+        (wan_i2v.A14B_DIR,),
+    ),
 }
 
 __all__ = [
@@ -48,8 +58,11 @@ __all__ = [
     "TinyCogVideoXSpec",
     "TinyLayout",
     "TinyWan22Spec",
+    "TinyWanI2VSpec",
     "TinyWanSpec",
     "write_tiny_cogvideox_pair",
+    "write_tiny_wan21_i2v_pair",
+    "write_tiny_wan22_i2v_pair",
     "write_tiny_wan22_pair",
     "write_tiny_wan22_ti2v",
     "write_tiny_wan_pair",
