@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from srserve.cli.progress import StageBars
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
+from srserve.engine.adapter_spec import AdapterConfig
 from srserve.engine.cache import with_ratios_file
 from srserve.engine.config import EXPERT_FAMILIES, TINY_ALIASES, TINY_PAIRS
 from srserve.engine.families import IncompatiblePairError, check_input_image
@@ -43,8 +44,42 @@ def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+CLI_ADAPTER = "cli"  # the one adapter --sketch-lora / --render-lora make, which the request names
+
+
+def _path_and_scale(text: str) -> tuple[str, float | None]:
+    """`PATH` or `PATH:SCALE` (the last ':' starts a scale only when a number follows it)."""
+    path, sep, tail = text.rpartition(":")
+    if sep:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return text, None
+
+
+def cli_adapters(args: argparse.Namespace) -> dict[str, AdapterConfig]:
+    """The pair's adapters from `--sketch-lora PATH[:SCALE]` / `--render-lora PATH[:SCALE]`: one, `cli`.
+    An adapter has one scale for both files, so two different scales are refused."""
+    given = {side: getattr(args, f"{side}_lora", None) for side in ("sketch", "render")}
+    if not any(given.values()):
+        return {}
+    files: dict[str, str | None] = {}
+    scales = set()
+    for side, text in given.items():
+        files[side], scale = _path_and_scale(text) if text else (None, None)
+        if text:
+            scales.add(1.0 if scale is None else scale)
+    if len(scales) > 1:
+        raise ValueError("--sketch-lora and --render-lora take one scale (an adapter has one); give it to both")
+    return {CLI_ADAPTER: AdapterConfig(sketch=files["sketch"], render=files["render"], scale=scales.pop())}
+
+
 def model_pair_from_args(args: argparse.Namespace) -> ModelPairConfig:
     overrides: dict[str, object] = {}
+    adapters = cli_adapters(args)
+    if adapters:
+        overrides["adapters"] = adapters
     if args.device:
         overrides["device"] = args.device
     if args.dtype:
@@ -90,6 +125,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "first_block[:THRESHOLD], taylorseer[:INTERVAL], mag[:THRESHOLD] (mag needs --mag-ratios)",
     )
     p.add_argument("--mag-ratios", default=None, help="the file `srserve calibrate-mag` wrote (for a mag cache)")
+    p.add_argument(
+        "--sketch-lora", default=None, metavar="PATH[:SCALE]", help="a LoRA file for the sketch model (scale 1.0)"
+    )
+    p.add_argument(
+        "--render-lora", default=None, metavar="PATH[:SCALE]", help="a LoRA file for the render model (scale 1.0)"
+    )
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pair's)")
     p.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: the pair's)")
     p.add_argument("--height", type=int, default=None)
@@ -115,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
             num_inference_steps=args.steps,
             guidance_scale=args.guidance_scale,
             seed=args.seed,
+            lora=CLI_ADAPTER if args.sketch_lora or args.render_lora else None,
             switch="adaptive" if args.switch in (None, "boundary") else args.switch,
             fps=args.fps,
             cache=args.cache,
@@ -159,6 +201,9 @@ def run(args: argparse.Namespace) -> int:
     if args.handoff_out:
         Path(args.handoff_out).write_bytes(result.handoff)
         print(f"wrote the handoff state to {args.handoff_out} ({len(result.handoff)} bytes)")
+    if result.lora is not None:
+        sides = [side for side in ("sketch", "render") if result.lora.on(side)]
+        print(f"LoRA at scale {result.lora.scale} on the {' and '.join(sides)} model")
     frames, height, width, _ = result.frames.shape
     print(f"wrote {out} ({frames} frames, {width}x{height}, {len(result.video)} bytes)")
     print(

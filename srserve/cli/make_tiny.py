@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from srserve.engine.tiny import TINY_LAYOUTS
 
@@ -14,6 +16,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--family", default="wan2.1", choices=sorted(TINY_LAYOUTS), help="which family's pair (default wan2.1)"
     )
     p.set_defaults(func=run)
+    p.add_argument(
+        "--loras",
+        metavar="LORA_DIR",
+        default=None,
+        help="wan2.1: also write random LoRA adapters for the pair to LORA_DIR (sketch_lora.safetensors, "
+        "render_lora.safetensors, and sketch_lora_comfy.safetensors in ComfyUI-style keys)",
+    )
+    p.set_defaults(func=run_with_loras)  # run, then the adapters
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,4 +35,22 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"use: srserve generate --model-pair {args.family} --sketch-model {sketch} --render-model {render}{image} ..."
     )
+    return 0
+
+
+def run_with_loras(args: argparse.Namespace) -> int:
+    """`run`, then (`--loras LORA_DIR`) the tiny Wan2.1 pair's LoRA adapters (srserve.engine.tiny.lora)."""
+    if args.loras and args.family != "wan2.1":
+        print(f"error: --loras writes adapters for the tiny wan2.1 pair, not {args.family}", file=sys.stderr)
+        return 2
+    code = run(args)
+    if code or not args.loras:
+        return code
+    from srserve.engine.tiny import TINY_LAYOUTS
+    from srserve.engine.tiny.lora import RENDER_LORA, SKETCH_LORA, write_tiny_loras
+
+    files = write_tiny_loras(args.loras, *TINY_LAYOUTS["wan2.1"].folders(Path(args.dir)))
+    for path in files.values():
+        print(f"LoRA: {path}")
+    print(f"with adapters: srserve generate ... --sketch-lora {files[SKETCH_LORA]} --render-lora {files[RENDER_LORA]}")
     return 0

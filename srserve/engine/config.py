@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from srserve.engine.adapter_spec import AdapterConfig, AdapterName
 from srserve.engine.attention import AttentionBackend
 from srserve.engine.request import RequestDefaults
 
@@ -86,6 +87,12 @@ class ModelPairConfig(BaseModel):
         "at load; the first step of each new shape compiles (seconds on a GPU, longer on a CPU)",
     )
     defaults: RequestDefaults = RequestDefaults()
+    adapters: dict[AdapterName, AdapterConfig] = Field(
+        default_factory=dict, description="LoRA adapters by name, which a request's `lora` names (docs/engine.md)"
+    )
+    adapter_cache_size: int = Field(
+        4, ge=1, le=256, description="unfused adapters kept loaded per transformer (LRU; per engine, so per replica)"
+    )
 
     @model_validator(mode="after")
     def _guidance_scale_2_is_wan22s(self) -> ModelPairConfig:
@@ -93,6 +100,16 @@ class ModelPairConfig(BaseModel):
             raise ValueError(
                 f"guidance_scale_2 applies to family {' or '.join(EXPERT_FAMILIES)} (the low-noise expert), "
                 f"not {self.family!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_compile_with_switched_adapters(self) -> ModelPairConfig:
+        switched = sorted(name for name, adapter in self.adapters.items() if not adapter.fuse)
+        if self.compile and switched:
+            raise ValueError(
+                f"compile: adapters {', '.join(switched)} are switched per job, which changes the compiled blocks' "
+                "modules; fuse them (fuse: true) or set compile: false"
             )
         return self
 

@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 
 from srserve.engine import components
+from srserve.engine.adapter_spec import ResolvedLora
+from srserve.engine.adapters import AdapterStats, EngineAdapters
 from srserve.engine.attention import apply_attention_backend, check_attention_backend
 from srserve.engine.cache import step_cache
 from srserve.engine.component_config import read_component_config
@@ -68,6 +70,7 @@ class GenerationResult:
     handoff_bytes: int = 0
     switch_trace: list[float] = field(default_factory=list)
     handoff: bytes = b""
+    lora: ResolvedLora | None = None  # the adapter the job ran with, and which models applied it
 
 
 class SRDiffusionEngine:
@@ -101,6 +104,8 @@ class SRDiffusionEngine:
             if parallel is not None:
                 heads = attention_heads(self.family, config.sketch_path, config.render_path)
                 check_parallel(parallel.spec, self.family.name, backend, self.device, heads)
+        # The pair's LoRA files for this engine's models, checked against them before any weights load.
+        self.adapters = EngineAdapters(config, self.family, {r.value for r in self.roles & {Role.SKETCH, Role.RENDER}})
         vae_path = config.vae_path or config.render_path
         self.vae_config: dict[str, Any] = read_component_config(vae_path, "vae") or {}
         self._scheduler_template = self.family.load_scheduler(config.sketch_path)
@@ -119,22 +124,26 @@ class SRDiffusionEngine:
             )
         if Role.SKETCH in self.roles:
             self.sketch_model = components.load_shared(
-                self._transformer_kind(),
+                self._transformer_kind() + self.adapters.kind_tag("sketch"),
                 config.sketch_path,
                 self.dtype,
                 self.device,
                 lambda: self._prepare_transformer(
-                    self.family.load_transformer(config.sketch_path, self.dtype, self.device)
+                    self.adapters.prepare(
+                        "sketch", self.family.load_transformer(config.sketch_path, self.dtype, self.device)
+                    )
                 ),
             )
         if Role.RENDER in self.roles:
             self.render_model = components.load_shared(
-                self._transformer_kind(),
+                self._transformer_kind() + self.adapters.kind_tag("render"),
                 config.render_path,
                 self.render_dtype,
                 self.device,
                 lambda: self._prepare_transformer(
-                    self.family.load_transformer(config.render_path, self.render_dtype, self.device)
+                    self.adapters.prepare(
+                        "render", self.family.load_transformer(config.render_path, self.render_dtype, self.device)
+                    )
                 ),
             )
         self.image_encoder: Any = None
@@ -189,8 +198,19 @@ class SRDiffusionEngine:
         return sched
 
     def resolve(self, request: GenerationRequest) -> ResolvedRequest:
-        """Fill unset sizes from the pair's defaults and re-validate the whole request."""
-        return resolve_request(request, self.config.defaults)
+        """Fill unset sizes from the pair's defaults, resolve its `lora` against the pair's adapters, and
+        re-validate the whole request."""
+        return resolve_request(request, self.config.defaults, adapters=self.config.adapters)
+
+    def adapter_stats(self) -> AdapterStats:
+        """This engine's adapter counters (loads, hits, evictions) and what its transformers hold now."""
+        return self.adapters.stats()
+
+    def warm_adapter(self, name: str) -> None:
+        """Load a configured adapter into this engine's transformers before a job needs it."""
+        if name not in self.config.adapters:
+            raise ValueError(f"lora: unknown adapter {name!r}")
+        self.adapters.warm(name, {"sketch": self.sketch_model, "render": self.render_model})
 
     def check_image(self, request: GenerationRequest, image: Image.Image | None) -> None:
         """ValueError naming `input_reference` unless the request has an image exactly when the pair takes one
@@ -244,7 +264,10 @@ class SRDiffusionEngine:
         policy = request.cache.sketch if request.cache is not None else None
         if not decider.done_before(0):
             self._need(Role.SKETCH)
-        with step_cache(self.sketch_model, policy, num_steps, 0, "sketch", self.family.cached_modules):
+        with (
+            self.adapters.active("sketch", request.lora, None if decider.done_before(0) else self.sketch_model),
+            step_cache(self.sketch_model, policy, num_steps, 0, "sketch", self.family.cached_modules),
+        ):
             while done < num_steps and not decider.done_before(done):
                 if cancelled is not None and cancelled():
                     raise Cancelled(f"cancelled during sketch at step {done}/{num_steps}")
@@ -302,7 +325,12 @@ class SRDiffusionEngine:
         if state.switch_step < num_steps:
             self._need(Role.RENDER)
         policy = state.request.cache.render if state.request.cache is not None else None
-        with step_cache(self.render_model, policy, num_steps, state.switch_step, "render", self.family.cached_modules):
+        with (
+            self.adapters.active(
+                "render", state.request.lora, self.render_model if state.switch_step < num_steps else None
+            ),
+            step_cache(self.render_model, policy, num_steps, state.switch_step, "render", self.family.cached_modules),
+        ):
             for i in range(state.switch_step, num_steps):
                 if cancelled is not None and cancelled():
                     raise Cancelled(f"cancelled during render at step {i}/{num_steps}")
@@ -365,4 +393,5 @@ class SRDiffusionEngine:
             handoff_bytes=nbytes,
             switch_trace=state.switch_trace,
             handoff=blob,
+            lora=resolved.lora,
         )

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from srserve.engine.adapter_spec import AdapterConfig, LoraSpec, ResolvedLora, resolve_lora
 from srserve.engine.cache import CacheSpec
 from srserve.engine.grammar import Grammar, Spelling, number
 
@@ -152,6 +153,8 @@ class GenerationRequest(BaseModel):
     num_inference_steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
     guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] = 5.0
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    # A LoRA adapter the model pair configures (srserve.engine.adapter_spec): `NAME` or `NAME:SCALE`.
+    lora: LoraSpec | None = None
     switch: SwitchPolicy = SwitchPolicy()
     # Step caches per stage (srserve.engine.cache); unset: none in the engine, the pools' in serving.
     cache: CacheSpec | None = None
@@ -223,6 +226,10 @@ class RequestDefaults(BaseModel):
     num_inference_steps: int = 50
 
 
+# Validation context key: the pair's adapters a request's `lora` resolves against (`resolve_request`).
+_ADAPTERS = "srserve.adapters"
+
+
 class ResolvedRequest(GenerationRequest):
     """A request with every size set; what the stages and the handoff state carry."""
 
@@ -230,15 +237,28 @@ class ResolvedRequest(GenerationRequest):
     width: int
     num_frames: int
     num_inference_steps: int
+    lora: ResolvedLora | None = None
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _resolve_lora(cls, value: object, info: ValidationInfo) -> object:
+        return resolve_lora(value, (info.context or {}).get(_ADAPTERS))
 
 
-def resolve_request(request: GenerationRequest, defaults: RequestDefaults, **updates: Any) -> ResolvedRequest:
-    """`request` with the defaults' sizes where it sets none and `updates` applied, checked as a whole once."""
+def resolve_request(
+    request: GenerationRequest,
+    defaults: RequestDefaults,
+    *,
+    adapters: Mapping[str, AdapterConfig] | None = None,
+    **updates: Any,
+) -> ResolvedRequest:
+    """`request` with the defaults' sizes where it sets none and `updates` applied, checked as a whole once;
+    its `lora` resolved against `adapters` (the pair's; none: a named adapter is refused as unknown)."""
     data = request.model_dump()
     for name in ("height", "width", "num_frames", "num_inference_steps"):
         if data[name] is None:
             data[name] = getattr(defaults, name)
-    return ResolvedRequest.model_validate({**data, **updates})
+    return ResolvedRequest.model_validate({**data, **updates}, context={_ADAPTERS: adapters})
 
 
 def stored_switch(request: Mapping[str, Any]) -> SwitchPolicy:

@@ -49,6 +49,9 @@ class ModelFamily(ABC):
     """
 
     name: str
+    # The diffusers pipeline class whose `lora_state_dict` / `load_lora_into_transformer` read this family's
+    # LoRA files (srserve.engine.adapters); None: the family takes no adapters.
+    lora_pipeline: type | None = None
     # Attention backends (srserve.engine.attention) this family's processors can run. Only `native`
     # unless a family's attention goes through diffusers' dispatcher and was checked with the others.
     attention_backends: frozenset[str] = frozenset({"native"})

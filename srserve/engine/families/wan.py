@@ -12,7 +12,7 @@ from typing import Any, get_args
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from diffusers.video_processor import VideoProcessor
 from transformers import AutoTokenizer, UMT5EncoderModel
@@ -44,6 +44,7 @@ class WanFamily(ModelFamily):
     # so every dispatcher backend applies.
     attention_backends = frozenset(get_args(AttentionBackend))
     cached_modules = (r"blocks\.\d+\.(attn1|attn2|ffn)",)
+    lora_pipeline = WanPipeline  # its loader also serves wan2.2's two experts (transformer, transformer_2)
 
     def check_pair(self, config: ModelPairConfig) -> None:
         if config.use_dynamic_cfg:
