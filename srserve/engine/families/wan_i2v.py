@@ -21,12 +21,11 @@ factor), the image embedding width, text width, VAE and scheduler.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
 from diffusers.video_processor import VideoProcessor
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from srserve.engine.component_config import read_component_config, read_model_index
 from srserve.engine.config import ModelPairConfig
@@ -35,6 +34,9 @@ from srserve.engine.families.wan import WanFamily
 from srserve.engine.families.wan22 import Wan22Family, locate, pipeline_folder
 from srserve.engine.handoff import HandoffState
 from srserve.engine.request import ResolvedRequest
+
+if TYPE_CHECKING:
+    from transformers import CLIPImageProcessor
 
 # diffusers' WanAttnProcessor splits the image tokens off the text context as "all but the last 512".
 I2V_TEXT_TOKENS = 512
@@ -111,6 +113,10 @@ class _ImageConditioned:
         transformer = locate_sketch_transformer(config.sketch_path)
         if transformer.get("image_dim") is None:
             return None
+        # Imported here: transformers warns on import when torchvision is absent, and a text-to-video
+        # deployment (or a one-line start-up error) should not print it.
+        from transformers import CLIPImageProcessor
+
         processor = CLIPImageProcessor.from_pretrained(str(folder), subfolder="image_processor")
         encoder = CLIPVisionModel.from_pretrained(str(folder), subfolder="image_encoder", dtype=dtype)
         return processor, encoder.to(device).eval()
@@ -170,6 +176,8 @@ def _first_frame_condition(
     image: torch.Tensor, request: ResolvedRequest, vae: torch.nn.Module, device: torch.device
 ) -> torch.Tensor:
     """WanImageToVideoPipeline.prepare_latents' condition for one image (batch 1, no last image): mask + latents."""
+    from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents  # imports CLIPImageProcessor: see above
+
     cfg = vae.config
     temporal, spatial = cfg.scale_factor_temporal, cfg.scale_factor_spatial
     num_frames = request.num_frames

@@ -13,14 +13,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
+from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from srserve.engine.tiny.tokenizer import build_byte_tokenizer
 from srserve.engine.tiny.wan import TinyTransformerSpec, _scheduler
 from srserve.engine.tiny.wan22 import LOW_NOISE_SUBFOLDER, TinyWan22Spec, _encoder_and_vae
+
+if TYPE_CHECKING:
+    from transformers import CLIPImageProcessor
+
+# CLIPImageProcessor and WanImageToVideoPipeline (which imports it) are imported where used: transformers
+# warns on their import when torchvision is absent, and writing a text-to-video pair should not print it.
 
 SKETCH_DIR = "Wan2.1-I2V-14B"
 RENDER_DIR = "Wan2.1-Fun-1.3B-InP"
@@ -80,6 +87,8 @@ def _clip(spec: TinyWanI2VSpec) -> tuple[CLIPImageProcessor, CLIPVisionModel]:
             projection_dim=spec.clip_width,
         )
     ).eval()
+    from transformers import CLIPImageProcessor
+
     side = spec.clip_image_size
     processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     return processor, encoder
@@ -89,6 +98,8 @@ def write_tiny_wan21_i2v_pair(out_dir: str | Path, spec: TinyWanI2VSpec | None =
     """Write `<out_dir>/Wan2.1-I2V-14B` (sketch) and `<out_dir>/Wan2.1-Fun-1.3B-InP` (render)."""
     spec = spec or TinyWanI2VSpec()
     text_encoder, vae = _encoder_and_vae(TinyWan22Spec(seed=spec.seed))  # the tiny Wan2.1 pair's weights
+    from diffusers import WanImageToVideoPipeline
+
     processor, encoder = _clip(spec)
     paths = []
     for name, size in ((SKETCH_DIR, spec.sketch), (RENDER_DIR, spec.render)):
@@ -110,6 +121,8 @@ def write_tiny_wan21_i2v_pair(out_dir: str | Path, spec: TinyWanI2VSpec | None =
 def write_tiny_wan22_i2v_pair(out_dir: str | Path, spec: TinyWan22Spec | None = None) -> tuple[Path, Path]:
     """Write `<out_dir>/Wan2.2-I2V-A14B`; returns (the folder: high-noise expert, its transformer_2)."""
     spec = spec or TinyWan22Spec(boundary_ratio=BOUNDARY_RATIO)
+    from diffusers import WanImageToVideoPipeline
+
     text_encoder, vae = _encoder_and_vae(spec)
     torch.manual_seed(spec.seed + 1)
     pipe = WanImageToVideoPipeline(
