@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--deadline", type=float, default=None, help="seconds")
+    p.add_argument("--image", default=None, help="input image (PNG, JPEG, WebP) for an image-to-video pair")
     p.add_argument("--out", default="video.mp4")
     p.add_argument("--token", default=os.environ.get("SRSERVE_TOKEN"), help="bearer token (default: $SRSERVE_TOKEN)")
     p.add_argument("--tls-ca", default=None, help="PEM root certificate: connect with TLS (e.g. to a GrpcTlsGateway)")
@@ -44,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise StartupError(f"--tls-ca {args.tls_ca}: cannot be read ({exc.strerror or exc})") from None
         credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+    image = None
+    if args.image:
+        try:
+            image = Path(args.image).read_bytes()
+        except OSError as exc:
+            raise StartupError(f"--image {args.image}: cannot be read ({exc.strerror or exc})") from None
     request = make_request(
         args.prompt,
         negative_prompt=args.negative_prompt,
@@ -56,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         guidance_scale=args.guidance_scale,
         deadline_s=args.deadline,
+        input_reference=image,
     )
     bar = tqdm(total=100, unit="%", desc="queued", disable=not sys.stderr.isatty())
 

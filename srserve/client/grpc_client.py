@@ -12,7 +12,17 @@ import grpc
 from srserve.serving.proto import video_pb2, video_pb2_grpc
 
 ProgressCallback = Callable[[video_pb2.Progress], None]
-_OPTIONAL = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "fps", "deadline_s")
+_OPTIONAL = (
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "guidance_scale",
+    "seed",
+    "fps",
+    "deadline_s",
+    "input_reference",
+)
 
 
 JOB_ID = re.compile(r"video_[0-9a-f]{32}")
@@ -39,7 +49,8 @@ class GenerationFailed(Exception):
 
 
 def make_request(prompt: str, **fields: Any) -> video_pb2.GenerateRequest:
-    """Build a GenerateRequest; unset (None) fields take the server's defaults."""
+    """Build a GenerateRequest; unset (None) fields take the server's defaults. `input_reference`: an
+    image-to-video pair's input image, a PNG, JPEG or WebP file's bytes."""
     msg = video_pb2.GenerateRequest(
         prompt=prompt,
         negative_prompt=fields.pop("negative_prompt", "") or "",

@@ -1,6 +1,6 @@
 """The ingress core: admits jobs into the store, drives them through the pools, answers queries.
 
-It holds nothing a job needs: the store has the job, artifact storage its handoff and video, and
+It holds nothing a job needs: the store has the job, artifact storage its input image, handoff and video, and
 any ingress replica's orchestrator can take over a job another one was driving. The latent never
 comes here: the sketch replica writes the handoff to artifact storage, the render replica reads it.
 """
@@ -19,11 +19,13 @@ from ray.serve.handle import DeploymentHandle
 
 from srserve.engine.cache import CacheSpec
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.families import get_family
+from srserve.engine.families import check_input_image, get_family, takes_image
 from srserve.engine.families.base import IncompatiblePairError
 from srserve.engine.handoff import HandoffFormatError, HandoffState
+from srserve.engine.image import ImageInputError, describe_image, load_image
 from srserve.engine.request import (
     GenerationRequest,
+    InputImage,
     RequestDefaults,
     ResolvedRequest,
     describe_validation_error,
@@ -36,7 +38,7 @@ from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import open_store
 from srserve.serving.control.errors import InvalidRequest, JobNotFound, NotReady, RequestTooLarge, Unauthenticated
 from srserve.serving.control.events import EventHub
-from srserve.serving.control.jobs import Job, JobEvent, JobState, Phase, handoff_key
+from srserve.serving.control.jobs import Job, JobEvent, JobState, Phase, handoff_key, input_image_key
 from srserve.serving.control.load_switch import SwitchChoice, choose_switch, load_snapshot
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
 from srserve.serving.control.request_cache import CacheRefused, cache_pattern, resolve_cache
@@ -134,16 +136,50 @@ class IngressCore:
         if self.auth is not None and not self.auth.check(authorization):
             raise Unauthenticated("missing or invalid bearer token")
 
-    async def submit(self, request: GenerationRequest, deadline_s: float | None = None) -> Job:
+    async def submit(
+        self, request: GenerationRequest, deadline_s: float | None = None, image: bytes | None = None
+    ) -> Job:
+        """Admit a prompt (and for an image-to-video pair its input image, `image`'s bytes)."""
+        if image is not None:
+            request = request.model_copy(update={"input_reference": await self.check_image(image)})
+        try:
+            check_input_image(self.family, request)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="input_reference") from None
         resolved, choice = await self.resolve(request, deadline_s)
         job = await self._admit_job(
             resolved.model_dump(mode="json"),
             resolved.num_inference_steps,
             deadline_s,
             switch_choice=None if choice is None else (choice.cap, choice.reason),
+            image=image,
         )
         record_switch_choice(job)
         return job
+
+    @property
+    def takes_image(self) -> bool:
+        """Whether this deployment's pair generates from an input image (and from nothing else)."""
+        return takes_image(self.family)
+
+    async def check_image(self, image: bytes) -> InputImage:
+        """The input image's description, once its bytes are known to decode within the limits (a thread:
+        decoding is CPU work); InvalidRequest names `input_reference` otherwise, before anything is queued."""
+        if not self.takes_image:
+            raise InvalidRequest(
+                f"input_reference: the {self.model_name} pair is text-to-video and takes no input image",
+                param="input_reference",
+            )
+        limits = self.config.ingress
+
+        def check():
+            load_image(image, limits.max_image_bytes, limits.max_image_pixels).close()
+            return describe_image(image)
+
+        try:
+            return await asyncio.to_thread(check)
+        except ImageInputError as exc:
+            raise InvalidRequest(str(exc), param=exc.param) from None
 
     async def resolve(
         self, request: GenerationRequest, deadline_s: float | None = None
@@ -233,15 +269,24 @@ class IngressCore:
         deadline_s: float | None,
         handoff: tuple[bytes, int] | None = None,
         switch_choice: tuple[int, str] | None = None,
+        image: bytes | None = None,
     ) -> Job:
-        """One admission path for prompts and uploaded handoffs: store the job (and handoff), drive it."""
+        """One admission path for prompts and uploaded handoffs: store the input image (or the handoff)
+        under the job's id, then the job, then drive it. A job is never accepted without its bytes."""
         job_id = f"video_{uuid.uuid4().hex}"
         deadline = deadline_s if deadline_s is not None else self.config.ingress.default_deadline_s
         stored = None
+        written: list[str] = []
+        if image is not None:
+            key = input_image_key(job_id)
+            await self.artifacts.put_async(key, bytes(image))
+            written.append(key)
+            request = {**request, "input_reference": {**request["input_reference"], "key": key}}
         if handoff is not None:
             blob, switch_step = handoff
             key = handoff_key(job_id, 0)
             await self.artifacts.put_async(key, bytes(blob))
+            written.append(key)
             stored = (key, len(blob), switch_step)
         try:
             job = await self.store.create(
@@ -256,8 +301,8 @@ class IngressCore:
                 switch_choice,
             )
         except Exception:
-            if stored is not None:
-                await self.artifacts.delete_async(stored[0])
+            for key in written:
+                await self.artifacts.delete_async(key)
             raise
         self.orchestrator.drive(job_id)
         return job

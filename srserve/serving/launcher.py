@@ -90,7 +90,7 @@ def prepare(path: str | Path, address: str | None = None, port_wait_s: float = 6
 
 def check_model(serving: ServingConfig, path: str | Path, local: bool = True) -> None:
     """The pair's folders fit together, and each parallel pool's degree can run on them."""
-    if serving.model != "tiny":  # the tiny pair is written at deploy, right by construction
+    if not serving.tiny:  # a tiny pair is written at deploy, right by construction
         pair = serving.model
         if local or all(Path(p).exists() for p in (pair.sketch_path, pair.render_path)):
             from srserve.engine.families import IncompatiblePairError, check_pair

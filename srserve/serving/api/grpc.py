@@ -149,10 +149,18 @@ class GrpcApi:
 
     async def _submit_message(self, msg: video_pb2.GenerateRequest) -> Job:
         request, deadline = generate_request(msg, self.model_name, self.defaults.num_inference_steps)
-        return await self.submit(request, deadline)
+        image = msg.input_reference if msg.HasField("input_reference") else None
+        if image is not None and not image:
+            raise InvalidRequest("input_reference: the image is empty", param="input_reference")
+        return await self.submit(request, deadline, image)
+
+    def _generate_limit(self) -> int:
+        """A GenerateRequest may carry an input image on top of the request's own limit."""
+        ingress = self.config.ingress
+        return ingress.max_request_bytes + ingress.max_image_bytes
 
     async def Submit(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.Job:
-        msg = self._admit(grpc_context, video_pb2.GenerateRequest, request)
+        msg = self._admit(grpc_context, video_pb2.GenerateRequest, request, self._generate_limit())
         try:
             return job_message(await self._submit_message(msg))
         except ServingError as exc:
@@ -161,7 +169,7 @@ class GrpcApi:
     async def Generate(
         self, request: bytes, grpc_context: RayServegRPCContext = None
     ) -> AsyncIterator[video_pb2.GenerateEvent]:
-        msg = self._admit(grpc_context, video_pb2.GenerateRequest, request)
+        msg = self._admit(grpc_context, video_pb2.GenerateRequest, request, self._generate_limit())
         try:
             job = await self._submit_message(msg)
         except ServingError as exc:

@@ -226,8 +226,14 @@ def video_object(job: Job | dict[str, Any], model: str) -> dict[str, Any]:
             "switch_cap": job.get("switch_cap"),
             "switch_reason": job.get("switch_reason"),
             "cache": str(CacheSpec.model_validate(req["cache"])) if req.get("cache") else "none",
+            "input_reference": _image_summary(req.get("input_reference")),
         },
     }
+
+
+def _image_summary(ref: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The input image as a client may see it: never the server's storage key."""
+    return None if ref is None else {k: ref[k] for k in ("sha256", "media_type", "width", "height")}
 
 
 def _known_id(video_id: str) -> str:
@@ -240,21 +246,39 @@ def _known_id(video_id: str) -> str:
 # -- request bodies -------------------------------------------------------------------------------
 
 
-async def _read_create_body(request: Request, limit: int) -> dict[str, Any]:
-    """The create body as JSON types: parsed JSON, or a form's text fields typed by the schema."""
+SEND_IMAGE_AS_FILE = (
+    "input_reference: send the image as a multipart/form-data file part (what the openai SDK does with "
+    "input_reference=open('image.png', 'rb'))"
+)
+
+
+async def _read_create_body(request: Request, core: IngressCore) -> tuple[dict[str, Any], bytes | None]:
+    """The create body as JSON types (parsed JSON, or a form's text fields typed by the schema) and the
+    input image's bytes when a multipart form carries one (`input_reference`)."""
+    limits = core.config.ingress
+    limit = limits.max_request_bytes
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        limit += limits.max_image_bytes  # the image's own limit is checked (and named) when it is read
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise RequestTooLarge(f"request body of {length} bytes exceeds the {limit}-byte limit")
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype in _FORMS:
-        items = []
+        items, image = [], None
         for key, value in (await request.form()).multi_items():
             if isinstance(value, UploadFile):
-                if key == "input_reference":
-                    raise InvalidRequest("input_reference: image-to-video is not supported", param=key)
-                raise InvalidRequest(f"{key}: expected a text field, got a file", param=key)
+                if key != "input_reference":
+                    raise InvalidRequest(f"{key}: expected a text field, got a file", param=key)
+                if image is not None:
+                    raise InvalidRequest("input_reference: given more than once", param=key)
+                image = await value.read(limits.max_image_bytes + 1)
+                if not image:
+                    raise InvalidRequest("input_reference: the image is empty", param=key)
+                continue
+            if key == "input_reference":
+                raise InvalidRequest(SEND_IMAGE_AS_FILE, param=key)
             items.append((key, value))
-        return form_values(items)
+        return form_values(items), image
     if ctype not in ("", "application/json"):
         raise UnsupportedMediaType(
             f"content-type {ctype!r}: send application/json, multipart/form-data or application/x-www-form-urlencoded"
@@ -269,7 +293,9 @@ async def _read_create_body(request: Request, limit: int) -> dict[str, Any]:
         raise InvalidRequest("body: not valid JSON text (send application/json or multipart/form-data)") from None
     if not isinstance(body, dict):
         raise InvalidRequest("body: expected a JSON object")
-    return body
+    if "input_reference" in body:
+        raise InvalidRequest(SEND_IMAGE_AS_FILE, param="input_reference")
+    return body, None
 
 
 _CREATE_SCHEMA = {"$ref": "#/components/schemas/VideoCreateParams"}
@@ -317,9 +343,9 @@ VideoId = Annotated[
 async def create_video(request: Request, response: Response) -> dict[str, Any]:
     """Queue a video; poll it (GET), follow its events (SSE) or wait for it, then download the mp4."""
     core = _core()
-    body = await _read_create_body(request, core.config.ingress.max_request_bytes)
+    body, image = await _read_create_body(request, core)
     generation, deadline_s = create_request(body, core.model_name, core.defaults.num_inference_steps)
-    job = await core.submit(generation, deadline_s)
+    job = await core.submit(generation, deadline_s, image)
     response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     return video_object(job, core.model_name)
 
@@ -588,10 +614,11 @@ def _collapse_nulls(schema: dict[str, Any]) -> None:
 
 
 def openapi_document(
-    model_name: str | None = None, auth: bool = False, cache_pattern: str | None = None
+    model_name: str | None = None, auth: bool = False, cache_pattern: str | None = None, takes_image: bool = False
 ) -> dict[str, Any]:
-    """The whole API as OpenAPI 3.1: routes, bodies, every status; the deployment's model, auth and
-    the cache kinds its pools allow requests (`cache_pattern`)."""
+    """The whole API as OpenAPI 3.1: routes, bodies, every status; the deployment's model, auth, the
+    cache kinds its pools allow requests (`cache_pattern`) and, for an image-to-video pair
+    (`takes_image`), the create body as the one form that can carry the image."""
     doc = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes, servers=app.servers
     )
@@ -608,6 +635,8 @@ def openapi_document(
         components["VideoCreateParams"]["properties"]["model"]["enum"] = [model_name]
     if cache_pattern is not None:
         components["VideoCreateParams"]["properties"]["cache"]["pattern"] = cache_pattern
+    if takes_image:
+        _image_form(doc)
     if auth:
         components_root = doc["components"]
         components_root["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -621,11 +650,34 @@ def openapi_document(
     return doc
 
 
+def _image_form(doc: dict[str, Any]) -> None:
+    """An image-to-video deployment's create body: multipart/form-data only (JSON and urlencoded forms
+    cannot carry a file), the params plus the required `input_reference` file part."""
+    components = doc["components"]["schemas"]
+    form = json.loads(json.dumps(components["VideoCreateParams"]))
+    form["title"] = "VideoCreateForm"
+    form["properties"]["input_reference"] = {
+        "type": "string",
+        "format": "binary",
+        "contentMediaType": "application/octet-stream",
+        "description": (
+            "the first frame to animate: a PNG, JPEG or WebP file, stretched (no crop) to the video's size; "
+            "within the server's byte and pixel limits"
+        ),
+    }
+    form["required"] = [*form.get("required", []), "input_reference"]
+    components["VideoCreateForm"] = form
+    body = doc["paths"]["/v1/videos"]["post"]["requestBody"]
+    body["content"] = {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/VideoCreateForm"}}}
+
+
 def _openapi() -> dict[str, Any]:
     """Built once per replica, from the deployment it serves."""
     if app.openapi_schema is None:
         core = _core()
-        app.openapi_schema = openapi_document(core.model_name, core.auth is not None, core.cache_pattern())
+        app.openapi_schema = openapi_document(
+            core.model_name, core.auth is not None, core.cache_pattern(), core.takes_image
+        )
     return app.openapi_schema
 
 

@@ -212,8 +212,6 @@ def parse_create(body: dict[str, Any]) -> VideoCreateParams:
             raise InvalidRequest(f"{key}: must not be null (leave it out for the default)", param=key)
         if FIELD_TYPES.get(key) == "integer" and isinstance(value, float) and value.is_integer():
             body[key] = int(value)  # JSON Schema's integers include 5.0
-    if "input_reference" in body:
-        raise InvalidRequest("input_reference: image-to-video is not supported", param="input_reference")
     try:
         params = VideoCreateParams.model_validate(body)
     except ValidationError as exc:
@@ -287,6 +285,13 @@ class VideoError(BaseModel):
     message: str
 
 
+class InputImageSummary(BaseModel):
+    sha256: str = Field(pattern="^[0-9a-f]{64}$", description="of the bytes sent")
+    media_type: Literal["image/png", "image/jpeg", "image/webp"]
+    width: int = Field(ge=1, description="pixels, as shown (after the EXIF orientation)")
+    height: int = Field(ge=1)
+
+
 class SrserveDetails(BaseModel):
     """srserve's view of the job: its state machine, step progress, handoff and timeline."""
 
@@ -303,6 +308,9 @@ class SrserveDetails(BaseModel):
     switch_cap: int | None = Field(description="the load-aware switch's cap on the sketch steps; null otherwise")
     switch_reason: str | None = Field(description="why that cap: unmeasured, adaptive, balance, slo or floor")
     cache: str = Field(description="the step caches the job runs (as in the request's `cache`), or none")
+    input_reference: InputImageSummary | None = Field(
+        description="the input image of an image-to-video job (as the server received it); null for text-to-video"
+    )
 
 
 class Video(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from srserve.engine.config import ModelPairConfig, srserve_home
+from srserve.engine.config import TINY_ALIASES, TINY_PAIRS, ModelPairConfig, srserve_home
 from srserve.serving.config.auth import AuthConfig
 from srserve.serving.config.grpc_tls import GrpcTlsConfig
 from srserve.serving.config.layout import PoolLayout
@@ -15,6 +15,8 @@ from srserve.serving.config.pools import PoolConfig
 from srserve.serving.control.artifacts import ArtifactStoreConfig
 from srserve.serving.control.database import JobStoreConfig, resolve_dsn
 from srserve.serving.control.load_switch import LoadSwitchConfig
+
+TinyPairName = Literal[tuple([*TINY_ALIASES, *TINY_PAIRS])]  # type: ignore[valid-type]
 
 
 class IngressConfig(BaseModel):
@@ -30,6 +32,12 @@ class IngressConfig(BaseModel):
     )
     max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request (HTTP body or gRPC message)")
     max_handoff_bytes: int = Field(1 << 30, ge=1024, description="largest uploaded handoff state")
+    max_image_bytes: int = Field(
+        16 << 20, ge=1024, description="largest input image (image-to-video), on top of max_request_bytes"
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=64 * 64, description="most pixels in an input image, read from its header before decoding"
+    )
     max_attempts: int = Field(3, ge=1, description="tries per stage when a replica dies mid-request")
     stall_timeout_s: float = Field(600.0, gt=0, description="a running job with no progress this long fails")
     graceful_shutdown_timeout_s: float = Field(
@@ -52,7 +60,8 @@ class ServingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     app_name: str = "srserve"
-    model: ModelPairConfig | Literal["tiny"] = "tiny"
+    # A model pair, or an embedded tiny one by name (`tiny` is tiny-wan2.1), written at deploy.
+    model: ModelPairConfig | TinyPairName = "tiny"
     text_encoder_placement: Literal["sketch", "pool"] = "sketch"
     # disaggregated: sketch and render pools; colocated: colocated_pool replicas hold both models
     # and run whole requests (the WanPipeline-with-transformer_2 baseline). pool_layout() says what each means.
@@ -99,8 +108,13 @@ class ServingConfig(BaseModel):
             updates["artifacts"] = self.artifacts.model_copy(update={"path": str(path.absolute())})
         return self.model_copy(update=updates)
 
+    @property
+    def tiny(self) -> bool:
+        """Whether the model is an embedded tiny pair (named, written at deploy: right by construction)."""
+        return isinstance(self.model, str)
+
     def model_pair(self, write_tiny: bool = True) -> ModelPairConfig:
-        """The pair to load; `tiny` is written on first use unless `write_tiny` is off."""
-        if self.model == "tiny":
-            return ModelPairConfig.tiny(write=write_tiny, num_threads=1)
+        """The pair to load; a tiny one is written on first use unless `write_tiny` is off."""
+        if isinstance(self.model, str):
+            return ModelPairConfig.tiny_pair(self.model, write=write_tiny, num_threads=1)
         return self.model

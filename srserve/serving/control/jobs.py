@@ -131,6 +131,16 @@ def video_key(job_id: str, fence: int) -> str:
     return f"videos/{job_id}/{fence}.mp4"
 
 
+def input_image_key(job_id: str) -> str:
+    """Artifact key of a job's input image (image-to-video), stored before the job is accepted so every
+    attempt reads the same bytes."""
+    return f"inputs/{job_id}/image"
+
+
+# Every kind of artifact a job owns: what retention and delete remove.
+ARTIFACT_KINDS = ("videos", "handoffs", "inputs")
+
+
 def artifact_prefix(kind: str, job_id: str) -> str:
-    """Everything of one job under `kind` (videos, handoffs): what retention and delete remove."""
+    """Everything of one job under `kind` (ARTIFACT_KINDS): what retention and delete remove."""
     return f"{kind}/{job_id}/"

@@ -28,7 +28,7 @@ from typing import Any
 
 from srserve.serving.control.artifacts import ArtifactStore
 from srserve.serving.control.attempts import Outcome, StageResult, StageTicket, StopReason
-from srserve.serving.control.jobs import ErrorCode, Job, JobState, artifact_prefix
+from srserve.serving.control.jobs import ARTIFACT_KINDS, ErrorCode, Job, JobState, artifact_prefix
 from srserve.serving.control.store import AttemptsExhausted, JobStore, StoreUnavailable, until_stored
 
 logger = logging.getLogger("ray.serve")
@@ -190,14 +190,14 @@ class Orchestrator:
         return claimed
 
     async def expire(self) -> int:
-        """Retention: finished jobs beyond the count or age limit go, their videos and handoffs too."""
+        """Retention: finished jobs beyond the count or age limit go, their artifacts too (ARTIFACT_KINDS)."""
         gone = await self.store.expire(self.settings.retain_jobs, self.settings.retain_age_s)
         for job in gone:
             await self.delete_artifacts(job.id)
         return len(gone)
 
     async def delete_artifacts(self, job_id: str) -> None:
-        for kind in ("videos", "handoffs"):
+        for kind in ARTIFACT_KINDS:
             await asyncio.to_thread(self.artifacts.delete_prefix, artifact_prefix(kind, job_id))
 
     async def drain(self, timeout_s: float) -> int:

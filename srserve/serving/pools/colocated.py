@@ -40,9 +40,10 @@ class ColocatedWorker(RendersHandoffs):
         """The whole job: the sketch, the handoff in memory, the render and the mp4."""
         reporter = self.reporter(ticket, self.pool_name)
         request = ResolvedRequest.model_validate(ticket.request)
+        image = await self.input_image(request)
 
         def run():
-            state = stages.sketch(self.engine, reporter, request, encoded)
+            state = stages.sketch(self.engine, reporter, request, encoded, image)
             if state is None:
                 return None
             now = time.time()

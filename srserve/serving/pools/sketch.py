@@ -37,10 +37,13 @@ class SketchWorker(PoolWorker):
     async def sketch(self, ticket: StageTicket, encoded: EncodedPrompt | None = None) -> StageResult:
         reporter = self.reporter(ticket, "sketch")
         request = ResolvedRequest.model_validate(ticket.request)
+        image = await self.input_image(request)
 
         def run():
-            body = stages.sketch if self.ranks is None else self.ranks.sketch  # one device, or SPMD on the ranks
-            state = body(self.engine, reporter, request, encoded)
+            if self.ranks is None:
+                state = stages.sketch(self.engine, reporter, request, encoded, image)
+            else:  # SPMD on the ranks; image-to-video pairs refuse multi-device replicas at config load
+                state = self.ranks.sketch(self.engine, reporter, request, encoded)
             if state is None:
                 return None
             blob = timed_handoff("serialize", state.to_bytes)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from PIL import Image
 
 from srserve.engine import HandoffState, SRDiffusionEngine
 from srserve.engine.engine import Cancelled
@@ -35,13 +36,17 @@ def prompt(
 
 
 def sketch(
-    engine: SRDiffusionEngine, reporter: AttemptReporter, request: ResolvedRequest, encoded: EncodedPrompt | None
+    engine: SRDiffusionEngine,
+    reporter: AttemptReporter,
+    request: ResolvedRequest,
+    encoded: EncodedPrompt | None,
+    image: Image.Image | None = None,
 ) -> HandoffState | None:
-    """The prompt (`encoded` by the text pool, else here) and the large model's steps; the handoff
-    state, or None when stopped."""
+    """The prompt (`encoded` by the text pool, else here) and the large model's steps (from the decoded
+    input image of an image-to-video job); the handoff state, or None when stopped."""
     if reporter.cancelled():
         return None
-    return sketch_steps(engine, reporter, request, prompt(engine, reporter, request, encoded))
+    return sketch_steps(engine, reporter, request, prompt(engine, reporter, request, encoded), image=image)
 
 
 def sketch_steps(
@@ -50,6 +55,7 @@ def sketch_steps(
     request: ResolvedRequest,
     embeddings: EncodedPrompt,
     cancelled: Callable[[], bool] | None = None,
+    image: Image.Image | None = None,
 ) -> HandoffState | None:
     """The large model's steps from the embeddings; `cancelled` replaces the reporter's own check
     (a multi-device replica's collective one, srserve.serving.pools.ranks)."""
@@ -58,6 +64,7 @@ def sketch_steps(
         return engine.sketch(
             request,
             embeddings,
+            image=image,
             job_id=reporter.job_id,
             on_step=reporter.on_step(JobState.SKETCHING),
             cancelled=cancelled or reporter.cancelled,

@@ -10,6 +10,7 @@ the next job computes meanwhile. State lives in the store; a replica can die at 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import threading
 import time
@@ -18,10 +19,13 @@ from typing import Any, TypeVar
 
 import psutil
 import ray
+from PIL import Image
 from ray import serve
 
 from srserve.engine import ModelPairConfig, Role, SRDiffusionEngine
+from srserve.engine.image import load_image
 from srserve.engine.parallel import ParallelSpec
+from srserve.engine.request import ResolvedRequest
 from srserve.serving.control.artifacts import ArtifactStore, ArtifactStoreConfig
 from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import JobStoreConfig, open_store
@@ -86,6 +90,20 @@ class PoolWorker(ReplicaOperations):
             "node_id": ray.get_runtime_context().get_node_id(),
             "rss_bytes": psutil.Process().memory_info().rss,
         }
+
+    async def input_image(self, request: ResolvedRequest) -> Image.Image | None:
+        """The job's input image (image-to-video), decoded from the bytes the ingress stored before it
+        accepted the job: every attempt, on any replica, reads the same ones. None for text-to-video."""
+        ref = request.input_reference
+        if ref is None:
+            return None
+        if ref.key is None:
+            raise ValueError("input_reference: the job's image was not stored (an admission bug)")
+        data = await self.artifacts.get_async(ref.key)
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise ValueError(f"input_reference: the stored image {ref.key!r} is not the one the job was accepted with")
+        # Checked at admission against the configured limits; these bounds only restate what was accepted.
+        return await asyncio.to_thread(load_image, data, len(data), ref.width * ref.height)
 
     async def compute(self, job_id: str, fn: Callable[[], T]) -> T:
         """Run `fn` on a thread holding the replica's compute lock; accounts busy time."""

@@ -15,7 +15,7 @@ class HandoffUpload(_message.Message):
     def __init__(self, handoff: _Optional[bytes] = ..., deadline_s: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "switch", "fps", "deadline_s", "model", "cache")
+    __slots__ = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "switch", "fps", "deadline_s", "model", "cache", "input_reference")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class GenerateRequest(_message.Message):
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     height: int
@@ -42,7 +43,8 @@ class GenerateRequest(_message.Message):
     deadline_s: float
     model: str
     cache: str
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., switch: _Optional[str] = ..., fps: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model: _Optional[str] = ..., cache: _Optional[str] = ...) -> None: ...
+    input_reference: bytes
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., switch: _Optional[str] = ..., fps: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model: _Optional[str] = ..., cache: _Optional[str] = ..., input_reference: _Optional[bytes] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("id",)
