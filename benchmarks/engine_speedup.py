@@ -8,25 +8,48 @@ Modes are interleaved round-robin so machine noise hits them alike; figures are 
     python benchmarks/engine_speedup.py --out benchmarks/results/engine_speedup_tiny.json
     python benchmarks/engine_speedup.py --model-pair tiny-cogvideox \
         --out benchmarks/results/engine_speedup_tiny_cogvideox.json
+    python benchmarks/engine_speedup.py --model-pair tiny-wan2.1-i2v \
+        --out benchmarks/results/engine_speedup_tiny_wan21_i2v.json
+
+An image-to-video pair animates one fixed random-noise image (the same for every mode and repeat).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import platform
 import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
+from srserve.engine.families import takes_image
+from srserve.engine.image import describe_image, load_image
+
+PAIRS = ["tiny", "tiny-cogvideox", "tiny-wan2.1-i2v", "tiny-wan2.2-i2v"]
+
+
+def input_image(config: ModelPairConfig) -> tuple[dict, dict]:
+    """An image-to-video pair's input image: (the request's field, the engine's argument); empty for text-to-video."""
+    if not takes_image(config.family):
+        return {}, {}
+    d = config.defaults
+    pixels = np.random.default_rng(0).integers(0, 256, (d.height, d.width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    data = out.getvalue()
+    return {"input_reference": describe_image(data)}, {"image": load_image(data, len(data), d.height * d.width)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-pair", default="tiny", choices=["tiny", "tiny-cogvideox"], help="embedded pair")
+    parser.add_argument("--model-pair", default="tiny", choices=PAIRS, help="embedded pair")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
@@ -45,14 +68,15 @@ def main() -> None:
         f"srdiffusion {args.adaptive}": args.adaptive,
     }
     runs: dict[str, list] = {m: [] for m in modes}
-    engine.generate(GenerationRequest(prompt="warm up", num_inference_steps=2))
+    ref, image = input_image(engine.config)
+    engine.generate(GenerationRequest(prompt="warm up", num_inference_steps=2, **ref), **image)
     for rep in range(args.repeats):
         for mode, switch in modes.items():
             req = GenerationRequest(
-                prompt="a red fox running through snow", seed=rep, num_inference_steps=n, switch=switch
+                prompt="a red fox running through snow", seed=rep, num_inference_steps=n, switch=switch, **ref
             )
             start = time.perf_counter()
-            result = engine.generate(req)
+            result = engine.generate(req, **image)
             runs[mode].append((time.perf_counter() - start, result))
 
     def med(mode: str, key: str) -> float:
