@@ -217,6 +217,17 @@ def test_the_lru_evicts_and_counts(lora_config: ModelPairConfig) -> None:
     assert stats.loaded == {"sketch": ["both"]}
     engine.warm_adapter("comfy")
     assert engine.adapter_stats().loaded == {"sketch": ["comfy"]}
+    # Dropped on request (what Serve's multiplexing eviction calls), counted; the next use loads it again.
+    engine.evict_adapter("comfy")
+    engine.evict_adapter("comfy")  # not loaded: nothing to do
+    stats = engine.adapter_stats()
+    assert stats.loaded == {"sketch": []} and (stats.loads, stats.evictions) == (3, 3)
+    assert not getattr(engine.sketch_model, "peft_config", None)  # peft drops its config with the last adapter
+    sketch(None)
+    sketch("big")
+    assert engine.adapter_stats().loads == 4
+    with pytest.raises(ValueError, match="unknown adapter 'nope'"):
+        engine.evict_adapter("nope")
     # An engine with another capacity holds its own transformer: never the slots of this one.
     other = SRDiffusionEngine(lora_config, roles={Role.TEXT, Role.SKETCH})
     assert other.sketch_model is not engine.sketch_model

@@ -324,6 +324,20 @@ class EngineAdapters:
                 slots.ensure(module, self.pipeline_cls, key, self.adapters[name].path(side) or "", self.counters)
                 module.disable_lora()
 
+    def evict(self, name: str) -> None:
+        """Unload `name` from each side's transformer now (counted as evictions): what a serving layer that
+        keeps its own LRU of adapters (Ray Serve's multiplexing) calls when it drops one."""
+        for side, module in self._modules.items():
+            key = self._keys.get((name, side))
+            slots = module.__dict__.get(_SLOTS_ATTR)
+            if key is None or slots is None:
+                continue
+            with slots.lock:
+                if key in slots.loaded:
+                    del slots.loaded[key]
+                    module.delete_adapters([key])
+                    self.counters.evictions += 1
+
     def stats(self) -> AdapterStats:
         names = {key: name for (name, _), key in self._keys.items()}
         loaded = {}

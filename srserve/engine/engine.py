@@ -212,6 +212,12 @@ class SRDiffusionEngine:
             raise ValueError(f"lora: unknown adapter {name!r}")
         self.adapters.warm(name, {"sketch": self.sketch_model, "render": self.render_model})
 
+    def evict_adapter(self, name: str) -> None:
+        """Unload a configured adapter from this engine's transformers (a no-op where it is not loaded)."""
+        if name not in self.config.adapters:
+            raise ValueError(f"lora: unknown adapter {name!r}")
+        self.adapters.evict(name)
+
     def check_image(self, request: GenerationRequest, image: Image.Image | None) -> None:
         """ValueError naming `input_reference` unless the request has an image exactly when the pair takes one
         (`srserve.engine.families.check_input_image`)."""
