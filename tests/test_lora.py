@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from diffusers import WanPipeline, WanTransformer3DModel
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
 from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine, components
-from srserve.engine.adapter_spec import LORA, LoraSpec
+from srserve.engine.adapter_spec import LORA, AdapterConfig, LoraSpec, lora_pattern, resolve_lora
 from srserve.engine.adapters import AdapterMisfitError, check_adapters
 from srserve.engine.request import RequestDefaults, describe_validation_error, error_field, resolve_request
 from srserve.engine.tiny import write_tiny_wan22_pair
@@ -133,6 +135,45 @@ def test_the_request_field_and_its_grammar() -> None:
         with pytest.raises(ValidationError) as err:
             GenerationRequest(prompt="x", lora=bad)
         assert error_field(err.value).startswith("lora")
+
+
+_PUBLISHED_ADAPTERS = {
+    "style": AdapterConfig(sketch="s.safetensors"),
+    "Ink-2": AdapterConfig(render="r.safetensors", scale=0.5),
+    "baked": AdapterConfig(sketch="s.safetensors", scale=0.8, fuse=True),
+    "whole": AdapterConfig(render="r.safetensors", scale=1.0, fuse=True),
+    "zero": AdapterConfig(render="r.safetensors", scale=0.0, fuse=True),
+}
+_LORA_SAMPLES = [
+    *["style", "style:0.5", "style:4", "style:4.5", "Ink-2:.25", "ink-2", "baked", "baked:0.8", "baked:.80"],
+    *["baked:0.81", "baked:1", "whole:1.", "whole:1.000", "whole:0.999", "zero:.0", "zero:0", "zero:0.1", "nope"],
+    *["style:", "style :1", "baked:0.8000000000000001", "whole:01"],
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.sampled_from(_LORA_SAMPLES),
+        st.from_regex(LORA.pattern(), fullmatch=True),
+        st.builds(  # a configured name at a scale the grammar spells
+            lambda name, text: name + text[len("x") :],
+            st.sampled_from(sorted(_PUBLISHED_ADAPTERS)),
+            st.from_regex(r"^x(?::[0-9.]{1,5})?$", fullmatch=True),
+        ),
+    )
+)
+def test_the_published_pattern_of_a_pairs_adapters_is_exact(text: str) -> None:
+    """A deployment publishes `lora_pattern` of its adapters: a text matches it exactly when it is in the
+    grammar's canonical spelling (what the HTTP schema takes) and resolves against those adapters."""
+    pattern = lora_pattern(_PUBLISHED_ADAPTERS)
+    assert pattern is not None and lora_pattern({}) is None
+    try:
+        resolve_lora(text, _PUBLISHED_ADAPTERS)
+        accepted = re.fullmatch(LORA.pattern(), text) is not None
+    except ValueError:  # pydantic's ValidationError included
+        accepted = False
+    assert bool(re.fullmatch(pattern, text)) == accepted, (text, pattern)
 
 
 def test_an_unknown_name_is_refused_naming_lora(lora_engine: SRDiffusionEngine) -> None:

@@ -11,6 +11,7 @@ of the `ResolvedRequest`, so a resumed job and a handoff carry the same adapter.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -94,6 +95,34 @@ def _lora_grammar(s: Spelling) -> str:
 
 
 LORA = Grammar("lora", _lora_grammar, f"NAME or NAME:SCALE (a configured adapter; SCALE in [0, {MAX_SCALE:g}])")
+
+
+def _scale_spellings(value: float) -> str | None:
+    """The exact grammar's spellings of one scale (trailing zeros, a bare leading point); None when it has
+    more decimals than the grammar writes (such a fused adapter is published by its name alone)."""
+    whole, _, frac = format(Decimal(repr(float(value))), "f").partition(".")
+    frac = frac.rstrip("0")
+    room = 15 - len(frac)
+    if room < 0:
+        return None
+    if not frac:
+        return f"{whole}(?:\\.0{{0,15}})?" + ("|\\.0{1,15}" if whole == "0" else "")
+    tail = f"{frac}0{{0,{room}}}"
+    return f"{whole}\\.{tail}" + (f"|\\.{tail}" if whole == "0" else "")
+
+
+def lora_pattern(adapters: Mapping[str, AdapterConfig]) -> str | None:
+    """The `lora` field's published regex for a pair's adapters: a text matches it exactly when
+    `resolve_lora` admits it (a switched adapter at any scale, a fused one at its own); None for no adapters."""
+    alternatives = []
+    switched = sorted(name for name, a in adapters.items() if not a.fuse)
+    if switched:  # names are NAME_PATTERN: regex literals as they stand
+        alternatives.append(f"(?:{'|'.join(switched)})(?::{_SCALE.exact})?")
+    for name, adapter in sorted(adapters.items()):
+        if adapter.fuse:
+            scale = _scale_spellings(adapter.scale)
+            alternatives.append(name if scale is None else f"{name}(?::(?:{scale}))?")
+    return None if not alternatives else "^(?:" + "|".join(alternatives) + ")$"
 
 
 def resolve_lora(value: Any, adapters: Mapping[str, AdapterConfig] | None) -> ResolvedLora | None:
