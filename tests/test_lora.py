@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import torch
 from diffusers import WanPipeline, WanTransformer3DModel
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from safetensors.torch import save_file
 

@@ -17,6 +17,7 @@ import ray
 from pydantic import ValidationError
 from ray.serve.handle import DeploymentHandle
 
+from srserve.engine.adapter_spec import AdapterConfig, LoraSpec, ResolvedLora, lora_pattern, resolve_lora
 from srserve.engine.cache import CacheSpec
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.families import check_input_image, get_family, takes_image
@@ -89,6 +90,8 @@ class IngressCore:
         self.pools = dict(pools)  # one handle per pool of the layout
         self.auth = config.auth.resolve()
         self._family = None
+        # The pair's LoRA adapters: a request's `lora` names one of them (never a file on the server).
+        self.adapters: dict[str, AdapterConfig] = dict(pair.adapters) if pair is not None else {}
         if pair is not None:  # configs only, no weights: lets uploads be checked before they queue
             self._family = get_family(pair.family)
             self._family.bind(pair)
@@ -126,7 +129,11 @@ class IngressCore:
         """Call the pool the layout routes `stage` to, with the encoder pool's embeddings where the route
         takes them (passed as a response: Ray hands the result to the stage's replica)."""
         route = self.layout.routes[stage]
-        call = getattr(self.pools[route.pool], route.method)
+        handle = self.pools[route.pool]
+        adapter = ticket.adapter(route.sides)
+        if adapter is not None:  # Serve's multiplexing prefers a replica that already holds the adapter
+            handle = handle.options(multiplexed_model_id=adapter)
+        call = getattr(handle, route.method)
         if route.takes_prompt and self.layout.encoder is not None:
             return await call.remote(ticket, self.pools[self.layout.encoder].encode.remote(ticket))
         return await call.remote(ticket)
@@ -192,13 +199,17 @@ class IngressCore:
             steps = request.num_inference_steps or self.defaults.num_inference_steps
             updates["switch"] = self._boundary_switch(steps)
         try:
-            resolved = resolve_request(request, self.defaults, **updates)
+            resolved = resolve_request(request, self.defaults, adapters=self.adapters, **updates)
         except ValidationError as exc:
             raise InvalidRequest(describe_validation_error(exc), param=error_field(exc)) from None
         if resolved.switch.kind != "load":
             return resolved, None
         choice = await self._choose_switch(resolved, deadline_s)
         return resolved.model_copy(update={"switch": choice.policy}), choice
+
+    def lora_pattern(self) -> str | None:
+        """The `lora` field's published grammar for this deployment: its pair's adapters (None: it has none)."""
+        return lora_pattern(self.adapters)
 
     def cache_pattern(self) -> str:
         """The `cache` field's published grammar for this deployment: the kinds each stage's pool allows."""
@@ -257,10 +268,25 @@ class IngressCore:
             except IncompatiblePairError as exc:
                 raise InvalidRequest(f"handoff: {exc}", param="handoff") from None
         caches = self._caches(state.request.cache, render_only=True)
-        if caches != state.request.cache:  # the render runs what this server allows, never a client's file
-            state.request = state.request.model_copy(update={"cache": caches})
+        lora = self._handoff_lora(state.request.lora)
+        if caches != state.request.cache or lora != state.request.lora:
+            # The render runs what this server allows and has, never a client's file.
+            state.request = state.request.model_copy(update={"cache": caches, "lora": lora})
             blob = state.to_bytes()
         return await self._admit_job(state.request.model_dump(mode="json"), n, deadline_s, (blob, state.switch_step))
+
+    def _handoff_lora(self, lora: ResolvedLora | None) -> ResolvedLora | None:
+        """An uploaded handoff's adapter, by its name and scale against this server's adapters: whether the
+        render applies one is this server's to say (the sketch's flag stays the client's); an unknown name is
+        refused, naming `lora`."""
+        if lora is None:
+            return None
+        try:
+            ours = resolve_lora(LoraSpec(name=lora.name, scale=lora.scale), self.adapters)
+        except ValueError as exc:
+            raise InvalidRequest(f"handoff: lora: {exc}", param="handoff") from None
+        assert ours is not None
+        return ours.model_copy(update={"sketch": lora.sketch})
 
     async def _admit_job(
         self,

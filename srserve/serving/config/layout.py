@@ -21,11 +21,13 @@ LayoutKind = Literal["disaggregated", "colocated"]
 
 @dataclass(frozen=True)
 class StageRoute:
-    """Where the orchestrator sends one stage: a pool's deployment, the method it calls there, and
-    whether the call takes the encoder pool's prompt embeddings (when the layout has that pool)."""
+    """Where the orchestrator sends one stage: a pool's deployment, the method it calls there, whether
+    the call takes the encoder pool's prompt embeddings (when the layout has that pool), and the models
+    the stage runs (`sides`: "sketch", "render"), whose LoRA adapter the replica must hold."""
 
     pool: PoolName
     method: str
+    sides: tuple[str, ...]
     takes_prompt: bool = False
 
 
@@ -38,7 +40,10 @@ class PoolLayout:
     @classmethod
     def disaggregated(cls, sketch: PoolConfig, render: PoolConfig, text: PoolConfig | None = None) -> PoolLayout:
         """Sketch and render pools (the split), with an optional text-encoder pool before the sketch."""
-        routes = {"sketch": StageRoute("sketch", "sketch", takes_prompt=True), "render": StageRoute("render", "render")}
+        routes = {
+            "sketch": StageRoute("sketch", "sketch", ("sketch",), takes_prompt=True),
+            "render": StageRoute("render", "render", ("render",)),
+        }
         return cls._with_text("disaggregated", {"sketch": sketch, "render": render}, routes, text)
 
     @classmethod
@@ -46,8 +51,8 @@ class PoolLayout:
         """One pool whose replicas hold both models: a job's sketch stage runs the whole job there (the
         handoff stays in memory); an uploaded handoff's render stage runs there too."""
         routes = {
-            "sketch": StageRoute("colocated", "generate", takes_prompt=True),
-            "render": StageRoute("colocated", "render"),
+            "sketch": StageRoute("colocated", "generate", ("sketch", "render"), takes_prompt=True),
+            "render": StageRoute("colocated", "render", ("render",)),
         }
         return cls._with_text("colocated", {"colocated": colocated}, routes, text)
 

@@ -74,6 +74,13 @@ class PoolConfig(BaseModel):
         CachePolicy(), description="the step cache of this pool's stage (colocated: of both); docs/caching.md"
     )
     cache_limits: CacheLimits = Field(CacheLimits(), description="what a request may choose instead of `cache`")
+    adapter_cache_size: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="LoRA adapters each replica keeps loaded (LRU; Serve's multiplexing routes by them); "
+        "overrides model.adapter_cache_size here",
+    )
 
     @model_validator(mode="after")
     def _scale_one_way(self) -> PoolConfig:
@@ -100,8 +107,11 @@ class PoolConfig(BaseModel):
         return int((self.autoscaling_config or {}).get("max_replicas", SERVE_DEFAULT_REPLICAS))
 
     def model_for(self, pair: ModelPairConfig) -> ModelPairConfig:
-        """The model pair as this pool loads it (its attention backend and compile overrides applied)."""
+        """The model pair as this pool loads it (its attention backend, compile and adapter cache overrides
+        applied)."""
         updates: dict[str, Any] = {}
+        if self.adapter_cache_size is not None:
+            updates["adapter_cache_size"] = self.adapter_cache_size
         if self.attention_backend is not None:
             updates["attention_backend"] = self.attention_backend
         if self.compile is not None:

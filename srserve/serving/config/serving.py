@@ -87,6 +87,14 @@ class ServingConfig(BaseModel):
             if pool.parallel.context_degree > 1 and "first_block" in (pool.cache.kind, *pool.cache_limits.kinds):
                 # Its skip decision would be taken per token slice: the ranks would diverge (docs/parallel.md).
                 raise ValueError(f"{name}: a first_block cache cannot run with ulysses/ring; use taylorseer or mag")
+        if isinstance(self.model, ModelPairConfig):
+            switched = sorted(name for name, adapter in self.model.adapters.items() if not adapter.fuse)
+            for name, pool in self.pool_layout().pools.items():
+                if name != "text" and pool.compile and switched:  # the pair's own check, for a pool's override
+                    raise ValueError(
+                        f"{name}_pool.compile: adapters {', '.join(switched)} are switched per job, which changes "
+                        "the compiled blocks' modules; fuse them (fuse: true) or leave compile off"
+                    )
         return self
 
     def pool_layout(self) -> PoolLayout:

@@ -6,9 +6,12 @@ Plain dataclasses and enums: they travel by pickling between the ingress and the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from srserve.engine.adapter_spec import resolve_lora
 
 
 class StopReason(StrEnum):
@@ -43,6 +46,14 @@ class StageTicket:
     request: dict[str, Any]
     deadline: float | None = None
     handoff_key: str | None = None
+
+    def adapter(self, sides: Iterable[str]) -> str | None:
+        """The LoRA adapter a replica running the job's models `sides` switches to for this job (the name
+        Serve's multiplexing routes by), or None: no adapter, a fused one, or none for those models."""
+        lora = resolve_lora(self.request.get("lora"), None)
+        if lora is None or lora.fused or not any(lora.on(side) for side in sides):
+            return None
+        return lora.name
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ Where each metric is recorded:
   stage latencies, step times, switch step, handoff bytes and latency, jobs by final state;
 - ingress (from the job store): jobs per state, each pool's queue depth and queued GPU-seconds, the
   admission backlog per pool (every ingress replica exports the same store-wide figures);
-- workers: handoff serialize/deserialize time, GPU telemetry (srserve.serving.ops.gpu_telemetry).
+- workers: handoff serialize/deserialize time, GPU telemetry (srserve.serving.ops.gpu_telemetry), LoRA
+  adapter loads, hits and evictions, and whether an adapter's stage was routed to a replica holding it.
 Without Ray (unit tests) the metric objects accept records and export nothing.
 
 Gauges are set by loops, not once: Ray's metrics agent drops a gauge series that was not set again
@@ -134,6 +135,24 @@ def _metrics() -> dict[str, Any]:
             description="Jobs admitted to each pool's phase and not yet past it, store-wide (admission control).",
             tag_keys=("pool",),
         ),
+        **{
+            f"adapter_{event}": Counter(
+                f"srserve_adapter_{event}_total",
+                description=f"LoRA adapter {what} in the pool's replicas.",
+                tag_keys=("pool",),
+            )
+            for event, what in (
+                ("loads", "loads (a file loaded into a transformer)"),
+                ("hits", "hits (a stage found its adapter loaded)"),
+                ("evictions", "evictions (dropped by the replica's LRU or Serve's)"),
+            )
+        },
+        "adapter_routing": Counter(
+            "srserve_adapter_routed_total",
+            description="Stages of jobs with a per-job adapter, by whether the replica they were routed to "
+            "already held it (held=true) or loaded it (held=false).",
+            tag_keys=("pool", "held"),
+        ),
         "gpu_available": Gauge(
             "srserve_gpu_telemetry_available",
             description="1 when the replica samples its GPU through NVML, 0 when NVML or a GPU is absent.",
@@ -248,6 +267,19 @@ def timed_handoff(op: str, fn: Callable[[], T]) -> T:
     out = fn()
     _metrics()["handoff_codec"].observe(time.perf_counter() - start, tags={"op": op})
     return out
+
+
+def record_adapter_counts(pool: str, loads: int, hits: int, evictions: int) -> None:
+    """A replica's adapter loads, hits and evictions since its last report (srserve.engine.adapters)."""
+    m = _metrics()
+    for event, n in (("loads", loads), ("hits", hits), ("evictions", evictions)):
+        if n > 0:
+            m[f"adapter_{event}"].inc(n, tags={"pool": pool})
+
+
+def record_adapter_routing(pool: str, held: bool) -> None:
+    """One stage of a job with a per-job adapter: whether the replica it was routed to already held it."""
+    _metrics()["adapter_routing"].inc(1, tags={"pool": pool, "held": "true" if held else "false"})
 
 
 def record_gpu_available(pool: str, available: bool) -> None:

@@ -41,6 +41,7 @@ class ColocatedWorker(RendersHandoffs):
         reporter = self.reporter(ticket, self.pool_name)
         request = ResolvedRequest.model_validate(ticket.request)
         image = await self.input_image(request)
+        await self.hold_adapter(ticket, ("sketch", "render"))
 
         def run():
             state = stages.sketch(self.engine, reporter, request, encoded, image)

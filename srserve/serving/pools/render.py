@@ -27,6 +27,7 @@ class RendersHandoffs(PoolWorker):
             blob = await self.artifacts.get_async(ticket.handoff_key)
         except ArtifactNotFound:
             return StageResult.handoff_lost()
+        await self.hold_adapter(ticket, ("render",))
 
         def run():
             state = timed_handoff("parse", lambda: HandoffState.from_bytes(blob))

@@ -38,6 +38,7 @@ class SketchWorker(PoolWorker):
         reporter = self.reporter(ticket, "sketch")
         request = ResolvedRequest.model_validate(ticket.request)
         image = await self.input_image(request)
+        await self.hold_adapter(ticket, ("sketch",))
 
         def run():
             if self.ranks is None:

@@ -5,6 +5,14 @@ its next job is already waiting in the replica when the current one ends. The co
 computes: progress leaves through the replica's ProgressChannel without waiting, and the stage's
 durable write (artifact, then the store) happens on the event loop after the lock is released, so
 the next job computes meanwhile. State lives in the store; a replica can die at any moment.
+
+LoRA adapters switched per job are Ray Serve multiplexed models: the ingress calls a stage with the
+job's adapter as `multiplexed_model_id`, Serve routes it to a replica that holds that adapter when one
+can take it, and the replica's `@serve.multiplexed` loader (capacity: the pool's adapter_cache_size)
+loads it into the engine under the compute lock. When Serve's LRU evicts one it awaits the token's
+`__del__`, which unloads it from the engine too, so the engine holds what Serve reports (the engine's
+own LRU, of the same capacity, bounds it meanwhile). The engine activates the job's adapter per stage
+and turns LoRA off after it: nothing carries into the next job.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import psutil
@@ -31,7 +39,7 @@ from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import JobStoreConfig, open_store
 from srserve.serving.control.progress import AttemptReporter, ProgressChannel
 from srserve.serving.ops.job_logging import bind_job, log_job_finished
-from srserve.serving.ops.metrics import record_job_finished
+from srserve.serving.ops.metrics import record_adapter_counts, record_adapter_routing, record_job_finished
 from srserve.serving.ops.replica_operations import ReplicaOperations
 from srserve.serving.pools.ranks import RankGroup
 
@@ -43,6 +51,20 @@ def replica_id() -> str:
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # outside a replica (unit tests)
         return "local"
+
+
+class AdapterToken:
+    """What Serve's multiplexing keeps for one loaded adapter. Serve awaits a model's `__del__` when its LRU
+    evicts it; here that is an instance attribute (so the garbage collector never calls it) that unloads
+    the adapter from the engine."""
+
+    def __init__(self, name: str, unload: Callable[[str], Awaitable[None]]) -> None:
+        self.name = name
+
+        async def evicted() -> None:
+            await unload(name)
+
+        self.__del__ = evicted
 
 
 class PoolWorker(ReplicaOperations):
@@ -69,6 +91,15 @@ class PoolWorker(ReplicaOperations):
         self._lock = threading.Lock()
         self.busy_s = 0.0
         self.jobs_done = 0
+        # Adapters switched per job: Serve's multiplexing holds them (see the module docstring).
+        self._adapters = bool(model.adapters)
+        self._adapter_counts = (0, 0, 0)  # the engine's loads, hits, evictions as last exported
+        self._adapters_held: set[str] = set()
+        self._hold_adapter: Callable[[str], Awaitable[AdapterToken]] | None = None
+        if any(not adapter.fuse for adapter in model.adapters.values()):
+            self._hold_adapter = serve.multiplexed(max_num_models_per_replica=model.adapter_cache_size)(
+                self._adapter_loader()
+            )
 
     async def check_health(self) -> None:
         """Serve's health check; a multi-device replica also pings its ranks (one lost: the replica goes)."""
@@ -105,8 +136,9 @@ class PoolWorker(ReplicaOperations):
         # Checked at admission against the configured limits; these bounds only restate what was accepted.
         return await asyncio.to_thread(load_image, data, len(data), ref.width * ref.height)
 
-    async def compute(self, job_id: str, fn: Callable[[], T]) -> T:
-        """Run `fn` on a thread holding the replica's compute lock; accounts busy time."""
+    async def compute(self, job_id: str | None, fn: Callable[[], T], job: bool = True) -> T:
+        """Run `fn` on a thread holding the replica's compute lock; accounts busy time (and, for a job's
+        stage rather than an adapter load, the job)."""
 
         def locked() -> T:
             bind_job(job_id)  # the thread's log lines carry the job id
@@ -116,9 +148,43 @@ class PoolWorker(ReplicaOperations):
                     return fn()
                 finally:
                     self.busy_s += time.perf_counter() - start
-                    self.jobs_done += 1
+                    self.jobs_done += int(job)
+                    if self._adapters:  # read under the lock: no stage is switching adapters now
+                        self._export_adapter_counts()
 
         return await asyncio.to_thread(locked)
+
+    # -- LoRA adapters -------------------------------------------------------------------------
+    def _adapter_loader(self) -> Callable[[str], Awaitable[AdapterToken]]:
+        """The function Serve's multiplexing calls for an adapter this replica does not hold (a closure, so
+        that each pool's capacity is its own: `serve.multiplexed` takes it when it wraps the function)."""
+
+        async def load_adapter(name: str) -> AdapterToken:
+            await self.compute(None, lambda: self.engine.warm_adapter(name), job=False)
+            self._adapters_held.add(name)
+            return AdapterToken(name, self._unload_adapter)
+
+        return load_adapter
+
+    async def _unload_adapter(self, name: str) -> None:
+        self._adapters_held.discard(name)
+        await self.compute(None, lambda: self.engine.evict_adapter(name), job=False)
+
+    async def hold_adapter(self, ticket: StageTicket, sides: Iterable[str]) -> None:
+        """Before a stage on the models `sides`: the job's adapter loaded here through Serve's multiplexing
+        (which routed the call here, preferring a replica that holds it); counts whether it was held."""
+        name = ticket.adapter(sides)
+        if name is None or self._hold_adapter is None:
+            return
+        record_adapter_routing(self.pool_name, held=name in self._adapters_held)
+        await self._hold_adapter(name)
+
+    def _export_adapter_counts(self) -> None:
+        """The engine's adapter loads, hits and evictions since the last export, as the pool's counters."""
+        stats = self.engine.adapter_stats()
+        now = (stats.loads, stats.hits, stats.evictions)
+        record_adapter_counts(self.pool_name, *(n - before for n, before in zip(now, self._adapter_counts, strict=True)))
+        self._adapter_counts = now
 
     async def render_and_store(self, reporter: AttemptReporter, run: Callable[[], Any]) -> StageResult:
         """Compute a stage body ending in the mp4 (`run`: (video, digest, stamps), or None when stopped),
