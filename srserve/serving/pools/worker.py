@@ -183,7 +183,8 @@ class PoolWorker(ReplicaOperations):
         """The engine's adapter loads, hits and evictions since the last export, as the pool's counters."""
         stats = self.engine.adapter_stats()
         now = (stats.loads, stats.hits, stats.evictions)
-        record_adapter_counts(self.pool_name, *(n - before for n, before in zip(now, self._adapter_counts, strict=True)))
+        loads, hits, evictions = (n - before for n, before in zip(now, self._adapter_counts, strict=True))
+        record_adapter_counts(self.pool_name, loads, hits, evictions)
         self._adapter_counts = now
 
     async def render_and_store(self, reporter: AttemptReporter, run: Callable[[], Any]) -> StageResult:
