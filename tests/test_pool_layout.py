@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from srserve.loadgen.shape import device_count, replicas_per_pool
 from srserve.serving.config import PoolConfig, ServingConfig, StageRoute
+from srserve.serving.control.attempts import StageTicket
 from srserve.serving.pools.colocated import ColocatedWorker
 from srserve.serving.pools.render import RenderWorker
 from srserve.serving.pools.sketch import SketchWorker
@@ -23,8 +24,8 @@ def test_disaggregated_layout_routes_each_stage_to_its_own_pool() -> None:
     layout = _config().pool_layout()
     assert layout.kind == "disaggregated" and list(layout.pools) == ["sketch", "render"]
     assert layout.routes == {
-        "sketch": StageRoute("sketch", "sketch", takes_prompt=True),
-        "render": StageRoute("render", "render"),
+        "sketch": StageRoute("sketch", "sketch", ("sketch",), takes_prompt=True),
+        "render": StageRoute("render", "render", ("render",)),
     }
     assert layout.encoder is None and not layout.shared
     assert layout.pool("sketch") is SKETCH and layout.pool("render") is RENDER
@@ -47,8 +48,8 @@ def test_colocated_layout_runs_both_phases_on_one_pool() -> None:
     assert list(layout.pools) == ["colocated"] and layout.shared
     # A job's sketch stage runs the whole job; an uploaded handoff's render stage runs there too.
     assert layout.routes == {
-        "sketch": StageRoute("colocated", "generate", takes_prompt=True),
-        "render": StageRoute("colocated", "render"),
+        "sketch": StageRoute("colocated", "generate", ("sketch", "render"), takes_prompt=True),
+        "render": StageRoute("colocated", "render", ("render",)),
     }
     assert layout.pool("sketch") is COLOCATED and layout.pool("render") is COLOCATED
     assert [(b.pool, b.phases, b.max_jobs) for b in layout.backlogs()] == [("colocated", {"sketch", "render"}, 11)]
@@ -72,3 +73,27 @@ def test_load_harness_reads_pools_and_devices_from_the_layout() -> None:
     assert replicas_per_pool(_config(layout="colocated")) == {"colocated": 4}
     assert device_count(_config()) == 2 * 1.0 + 3 * 0.5  # CPU-only pools count one device per replica
     assert device_count(_config(layout="colocated", text_encoder_placement="pool")) == 4 * 1 + 1 * 1.0
+
+
+def test_a_jobs_adapter_is_routed_by_the_models_each_stage_runs() -> None:
+    """The multiplexed model id of a stage: the job's adapter when that stage's models apply it per job."""
+    both = {"name": "both", "scale": 0.8, "sketch": True, "render": True, "fused": False}
+    big = {**both, "name": "big", "render": False}
+    fused = {**both, "name": "baked", "fused": True}
+    split = _config().pool_layout().routes
+    colocated = _config(layout="colocated").pool_layout().routes
+
+    def ids(routes, lora):
+        ticket = StageTicket("video_" + "0" * 32, 1, {"prompt": "x", "lora": lora})
+        return {stage: ticket.adapter(route.sides) for stage, route in routes.items()}
+
+    assert ids(split, both) == {"sketch": "both", "render": "both"}
+    assert ids(split, big) == {"sketch": "big", "render": None}  # the render pool runs without one
+    assert ids(colocated, big) == {"sketch": "big", "render": None}  # generate runs both models
+    assert ids(split, fused) == ids(split, None) == {"sketch": None, "render": None}
+
+
+def test_a_pools_adapter_capacity_applies_to_its_model(tiny_config) -> None:
+    pool = PoolConfig(adapter_cache_size=1)
+    assert pool.model_for(tiny_config).adapter_cache_size == 1
+    assert PoolConfig().model_for(tiny_config) is tiny_config

@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--deadline", type=float, default=None, help="seconds")
     p.add_argument("--image", default=None, help="input image (PNG, JPEG, WebP) for an image-to-video pair")
+    p.add_argument("--lora", default=None, help="a LoRA adapter the server configures: NAME or NAME:SCALE")
     p.add_argument("--out", default="video.mp4")
     p.add_argument("--token", default=os.environ.get("SRSERVE_TOKEN"), help="bearer token (default: $SRSERVE_TOKEN)")
     p.add_argument("--tls-ca", default=None, help="PEM root certificate: connect with TLS (e.g. to a GrpcTlsGateway)")
@@ -64,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance_scale,
         deadline_s=args.deadline,
         input_reference=image,
+        lora=args.lora,
     )
     bar = tqdm(total=100, unit="%", desc="queued", disable=not sys.stderr.isatty())
 

@@ -50,12 +50,14 @@ class GenerationFailed(Exception):
 
 def make_request(prompt: str, **fields: Any) -> video_pb2.GenerateRequest:
     """Build a GenerateRequest; unset (None) fields take the server's defaults. `input_reference`: an
-    image-to-video pair's input image, a PNG, JPEG or WebP file's bytes."""
+    image-to-video pair's input image, a PNG, JPEG or WebP file's bytes; `lora`: an adapter the server
+    configures, "NAME" or "NAME:SCALE"."""
     msg = video_pb2.GenerateRequest(
         prompt=prompt,
         negative_prompt=fields.pop("negative_prompt", "") or "",
         switch=fields.pop("switch", "") or "",
         cache=fields.pop("cache", "") or "",
+        lora=fields.pop("lora", "") or "",
     )
     for name in _OPTIONAL:
         value = fields.pop(name, None)

@@ -18,6 +18,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from srserve.engine.adapters import check_adapters
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.families import check_pair
 from srserve.serving.api.grpc import GrpcApi
@@ -63,9 +64,12 @@ def build_app(config: ServingConfig) -> Application:
     migrate_store(config.job_store)  # the schema is current before any replica uses it
     pair = config.model_pair()
     if all(Path(p).exists() for p in (pair.sketch_path, pair.render_path)):
-        # An incompatible sketch/render pair is refused here, naming what differs. Where the folders
-        # are only on the GPU nodes (a KubeRay head mounts none), each replica refuses it at load.
+        # An incompatible sketch/render pair is refused here, naming what differs, and so is a LoRA file
+        # that does not fit its model (AdapterMisfitError, naming the adapter and the module). Where the
+        # folders are only on the GPU nodes (a KubeRay head mounts none), each replica refuses them at load.
         check_pair(pair)
+        if pair.adapters:
+            check_adapters(pair)
     layout = config.pool_layout()
     stores = (config.job_store, config.artifacts)
     pools = {name: _pool_app(name, pool, pool.model_for(pair), stores, layout) for name, pool in layout.pools.items()}

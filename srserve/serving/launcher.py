@@ -89,7 +89,8 @@ def prepare(path: str | Path, address: str | None = None, port_wait_s: float = 6
 
 
 def check_model(serving: ServingConfig, path: str | Path, local: bool = True) -> None:
-    """The pair's folders fit together, and each parallel pool's degree can run on them."""
+    """The pair's folders fit together, its LoRA adapter files fit their models, and each parallel pool's
+    degree can run on them."""
     if not serving.tiny:  # a tiny pair is written at deploy, right by construction
         pair = serving.model
         if local or all(Path(p).exists() for p in (pair.sketch_path, pair.render_path)):
@@ -99,6 +100,13 @@ def check_model(serving: ServingConfig, path: str | Path, local: bool = True) ->
                 check_pair(pair)
             except IncompatiblePairError as exc:
                 raise ConfigError(f"{path}: model: {exc}") from None
+            if pair.adapters:  # each LoRA file against its model, from the headers (no weights)
+                from srserve.engine.adapters import AdapterMisfitError, check_adapters
+
+                try:
+                    check_adapters(pair)
+                except AdapterMisfitError as exc:
+                    raise ConfigError(f"{path}: model.adapters: {exc}") from None
     for name, pool in serving.pool_layout().pools.items():
         if pool.parallel.enabled:
             from srserve.engine.parallel import ParallelUnsupported

@@ -62,7 +62,7 @@ def generate_request(
     check_model(msg.model or None, served_model)
     fields: dict[str, Any] = {"prompt": msg.prompt, "negative_prompt": msg.negative_prompt}
     fields |= {name: getattr(msg, name) for name in _OPTIONAL_FIELDS if msg.HasField(name)}
-    fields |= {name: getattr(msg, name) for name in ("switch", "cache") if getattr(msg, name)}
+    fields |= {name: getattr(msg, name) for name in ("switch", "cache", "lora") if getattr(msg, name)}
     return engine_request(fields, default_steps), deadline
 
 
@@ -89,7 +89,15 @@ def job_message(job: Job | dict[str, Any]) -> video_pb2.Job:
         latents_sha256=job.get("latents_sha256") or "",
         switch_cap=-1 if job.get("switch_cap") is None else job["switch_cap"],
         switch_reason=job.get("switch_reason") or "",
+        lora=_lora_message(job["request"].get("lora")),
     )
+
+
+def _lora_message(lora: dict[str, Any] | None) -> video_pb2.Job.Lora | None:
+    """The job's resolved adapter (stored with its request) as the Job message's `lora`."""
+    if lora is None:
+        return None
+    return video_pb2.Job.Lora(**{k: lora[k] for k in ("name", "scale", "sketch", "render", "fused")})
 
 
 def _terminal_status(job: dict[str, Any]) -> tuple[grpc.StatusCode, str] | None:

@@ -227,6 +227,7 @@ def video_object(job: Job | dict[str, Any], model: str) -> dict[str, Any]:
             "switch_reason": job.get("switch_reason"),
             "cache": str(CacheSpec.model_validate(req["cache"])) if req.get("cache") else "none",
             "input_reference": _image_summary(req.get("input_reference")),
+            "lora": req.get("lora"),
         },
     }
 
@@ -614,11 +615,16 @@ def _collapse_nulls(schema: dict[str, Any]) -> None:
 
 
 def openapi_document(
-    model_name: str | None = None, auth: bool = False, cache_pattern: str | None = None, takes_image: bool = False
+    model_name: str | None = None,
+    auth: bool = False,
+    cache_pattern: str | None = None,
+    takes_image: bool = False,
+    lora_pattern: str | None = None,
 ) -> dict[str, Any]:
     """The whole API as OpenAPI 3.1: routes, bodies, every status; the deployment's model, auth, the
-    cache kinds its pools allow requests (`cache_pattern`) and, for an image-to-video pair
-    (`takes_image`), the create body as the one form that can carry the image."""
+    cache kinds its pools allow requests (`cache_pattern`), its pair's LoRA adapters (`lora_pattern`;
+    None: the pair has none, and `lora` is left out, so the schema refuses it as the server does) and,
+    for an image-to-video pair (`takes_image`), the create body as the one form that can carry the image."""
     doc = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes, servers=app.servers
     )
@@ -635,6 +641,10 @@ def openapi_document(
         components["VideoCreateParams"]["properties"]["model"]["enum"] = [model_name]
     if cache_pattern is not None:
         components["VideoCreateParams"]["properties"]["cache"]["pattern"] = cache_pattern
+    if lora_pattern is None:
+        del components["VideoCreateParams"]["properties"]["lora"]
+    else:
+        components["VideoCreateParams"]["properties"]["lora"]["pattern"] = lora_pattern
     if takes_image:
         _image_form(doc)
     if auth:
@@ -676,7 +686,7 @@ def _openapi() -> dict[str, Any]:
     if app.openapi_schema is None:
         core = _core()
         app.openapi_schema = openapi_document(
-            core.model_name, core.auth is not None, core.cache_pattern(), core.takes_image
+            core.model_name, core.auth is not None, core.cache_pattern(), core.takes_image, core.lora_pattern()
         )
     return app.openapi_schema
 

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from srserve.engine.adapter_spec import LORA
 from srserve.engine.cache import CACHE
 from srserve.engine.grammar import field_limits
 from srserve.engine.request import SWITCH, GenerationRequest, describe_validation_error, error_field
@@ -49,6 +50,7 @@ SIZE_PATTERN = "^(?:{0})x(?:{0})$".format("|".join(map(str, SIDES)))
 VIDEO_ID_PATTERN = r"^video_[0-9a-f]{32}$"
 SWITCH_PATTERN = SWITCH.pattern()
 CACHE_PATTERN = CACHE.pattern()  # every kind; a deployment publishes the kinds its pools allow
+LORA_PATTERN = LORA.pattern()  # any name; a deployment publishes its pair's adapters (or leaves the field out)
 
 
 def frames_for_seconds(seconds: float, fps: int) -> int:
@@ -146,6 +148,13 @@ class VideoCreateParams(BaseModel):
             "taylorseer[:INTERVAL] or mag[:THRESHOLD]; within the server's limits (default: the pools' own)"
         ),
     )
+    lora: Annotated[str, Field(pattern=LORA_PATTERN)] | None = Field(
+        None,
+        description=(
+            "a LoRA adapter the server configures for this model pair: NAME or NAME:SCALE (SCALE in [0, 4]; "
+            "default: the adapter's own); never a file"
+        ),
+    )
     fps: Annotated[int, Field(**FPS)] | None = None
     deadline_s: Annotated[float, Field(gt=0)] | None = Field(
         None, description="seconds from submission after which the job fails with deadline_exceeded"
@@ -190,6 +199,7 @@ GRAMMARS = {
     "size": f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in {SIDE['ge']}..{SIDE['le']} (e.g. '832x480')",
     "switch": SWITCH.syntax,
     "cache": CACHE.syntax,
+    "lora": LORA.syntax,
     "seconds": f"whole seconds as text, '1'..'{SECONDS[-1]}'",
 }
 
@@ -292,6 +302,14 @@ class InputImageSummary(BaseModel):
     height: int = Field(ge=1)
 
 
+class LoraSummary(BaseModel):
+    name: str = Field(description="the adapter, as the server configures it")
+    scale: float = Field(ge=0, le=4)
+    sketch: bool = Field(description="the sketch (large) model ran with it")
+    render: bool = Field(description="the render (small) model ran with it (false: it has no render file)")
+    fused: bool = Field(description="merged into the pool's weights at load (every job there runs with it)")
+
+
 class SrserveDetails(BaseModel):
     """srserve's view of the job: its state machine, step progress, handoff and timeline."""
 
@@ -311,6 +329,7 @@ class SrserveDetails(BaseModel):
     input_reference: InputImageSummary | None = Field(
         description="the input image of an image-to-video job (as the server received it); null for text-to-video"
     )
+    lora: LoraSummary | None = Field(description="the job's LoRA adapter and which models apply it; null for none")
 
 
 class Video(BaseModel):

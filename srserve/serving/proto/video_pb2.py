@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!srserve/serving/proto/video.proto\x12\nsrserve.v1\"H\n\rHandoffUpload\x12\x0f\n\x07handoff\x18\x01 \x01(\x0c\x12\x17\n\ndeadline_s\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_deadline_s\"\xc8\x03\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12\x13\n\x06height\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05width\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x17\n\nnum_frames\x18\x05 \x01(\rH\x02\x88\x01\x01\x12 \n\x13num_inference_steps\x18\x06 \x01(\rH\x03\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x07 \x01(\x02H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x05\x88\x01\x01\x12\x0e\n\x06switch\x18\t \x01(\t\x12\x10\n\x03\x66ps\x18\n \x01(\rH\x06\x88\x01\x01\x12\x17\n\ndeadline_s\x18\x0b \x01(\x01H\x07\x88\x01\x01\x12\r\n\x05model\x18\x0c \x01(\t\x12\r\n\x05\x63\x61\x63he\x18\r \x01(\t\x12\x1c\n\x0finput_reference\x18\x0e \x01(\x0cH\x08\x88\x01\x01\x42\t\n\x07_heightB\x08\n\x06_widthB\r\n\x0b_num_framesB\x16\n\x14_num_inference_stepsB\x11\n\x0f_guidance_scaleB\x07\n\x05_seedB\x06\n\x04_fpsB\r\n\x0b_deadline_sB\x12\n\x10_input_reference\"\x14\n\x06JobRef\x12\n\n\x02id\x18\x01 \x01(\t\"\x8d\x04\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08progress\x18\x03 \x01(\r\x12\x0c\n\x04step\x18\x04 \x01(\r\x12\r\n\x05total\x18\x05 \x01(\r\x12\x13\n\x0bswitch_step\x18\x06 \x01(\x05\x12\x11\n\tnum_steps\x18\x07 \x01(\r\x12\x12\n\nerror_code\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x12\n\ncreated_at\x18\n \x01(\x01\x12\x14\n\x0c\x63ompleted_at\x18\x0b \x01(\x01\x12\x13\n\x0bvideo_bytes\x18\x0c \x01(\x04\x12\x15\n\rhandoff_bytes\x18\r \x01(\x04\x12/\n\x08timeline\x18\x0e \x03(\x0b\x32\x1d.srserve.v1.Job.TimelineEntry\x12/\n\x08replicas\x18\x0f \x03(\x0b\x32\x1d.srserve.v1.Job.ReplicasEntry\x12\x14\n\x0crequest_json\x18\x10 \x01(\t\x12\x16\n\x0elatents_sha256\x18\x11 \x01(\t\x12\x12\n\nswitch_cap\x18\x12 \x01(\x05\x12\x15\n\rswitch_reason\x18\x13 \x01(\t\x1a/\n\rTimelineEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a/\n\rReplicasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x08Progress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\r\x12\r\n\x05total\x18\x04 \x01(\r\x12\x10\n\x08progress\x18\x05 \x01(\r\x12\x0c\n\x04time\x18\x06 \x01(\x01\"B\n\x05Video\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03mp4\x18\x02 \x01(\x0c\x12\x1c\n\x03job\x18\x03 \x01(\x0b\x32\x0f.srserve.v1.Job\"f\n\rGenerateEvent\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.srserve.v1.ProgressH\x00\x12\"\n\x05video\x18\x02 \x01(\x0b\x32\x11.srserve.v1.VideoH\x00\x42\x07\n\x05\x65vent\">\n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\r\n\x05order\x18\x03 \x01(\t\"C\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.srserve.v1.Job\x12\x10\n\x08has_more\x18\x02 \x01(\x08\x32\xa4\x03\n\x0fVideoGeneration\x12\x44\n\x08Generate\x12\x1b.srserve.v1.GenerateRequest\x1a\x19.srserve.v1.GenerateEvent0\x01\x12\x36\n\x06Submit\x12\x1b.srserve.v1.GenerateRequest\x1a\x0f.srserve.v1.Job\x12-\n\x06GetJob\x12\x12.srserve.v1.JobRef\x1a\x0f.srserve.v1.Job\x12-\n\x06\x43\x61ncel\x12\x12.srserve.v1.JobRef\x1a\x0f.srserve.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.srserve.v1.ListJobsRequest\x1a\x1c.srserve.v1.ListJobsResponse\x12\x31\n\x08GetVideo\x12\x12.srserve.v1.JobRef\x1a\x11.srserve.v1.Video\x12;\n\rRenderHandoff\x12\x19.srserve.v1.HandoffUpload\x1a\x0f.srserve.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!srserve/serving/proto/video.proto\x12\nsrserve.v1\"H\n\rHandoffUpload\x12\x0f\n\x07handoff\x18\x01 \x01(\x0c\x12\x17\n\ndeadline_s\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_deadline_s\"\xd6\x03\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12\x13\n\x06height\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05width\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x17\n\nnum_frames\x18\x05 \x01(\rH\x02\x88\x01\x01\x12 \n\x13num_inference_steps\x18\x06 \x01(\rH\x03\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x07 \x01(\x02H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x05\x88\x01\x01\x12\x0e\n\x06switch\x18\t \x01(\t\x12\x10\n\x03\x66ps\x18\n \x01(\rH\x06\x88\x01\x01\x12\x17\n\ndeadline_s\x18\x0b \x01(\x01H\x07\x88\x01\x01\x12\r\n\x05model\x18\x0c \x01(\t\x12\r\n\x05\x63\x61\x63he\x18\r \x01(\t\x12\x1c\n\x0finput_reference\x18\x0e \x01(\x0cH\x08\x88\x01\x01\x12\x0c\n\x04lora\x18\x0f \x01(\tB\t\n\x07_heightB\x08\n\x06_widthB\r\n\x0b_num_framesB\x16\n\x14_num_inference_stepsB\x11\n\x0f_guidance_scaleB\x07\n\x05_seedB\x06\n\x04_fpsB\r\n\x0b_deadline_sB\x12\n\x10_input_reference\"\x14\n\x06JobRef\x12\n\n\x02id\x18\x01 \x01(\t\"\x85\x05\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08progress\x18\x03 \x01(\r\x12\x0c\n\x04step\x18\x04 \x01(\r\x12\r\n\x05total\x18\x05 \x01(\r\x12\x13\n\x0bswitch_step\x18\x06 \x01(\x05\x12\x11\n\tnum_steps\x18\x07 \x01(\r\x12\x12\n\nerror_code\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x12\n\ncreated_at\x18\n \x01(\x01\x12\x14\n\x0c\x63ompleted_at\x18\x0b \x01(\x01\x12\x13\n\x0bvideo_bytes\x18\x0c \x01(\x04\x12\x15\n\rhandoff_bytes\x18\r \x01(\x04\x12/\n\x08timeline\x18\x0e \x03(\x0b\x32\x1d.srserve.v1.Job.TimelineEntry\x12/\n\x08replicas\x18\x0f \x03(\x0b\x32\x1d.srserve.v1.Job.ReplicasEntry\x12\x14\n\x0crequest_json\x18\x10 \x01(\t\x12\x16\n\x0elatents_sha256\x18\x11 \x01(\t\x12\x12\n\nswitch_cap\x18\x12 \x01(\x05\x12\x15\n\rswitch_reason\x18\x13 \x01(\t\x12\"\n\x04lora\x18\x14 \x01(\x0b\x32\x14.srserve.v1.Job.Lora\x1a/\n\rTimelineEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a/\n\rReplicasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aR\n\x04Lora\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\x0e\n\x06sketch\x18\x03 \x01(\x08\x12\x0e\n\x06render\x18\x04 \x01(\x08\x12\r\n\x05\x66used\x18\x05 \x01(\x08\"f\n\x08Progress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\r\x12\r\n\x05total\x18\x04 \x01(\r\x12\x10\n\x08progress\x18\x05 \x01(\r\x12\x0c\n\x04time\x18\x06 \x01(\x01\"B\n\x05Video\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03mp4\x18\x02 \x01(\x0c\x12\x1c\n\x03job\x18\x03 \x01(\x0b\x32\x0f.srserve.v1.Job\"f\n\rGenerateEvent\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.srserve.v1.ProgressH\x00\x12\"\n\x05video\x18\x02 \x01(\x0b\x32\x11.srserve.v1.VideoH\x00\x42\x07\n\x05\x65vent\">\n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\r\n\x05order\x18\x03 \x01(\t\"C\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.srserve.v1.Job\x12\x10\n\x08has_more\x18\x02 \x01(\x08\x32\xa4\x03\n\x0fVideoGeneration\x12\x44\n\x08Generate\x12\x1b.srserve.v1.GenerateRequest\x1a\x19.srserve.v1.GenerateEvent0\x01\x12\x36\n\x06Submit\x12\x1b.srserve.v1.GenerateRequest\x1a\x0f.srserve.v1.Job\x12-\n\x06GetJob\x12\x12.srserve.v1.JobRef\x1a\x0f.srserve.v1.Job\x12-\n\x06\x43\x61ncel\x12\x12.srserve.v1.JobRef\x1a\x0f.srserve.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.srserve.v1.ListJobsRequest\x1a\x1c.srserve.v1.ListJobsResponse\x12\x31\n\x08GetVideo\x12\x12.srserve.v1.JobRef\x1a\x11.srserve.v1.Video\x12;\n\rRenderHandoff\x12\x19.srserve.v1.HandoffUpload\x1a\x0f.srserve.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,25 +38,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HANDOFFUPLOAD']._serialized_start=49
   _globals['_HANDOFFUPLOAD']._serialized_end=121
   _globals['_GENERATEREQUEST']._serialized_start=124
-  _globals['_GENERATEREQUEST']._serialized_end=580
-  _globals['_JOBREF']._serialized_start=582
-  _globals['_JOBREF']._serialized_end=602
-  _globals['_JOB']._serialized_start=605
-  _globals['_JOB']._serialized_end=1130
-  _globals['_JOB_TIMELINEENTRY']._serialized_start=1034
-  _globals['_JOB_TIMELINEENTRY']._serialized_end=1081
-  _globals['_JOB_REPLICASENTRY']._serialized_start=1083
-  _globals['_JOB_REPLICASENTRY']._serialized_end=1130
-  _globals['_PROGRESS']._serialized_start=1132
-  _globals['_PROGRESS']._serialized_end=1234
-  _globals['_VIDEO']._serialized_start=1236
-  _globals['_VIDEO']._serialized_end=1302
-  _globals['_GENERATEEVENT']._serialized_start=1304
-  _globals['_GENERATEEVENT']._serialized_end=1406
-  _globals['_LISTJOBSREQUEST']._serialized_start=1408
-  _globals['_LISTJOBSREQUEST']._serialized_end=1470
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1472
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1539
-  _globals['_VIDEOGENERATION']._serialized_start=1542
-  _globals['_VIDEOGENERATION']._serialized_end=1962
+  _globals['_GENERATEREQUEST']._serialized_end=594
+  _globals['_JOBREF']._serialized_start=596
+  _globals['_JOBREF']._serialized_end=616
+  _globals['_JOB']._serialized_start=619
+  _globals['_JOB']._serialized_end=1264
+  _globals['_JOB_TIMELINEENTRY']._serialized_start=1084
+  _globals['_JOB_TIMELINEENTRY']._serialized_end=1131
+  _globals['_JOB_REPLICASENTRY']._serialized_start=1133
+  _globals['_JOB_REPLICASENTRY']._serialized_end=1180
+  _globals['_JOB_LORA']._serialized_start=1182
+  _globals['_JOB_LORA']._serialized_end=1264
+  _globals['_PROGRESS']._serialized_start=1266
+  _globals['_PROGRESS']._serialized_end=1368
+  _globals['_VIDEO']._serialized_start=1370
+  _globals['_VIDEO']._serialized_end=1436
+  _globals['_GENERATEEVENT']._serialized_start=1438
+  _globals['_GENERATEEVENT']._serialized_end=1540
+  _globals['_LISTJOBSREQUEST']._serialized_start=1542
+  _globals['_LISTJOBSREQUEST']._serialized_end=1604
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1606
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1673
+  _globals['_VIDEOGENERATION']._serialized_start=1676
+  _globals['_VIDEOGENERATION']._serialized_end=2096
 # @@protoc_insertion_point(module_scope)
