@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import psutil
@@ -94,6 +95,7 @@ class PoolWorker(ReplicaOperations):
         # Adapters switched per job: Serve's multiplexing holds them (see the module docstring).
         self._adapters = bool(model.adapters)
         self._adapter_counts = (0, 0, 0)  # the engine's loads, hits, evictions as last exported
+        self._adapter_summary: dict[str, Any] | None = None  # the same, what it holds, and Serve's view
         self._adapters_held: set[str] = set()
         self._hold_adapter: Callable[[str], Awaitable[AdapterToken]] | None = None
         if any(not adapter.fuse for adapter in model.adapters.values()):
@@ -120,6 +122,7 @@ class PoolWorker(ReplicaOperations):
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "node_id": ray.get_runtime_context().get_node_id(),
             "rss_bytes": psutil.Process().memory_info().rss,
+            "adapters": self._adapter_summary,
         }
 
     async def input_image(self, request: ResolvedRequest) -> Image.Image | None:
@@ -160,8 +163,12 @@ class PoolWorker(ReplicaOperations):
         that each pool's capacity is its own: `serve.multiplexed` takes it when it wraps the function)."""
 
         async def load_adapter(name: str) -> AdapterToken:
-            await self.compute(None, lambda: self.engine.warm_adapter(name), job=False)
-            self._adapters_held.add(name)
+            self._adapters_held.add(name)  # as Serve reports it: held from the start of its load
+            try:
+                await self.compute(None, lambda: self.engine.warm_adapter(name), job=False)
+            except BaseException:
+                self._adapters_held.discard(name)
+                raise
             return AdapterToken(name, self._unload_adapter)
 
         return load_adapter
@@ -186,6 +193,10 @@ class PoolWorker(ReplicaOperations):
         loads, hits, evictions = (n - before for n, before in zip(now, self._adapter_counts, strict=True))
         record_adapter_counts(self.pool_name, loads, hits, evictions)
         self._adapter_counts = now
+        self._adapter_summary = {
+            **asdict(stats),
+            "held": sorted(self._adapters_held.copy()),  # what Serve's multiplexing reports this replica holds
+        }
 
     async def render_and_store(self, reporter: AttemptReporter, run: Callable[[], Any]) -> StageResult:
         """Compute a stage body ending in the mp4 (`run`: (video, digest, stamps), or None when stopped),
