@@ -5,7 +5,9 @@ request through its bytes, `adaptive` at 4 steps, and the refusals that name the
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,7 @@ from srserve.engine.families import IncompatiblePairError, check_pair_schedule, 
 from srserve.engine.handoff import FORMAT_NAME, HandoffFormatError
 from srserve.engine.request import RequestDefaults, describe_validation_error, resolve_request
 from srserve.engine.schedule import ScheduleBounds
+from srserve.planner.profile import Profile
 
 PROMPT = "a kite over a beach"
 SEED = 3
@@ -200,3 +203,20 @@ def test_cogvideox_refuses_few_step_fields_naming_why() -> None:
 
     with pytest.raises(IncompatiblePairError, match="defaults: shift: the cogvideox family"):
         check_pair_schedule(family, bad)
+
+
+def test_derived_few_step_profile_is_what_its_script_derives() -> None:
+    """The committed profile is the script's output, marked derived, with the few-step defaults."""
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("derive_few_step", root / "benchmarks" / "derive_few_step_profile.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    derived = script.derive(Profile.read(script.I2V_PROFILE))
+    committed = Profile.read(root / "benchmarks" / "results" / "profile_wan21_i2v_few_step_h200_derived.json")
+    assert committed == derived and committed.source == "derived"
+    assert committed.description.startswith("DERIVED, not measured")
+    assert (committed.defaults.num_inference_steps, committed.defaults.guidance_scale) == (4, 1.0)
+    costs = committed.kinds["H200"].shapes["832x480x81"]
+    base = Profile.read(script.I2V_PROFILE).kinds["H200"].shapes["832x480x81"]
+    assert costs.large_step_s == base.large_step_s / 2  # one forward a step instead of CFG's two
