@@ -16,6 +16,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
 from pydantic import ValidationError
 
+from srserve.cli.main import main as cli_main
 from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine, components
 from srserve.engine.families import IncompatiblePairError, check_pair_schedule, check_schedule, get_family
 from srserve.engine.handoff import FORMAT_NAME, HandoffFormatError
@@ -220,3 +221,11 @@ def test_derived_few_step_profile_is_what_its_script_derives() -> None:
     costs = committed.kinds["H200"].shapes["832x480x81"]
     base = Profile.read(script.I2V_PROFILE).kinds["H200"].shapes["832x480x81"]
     assert costs.large_step_s == base.large_step_s / 2  # one forward a step instead of CFG's two
+
+
+def test_cli_refuses_a_bad_schedule_naming_the_field(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["generate", "--prompt", PROMPT, "--scheduler", "euler", "--shift", "5", "--no-progress"]
+    assert cli_main([*args, "--timesteps", "1000,750,800"]) == 2
+    assert "timesteps: must be strictly decreasing" in capsys.readouterr().err
+    assert cli_main([*args, "--timesteps", "1000,750", "--steps", "4"]) == 2
+    assert "timesteps: 2 values for num_inference_steps 4" in capsys.readouterr().err
