@@ -97,7 +97,7 @@ def main() -> None:
             denoise = result.timings["sketch"] + result.timings["render"]
             runs[mode].append((total, denoise, counter.count, result))
 
-    cfg = 2 if GenerationRequest(prompt="x").guidance_scale > 1 else 1
+    cfg = 2 if engine.resolve(GenerationRequest(prompt="x")).guidance_scale > 1 else 1
     full = n * cfg
     rows = {}
     for mode, samples in runs.items():

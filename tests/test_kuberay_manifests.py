@@ -422,7 +422,10 @@ SERVICE_IDS = [name for name, _ in RAYSERVICES]
 
 
 def test_every_rayservice_manifest_is_found() -> None:
-    assert len(RAYSERVICES) >= 3 and len(RAYSERVICE_CRDS) >= 2
+    """One RayService per rayservice-*.yaml (the image-to-video ones included), two KubeRay versions' CRDs."""
+    assert sorted(SERVICE_IDS) == sorted(p.name for p in KUBERAY.glob("rayservice-*.yaml"))
+    assert {"rayservice-wan2.1-i2v.yaml", "rayservice-wan2.2-i2v.yaml"} <= set(SERVICE_IDS)
+    assert len(RAYSERVICE_CRDS) >= 2
 
 
 @pytest.mark.parametrize("crd", RAYSERVICE_CRDS, ids=lambda p: p.name.removesuffix(".yaml.gz"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -17,6 +18,7 @@ from srserve.engine.families import IncompatiblePairError, check_input_image
 from srserve.engine.families.wan22 import Wan22Family, low_noise_expert_path
 from srserve.engine.image import describe_image, load_image
 from srserve.engine.request import describe_validation_error
+from srserve.engine.schedule import SCHEDULER_NAMES
 
 # The CLI's own limits on an --image file (a server sets its own).
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
@@ -135,13 +137,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: the pair's)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
-    p.add_argument("--guidance-scale", type=float, default=5.0)
+    p.add_argument(
+        "--guidance-scale", type=float, default=None, help="CFG scale; 1: one transformer forward per step (default: 5)"
+    )
+    p.add_argument(
+        "--scheduler", default=None, choices=list(SCHEDULER_NAMES), help="default: the model folder's (Wan: unipc)"
+    )
+    p.add_argument(
+        "--timesteps",
+        type=_numbers(int),
+        default=None,
+        metavar="T1,T2,...",
+        help="an explicit schedule before the shift, e.g. 1000,750,500,250 (sets --steps)",
+    )
+    p.add_argument(
+        "--sigmas", type=_numbers(float), default=None, metavar="S1,S2,...", help="as --timesteps, as sigmas in (0, 1]"
+    )
+    p.add_argument("--shift", type=float, default=None, help="flow shift (default: the model folder's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=16)
     p.add_argument("--out", default="video.mp4", help="output mp4 path")
     p.add_argument("--handoff-out", default=None, help="also write the handoff state (to render elsewhere)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+
+def _numbers(kind: type) -> Callable[[str], list]:
+    """`1000,750,500,250` as a list of `kind` (argparse names the flag when it does not parse)."""
+
+    def parse(text: str) -> list:
+        return [kind(part) for part in text.split(",") if part.strip()]
+
+    parse.__name__ = f"comma-separated {kind.__name__}s"
+    return parse
 
 
 def run(args: argparse.Namespace) -> int:
@@ -155,6 +183,10 @@ def run(args: argparse.Namespace) -> int:
             num_frames=args.frames,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance_scale,
+            scheduler=args.scheduler,
+            timesteps=args.timesteps,
+            sigmas=args.sigmas,
+            shift=args.shift,
             seed=args.seed,
             lora=CLI_ADAPTER if args.sketch_lora or args.render_lora else None,
             switch="adaptive" if args.switch in (None, "boundary") else args.switch,
@@ -178,8 +210,9 @@ def run(args: argparse.Namespace) -> int:
                     f"--switch boundary: family {config.family} has no expert boundary "
                     f"({', '.join(EXPERT_FAMILIES)} have)"
                 )
-            steps = engine.resolve(request).num_inference_steps
-            request = request.model_copy(update={"switch": engine.family.boundary_switch(steps)})
+            resolved = engine.resolve(request)
+            switch = engine.family.boundary_switch(resolved.num_inference_steps, resolved)
+            request = request.model_copy(update={"switch": switch})
         engine.check_image(engine.resolve(request), image)
     except OSError as exc:
         print(f"error: --image: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from srserve.engine.adapter_spec import AdapterConfig, AdapterName
 from srserve.engine.attention import AttentionBackend
 from srserve.engine.request import RequestDefaults
+from srserve.engine.schedule import SCHEDULER_NAMES, ScheduleBounds
 
 if TYPE_CHECKING:  # torch is imported where a device or dtype is resolved, not to read or validate a pair
     import torch
@@ -87,6 +88,11 @@ class ModelPairConfig(BaseModel):
         "at load; the first step of each new shape compiles (seconds on a GPU, longer on a CPU)",
     )
     defaults: RequestDefaults = RequestDefaults()
+    schedule: ScheduleBounds = Field(
+        ScheduleBounds(),
+        description="what requests may choose of the schedule (scheduler, steps, explicit lists, shift, guidance); "
+        "the defaults must lie within it",
+    )
     adapters: dict[AdapterName, AdapterConfig] = Field(
         default_factory=dict, description="LoRA adapters by name, which a request's `lora` names (docs/engine.md)"
     )
@@ -101,6 +107,13 @@ class ModelPairConfig(BaseModel):
                 f"guidance_scale_2 applies to family {' or '.join(EXPERT_FAMILIES)} (the low-noise expert), "
                 f"not {self.family!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _defaults_within_bounds(self) -> ModelPairConfig:
+        problems = self.schedule.problems(self.defaults, self.family, SCHEDULER_NAMES)
+        if problems:
+            raise ValueError("defaults outside the pair's schedule bounds: " + "; ".join(problems))
         return self
 
     @model_validator(mode="after")

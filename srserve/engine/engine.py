@@ -24,11 +24,12 @@ from srserve.engine.attention import apply_attention_backend, check_attention_ba
 from srserve.engine.cache import step_cache
 from srserve.engine.component_config import read_component_config
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.families import EncodedPrompt, check_input_image, get_family
+from srserve.engine.families import EncodedPrompt, check_input_image, check_pair_schedule, check_schedule, get_family
 from srserve.engine.handoff import HandoffState
 from srserve.engine.parallel.config import attention_heads, check_parallel
 from srserve.engine.parallel.group import ParallelRuntime
 from srserve.engine.request import GenerationRequest, ResolvedRequest, resolve_request
+from srserve.engine.schedule import build_scheduler
 from srserve.engine.scheduler_state import capture, restore
 from srserve.engine.switch import SwitchDecider
 from srserve.engine.video import encode_mp4, to_uint8
@@ -88,6 +89,7 @@ class SRDiffusionEngine:
         self.parallel = parallel
         self.family = get_family(config.family)
         self.family.check_pair(config)
+        check_pair_schedule(self.family, config)
         self.family.bind(config)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
@@ -191,16 +193,21 @@ class SRDiffusionEngine:
         if role not in self.roles:
             raise MissingRoleError(f"this engine was loaded without the {role.value!r} role")
 
-    def _new_scheduler(self, num_steps: int, template: Any = None) -> Any:
+    def _new_scheduler(self, request: ResolvedRequest, template: Any = None) -> Any:
+        """The request's scheduler (srserve.engine.schedule), timesteps set: the folder's unless it names another."""
         template = self._scheduler_template if template is None else template
-        sched = type(template).from_config(template.config)
-        sched.set_timesteps(num_steps, device=self.device)
-        return sched
+        return build_scheduler(template, request, self.device)
 
     def resolve(self, request: GenerationRequest) -> ResolvedRequest:
-        """Fill unset sizes from the pair's defaults, resolve its `lora` against the pair's adapters, and
-        re-validate the whole request."""
-        return resolve_request(request, self.config.defaults, adapters=self.config.adapters)
+        """Fill unset fields from the pair's defaults, resolve its `lora` against the pair's adapters,
+        re-validate the whole request, and check its schedule against the family and the pair's bounds."""
+        resolved = resolve_request(request, self.config.defaults, adapters=self.config.adapters)
+        self.check_schedule(resolved)
+        return resolved
+
+    def check_schedule(self, request: ResolvedRequest) -> None:
+        """ValueError naming each field outside what the family runs and the pair's schedule bounds allow."""
+        check_schedule(self.family, self.config, request)
 
     def adapter_stats(self) -> AdapterStats:
         """This engine's adapter counters (loads, hits, evictions) and what its transformers hold now."""
@@ -258,8 +265,9 @@ class SRDiffusionEngine:
                 image, request, self.image_encoder, self.vae, self.device
             )
             encoded = replace(encoded, image_condition=condition, image_embeds=image_embeds)
+        self.check_schedule(request)
         num_steps = request.num_inference_steps
-        sched = self._new_scheduler(num_steps)
+        sched = self._new_scheduler(request)
         if hasattr(sched, "set_begin_index"):
             sched.set_begin_index(0)
         timesteps = sched.timesteps
@@ -315,8 +323,9 @@ class SRDiffusionEngine:
         """Continue a handoff with the small model to the last step; returns final latents."""
         if state.family != self.family.name:
             raise ValueError(f"handoff is for family {state.family!r}, this engine serves {self.family.name!r}")
+        self.check_schedule(state.request)
         num_steps = state.num_steps
-        sched = self._new_scheduler(num_steps, self._render_scheduler_template)
+        sched = self._new_scheduler(state.request, self._render_scheduler_template)
         timesteps = self.family.render_timesteps(sched, state)
         restore(sched, state.scheduler, self.device)
         generator = torch.Generator(device="cpu")

@@ -1,6 +1,6 @@
 """The handoff state: everything a render worker needs to continue a sketch exactly.
 
-Wire format (version 2): one safetensors blob. Tensors are stored natively (bf16 stays bf16);
+Wire format (version 3): one safetensors blob. Tensors are stored natively (bf16 stays bf16);
 everything else is a JSON document in the safetensors metadata under `srserve.handoff`. Parsing
 never executes code, so a blob from an untrusted client is safe to load.
 
@@ -8,6 +8,11 @@ Version 2 adds the image conditioning of image-to-video pairs, as optional tenso
 (the first-frame mask and VAE latents the transformer reads beside the noisy latent) and
 `image_embeds` (CLIP image embeddings, where the models take them). Version 1 (text-to-video only)
 had neither and still parses: its state simply has none.
+
+Version 3 adds the request's schedule fields (`scheduler`, `timesteps`, `sigmas`, `shift`; see
+srserve.engine.schedule), which the render side needs to rebuild the sketch's scheduler, and its
+resolved `guidance_scale` as before. Versions 1 and 2 still parse: their requests name no schedule
+(the folder's), and one that does is refused (an older writer could not have made it).
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from srserve.engine.request import ResolvedRequest
+from srserve.engine.schedule import SCHEDULE_FIELDS
 from srserve.engine.scheduler_state import SchedulerSnapshot
 
 FORMAT_NAME = "srserve.handoff"
-FORMAT_VERSION = 2
-# Versions this srserve reads: 1 is 2 without the image tensors.
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+# Versions this srserve reads: 1 is 2 without the image tensors, 2 is 3 without the request's schedule.
+READABLE_VERSIONS = (1, 2, 3)
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 _IMAGE_TENSORS = ("image_condition", "image_embeds")
 
@@ -149,4 +155,10 @@ def _read_header(blob: bytes) -> dict[str, Any]:
         )
     if version == 1 and any(key in raw for key in _IMAGE_TENSORS):
         raise HandoffFormatError("a version 1 handoff cannot carry image tensors (image-to-video needs version 2)")
+    request = header.get("request")
+    if version < 3 and isinstance(request, dict) and any(request.get(k) is not None for k in SCHEDULE_FIELDS):
+        raise HandoffFormatError(
+            f"a version {version} handoff cannot carry a request schedule (scheduler, timesteps, sigmas, shift: "
+            "version 3)"
+        )
     return header

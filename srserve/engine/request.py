@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from srserve.engine.adapter_spec import AdapterConfig, LoraSpec, ResolvedLora, resolve_lora
 from srserve.engine.cache import CacheSpec
 from srserve.engine.grammar import Grammar, Spelling, number
+from srserve.engine.schedule import MAX_SHIFT, SchedulerName, Shift, Sigma, Timestep, check_decreasing
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
@@ -151,8 +152,14 @@ class GenerationRequest(BaseModel):
     width: Annotated[int, Field(ge=16, le=MAX_SIDE)] | None = None
     num_frames: Annotated[int, Field(ge=1, le=MAX_FRAMES)] | None = None
     num_inference_steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
-    guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] = 5.0
+    # CFG scale; at most 1 means one transformer forward per step (no unconditional branch). Unset: the pair's.
+    guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] | None = None
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    # The schedule (srserve.engine.schedule); each unset: the pair's default, else its folder's scheduler.
+    scheduler: SchedulerName | None = None
+    timesteps: Annotated[list[Timestep], Field(min_length=1, max_length=MAX_STEPS)] | None = None
+    sigmas: Annotated[list[Sigma], Field(min_length=1, max_length=MAX_STEPS)] | None = None
+    shift: Shift | None = None
     # A LoRA adapter the model pair configures (srserve.engine.adapter_spec): `NAME` or `NAME:SCALE`.
     lora: LoraSpec | None = None
     switch: SwitchPolicy = SwitchPolicy()
@@ -183,6 +190,11 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"must be of the form 4k+1 (1, 5, 9, ..., 81), got {value}")
         return value
 
+    @field_validator("timesteps", "sigmas")
+    @classmethod
+    def _explicit_schedule(cls, value: list | None, info: ValidationInfo) -> list | None:
+        return check_explicit_schedule(value, info)
+
     @field_validator("switch", mode="before")
     @classmethod
     def _switch_from_text(cls, value: object, info: ValidationInfo) -> object:
@@ -207,6 +219,27 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"switch: max_step {sw.max_step} is beyond num_inference_steps ({steps})")
         return self
 
+    @model_validator(mode="after")
+    def _caches_fit_schedule(self) -> GenerationRequest:
+        """Step caches reuse or extrapolate one step's work for later steps; refuse them where that cannot hold."""
+        if self.cache is None:
+            return self
+        for stage in ("sketch", "render"):
+            policy = getattr(self.cache, stage)
+            if policy is None or not policy.enabled:
+                continue
+            if self.timesteps is not None or self.sigmas is not None:
+                raise ValueError(
+                    f"cache: a {stage} {policy.kind!r} cache reuses work across steps, and an explicit (few-step) "
+                    "schedule has none to spare: each of its steps moves the latent far; set cache 'none'"
+                )
+            if policy.kind == "mag" and (self.scheduler is not None or self.shift is not None):
+                raise ValueError(
+                    f"cache: the {stage} 'mag' cache's ratios are calibrated on the pair's own schedule, not on "
+                    "the request's scheduler or shift; calibrate for that schedule or set another cache"
+                )
+        return self
+
     @classmethod
     def with_capped_switch(cls, fields: Mapping[str, Any], default_steps: int) -> GenerationRequest:
         """The request of `fields`, a switch text's step counts capped at its step count (`default_steps`
@@ -215,8 +248,28 @@ class GenerationRequest(BaseModel):
         return cls.model_validate(fields, context={_CAP_SWITCH_AT: default_steps})
 
 
+def check_explicit_schedule(value: list | None, info: ValidationInfo) -> list | None:
+    """A `timesteps` or `sigmas` list (fields declared after num_inference_steps, sigmas after timesteps):
+    strictly decreasing, one value per step when num_inference_steps is set, never both lists."""
+    if value is None:
+        return value
+    name = str(info.field_name)
+    check_decreasing(name, value)
+    if name == "sigmas" and info.data.get("timesteps") is not None:
+        raise ValueError("set either timesteps or sigmas, not both (timesteps t mean sigmas t / 1000)")
+    steps = info.data.get("num_inference_steps")
+    if steps is not None and len(value) != steps:
+        raise ValueError(
+            f"{len(value)} values for num_inference_steps {steps} (one per step; a request may leave "
+            "num_inference_steps unset to take the list's length)"
+        )
+    return value
+
+
 class RequestDefaults(BaseModel):
-    """A model pair's default output shape, applied to fields a request leaves unset."""
+    """A model pair's defaults, applied to fields a request leaves unset: the output shape, the guidance
+    scale and the schedule (e.g. a distilled pair: 4 euler steps at timesteps [1000, 750, 500, 250],
+    shift 5, guidance 1)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -224,6 +277,16 @@ class RequestDefaults(BaseModel):
     width: int = 832
     num_frames: int = 81
     num_inference_steps: int = 50
+    guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] = 5.0
+    scheduler: SchedulerName | None = None
+    timesteps: Annotated[list[Timestep], Field(min_length=1, max_length=MAX_STEPS)] | None = None
+    sigmas: Annotated[list[Sigma], Field(min_length=1, max_length=MAX_STEPS)] | None = None
+    shift: Annotated[float, Field(gt=0.0, le=MAX_SHIFT)] | None = None
+
+    @field_validator("timesteps", "sigmas")
+    @classmethod
+    def _explicit_schedule(cls, value: list | None, info: ValidationInfo) -> list | None:
+        return check_explicit_schedule(value, info)
 
 
 # Validation context key: the pair's adapters a request's `lora` resolves against (`resolve_request`).
@@ -237,6 +300,7 @@ class ResolvedRequest(GenerationRequest):
     width: int
     num_frames: int
     num_inference_steps: int
+    guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)]
     lora: ResolvedLora | None = None
 
     @field_validator("lora", mode="before")
@@ -252,10 +316,20 @@ def resolve_request(
     adapters: Mapping[str, AdapterConfig] | None = None,
     **updates: Any,
 ) -> ResolvedRequest:
-    """`request` with the defaults' sizes where it sets none and `updates` applied, checked as a whole once;
-    its `lora` resolved against `adapters` (the pair's; none: a named adapter is refused as unknown)."""
+    """`request` with the defaults where it sets none and `updates` applied, checked as a whole once;
+    its `lora` resolved against `adapters` (the pair's; none: a named adapter is refused as unknown).
+
+    The schedule: a request's `timesteps`/`sigmas` set its step count when it sets none. The pair's
+    default list applies only to a request that sets no list and no other step count; the pair's
+    default scheduler and shift apply whenever the request leaves them unset.
+    """
     data = request.model_dump()
-    for name in ("height", "width", "num_frames", "num_inference_steps"):
+    explicit = data["timesteps"] if data["timesteps"] is not None else data["sigmas"]
+    if explicit is not None and data["num_inference_steps"] is None:
+        data["num_inference_steps"] = len(explicit)
+    if explicit is None and data["num_inference_steps"] in (None, defaults.num_inference_steps):
+        data["timesteps"], data["sigmas"] = defaults.timesteps, defaults.sigmas
+    for name in ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "scheduler", "shift"):
         if data[name] is None:
             data[name] = getattr(defaults, name)
     return ResolvedRequest.model_validate({**data, **updates}, context={_ADAPTERS: adapters})

@@ -59,7 +59,24 @@ def check_input_image(family: str, request: GenerationRequest, image: Image.Imag
 def check_pair(config: ModelPairConfig) -> None:
     """The pair's family's check that its folders fit together (no weights load); IncompatiblePairError names
     the misfit. What serving runs when it reads a pool's model, before any replica starts."""
-    get_family(config.family).check_pair(config)
+    family = get_family(config.family)
+    family.check_pair(config)
+    check_pair_schedule(family, config)
+
+
+def check_pair_schedule(family: ModelFamily, config: ModelPairConfig) -> None:
+    """IncompatiblePairError unless the pair's default schedule is one its family runs (within its bounds)."""
+    problems = config.schedule.problems(config.defaults, family.name, family.schedulers)
+    if problems:
+        raise IncompatiblePairError("defaults: " + "; ".join(problems))
+
+
+def check_schedule(family: ModelFamily, config: ModelPairConfig, request: GenerationRequest) -> None:
+    """ValueError, naming each field, unless a (resolved) request's schedule is one the family runs within the
+    pair's bounds (ModelPairConfig.schedule)."""
+    problems = config.schedule.problems(request, family.name, family.schedulers)
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 __all__ = [
@@ -68,6 +85,8 @@ __all__ = [
     "ModelFamily",
     "check_input_image",
     "check_pair",
+    "check_pair_schedule",
+    "check_schedule",
     "family_names",
     "get_family",
     "takes_image",

@@ -59,6 +59,8 @@ class ModelFamily(ABC):
     cached_modules: tuple[str, ...] = ()
     # Image-to-video: every request needs an input image (`input_reference`), encoded on the sketch side.
     takes_image: bool = False
+    # Schedulers a request may name (srserve.engine.schedule); empty: the folder's schedule only.
+    schedulers: frozenset[str] = frozenset()
 
     @abstractmethod
     def check_pair(self, config: ModelPairConfig) -> None:

@@ -23,6 +23,7 @@ from srserve.engine.config import ModelPairConfig
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily, require_component_config
 from srserve.engine.parallel.cfg import CfgSplit
 from srserve.engine.request import ResolvedRequest
+from srserve.engine.schedule import SCHEDULER_NAMES
 
 # Transformer fields that must agree for a latent to cross from one model to the other.
 _TRANSFORMER_KEYS = ("in_channels", "out_channels", "patch_size", "text_dim")
@@ -45,6 +46,8 @@ class WanFamily(ModelFamily):
     attention_backends = frozenset(get_args(AttentionBackend))
     cached_modules = (r"blocks\.\d+\.(attn1|attn2|ffn)",)
     lora_pipeline = WanPipeline  # its loader also serves wan2.2's two experts (transformer, transformer_2)
+    # Flow matching: UniPC in its flow mode (the folders' own) or flow-match Euler (few-step checkpoints).
+    schedulers = frozenset(SCHEDULER_NAMES)
 
     def check_pair(self, config: ModelPairConfig) -> None:
         if config.use_dynamic_cfg:

@@ -44,6 +44,7 @@ from srserve.engine.families.wan import WanFamily
 from srserve.engine.handoff import HandoffState
 from srserve.engine.parallel.cfg import CfgSplit
 from srserve.engine.request import ResolvedRequest, SwitchPolicy
+from srserve.engine.schedule import build_scheduler
 
 HIGH_NOISE = "transformer"
 LOW_NOISE = "transformer_2"
@@ -297,17 +298,21 @@ class Wan22Family(WanFamily):
             raise RuntimeError("Wan22Family.bind(config) was not called")
         return self._sketch, self._render
 
-    def boundary_step(self, num_steps: int) -> int:
-        """Sketch steps WanPipeline gives the high-noise expert: the timesteps t >= boundary_ratio * T."""
+    def boundary_step(self, num_steps: int, request: ResolvedRequest | None = None) -> int:
+        """Sketch steps WanPipeline gives the high-noise expert: the timesteps t >= boundary_ratio * T
+        (of the request's schedule when it names one, srserve.engine.schedule)."""
         self._bound()
-        sched = type(self._sketch_scheduler).from_config(self._sketch_scheduler.config)
-        sched.set_timesteps(num_steps)
+        if request is not None:
+            sched = build_scheduler(self._sketch_scheduler, request, None)
+        else:
+            sched = type(self._sketch_scheduler).from_config(self._sketch_scheduler.config)
+            sched.set_timesteps(num_steps)
         boundary_t = self._boundary_ratio * sched.config.num_train_timesteps
         return int((sched.timesteps >= boundary_t).sum())
 
-    def boundary_switch(self, num_steps: int) -> SwitchPolicy:
-        """The model's own switch as a fixed policy for `num_steps` steps."""
-        return SwitchPolicy(kind="fixed", step=self.boundary_step(num_steps))
+    def boundary_switch(self, num_steps: int, request: ResolvedRequest | None = None) -> SwitchPolicy:
+        """The model's own switch as a fixed policy for `num_steps` steps (of `request`'s schedule if given)."""
+        return SwitchPolicy(kind="fixed", step=self.boundary_step(num_steps, request))
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -377,16 +382,14 @@ class Wan22Family(WanFamily):
         """Latents cross unchanged (one latent space); the state records the model's boundary for reference."""
         state.extras[HANDOFF_EXTRAS_KEY] = {
             "boundary_ratio": self._boundary_ratio,
-            "boundary_step": self.boundary_step(state.num_steps),
+            "boundary_step": self.boundary_step(state.num_steps, state.request),
         }
         return state
 
     def check_handoff(self, state: HandoffState) -> None:
         """Refuse a handoff that does not fit the render model, naming each mismatch (request time)."""
         self._bound()
-        scheduler = type(self._render_scheduler).from_config(self._render_scheduler.config)
-        scheduler.set_timesteps(state.num_steps)
-        self._check_handoff(scheduler, state)
+        self._check_handoff(build_scheduler(self._render_scheduler, state.request, None), state)
 
     def render_timesteps(self, scheduler: Any, state: HandoffState) -> torch.Tensor:
         """The render model's own schedule, after the same checks (an uploaded handoff may come from anywhere)."""
