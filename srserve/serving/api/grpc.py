@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2
 from ray.serve.grpc_util import RayServegRPCContext
 
 from srserve.engine.request import GenerationRequest
-from srserve.serving.api.errors import InvalidRequest, JobNotFound, ServingError, grpc_status
+from srserve.serving.api.errors import InvalidRequest, JobNotFound, RequestTooLarge, ServingError, grpc_status
 from srserve.serving.api.schemas import VIDEO_ID_PATTERN, check_model, engine_request
 from srserve.serving.control.jobs import ErrorCode, Job, JobState
 from srserve.serving.proto import video_pb2
@@ -156,6 +156,10 @@ class GrpcApi:
         return _decode(context, kind, request)
 
     async def _submit_message(self, msg: video_pb2.GenerateRequest) -> Job:
+        limit = self.config.ingress.max_request_bytes
+        size = msg.ByteSize() - len(msg.input_reference)  # the image has its own limit, checked with it
+        if size > limit:
+            raise RequestTooLarge(f"message of {size} bytes (without the image) exceeds the {limit}-byte limit")
         request, deadline = generate_request(msg, self.model_name, self.defaults.num_inference_steps)
         image = msg.input_reference if msg.HasField("input_reference") else None
         if image is not None and not image:
@@ -163,7 +167,8 @@ class GrpcApi:
         return await self.submit(request, deadline, image)
 
     def _generate_limit(self) -> int:
-        """A GenerateRequest may carry an input image on top of the request's own limit."""
+        """A GenerateRequest may carry an input image on top of the request's own limit (the transport's
+        bound; the parts' own limits are checked once it is decoded)."""
         ingress = self.config.ingress
         return ingress.max_request_bytes + ingress.max_image_bytes
 
