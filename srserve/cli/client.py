@@ -38,20 +38,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _read(flag: str, path: str) -> bytes:
+    """A file a flag names; one that cannot be read is a start-up error naming the flag."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise StartupError(f"{flag} {path}: cannot be read ({exc.strerror or exc})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     credentials = None
     if args.tls_ca:
-        try:
-            ca = Path(args.tls_ca).read_bytes()
-        except OSError as exc:
-            raise StartupError(f"--tls-ca {args.tls_ca}: cannot be read ({exc.strerror or exc})") from None
-        credentials = grpc.ssl_channel_credentials(root_certificates=ca)
-    image = None
-    if args.image:
-        try:
-            image = Path(args.image).read_bytes()
-        except OSError as exc:
-            raise StartupError(f"--image {args.image}: cannot be read ({exc.strerror or exc})") from None
+        credentials = grpc.ssl_channel_credentials(root_certificates=_read("--tls-ca", args.tls_ca))
+    image = _read("--image", args.image) if args.image else None
     request = make_request(
         args.prompt,
         negative_prompt=args.negative_prompt,
