@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from srserve.loadgen.shape import device_count, replicas_per_pool
-from srserve.serving.config import PoolConfig, ServingConfig, StageRoute
+from srserve.serving.config import IngressConfig, PoolConfig, ServingConfig, StageRoute
 from srserve.serving.control.attempts import StageTicket
+from srserve.serving.ingress import stage_call_options
 from srserve.serving.pools.colocated import ColocatedWorker
 from srserve.serving.pools.render import RenderWorker
 from srserve.serving.pools.sketch import SketchWorker
@@ -91,6 +92,16 @@ def test_a_jobs_adapter_is_routed_by_the_models_each_stage_runs() -> None:
     assert ids(split, big) == {"sketch": "big", "render": None}  # the render pool runs without one
     assert ids(colocated, big) == {"sketch": "big", "render": None}  # generate runs both models
     assert ids(split, fused) == ids(split, None) == {"sketch": None, "render": None}
+
+
+def test_adapter_routing_none_calls_the_pool_without_a_model_id() -> None:
+    """The options `_run_stage` calls a pool with: the adapter as Serve's multiplexed model id by default; none
+    under `adapter_routing: none` (the benchmark's baseline), nor for a stage without a per-job adapter."""
+    assert IngressConfig().adapter_routing == "multiplexed"
+    assert stage_call_options("ink", "multiplexed") == {"multiplexed_model_id": "ink"}
+    assert stage_call_options(None, "multiplexed") == {}
+    assert stage_call_options("ink", "none") == stage_call_options(None, "none") == {}
+    assert _config(ingress=IngressConfig(adapter_routing="none")).ingress.adapter_routing == "none"
 
 
 def test_a_pools_adapter_capacity_applies_to_its_model(tiny_config) -> None:

@@ -54,6 +54,7 @@ def lora_app(serving, lora_pair: ModelPairConfig):
         render_pool=PoolConfig(num_replicas=2, adapter_cache_size=1, ray_actor_options={"num_cpus": 0.25}),
         ingress=IngressConfig(lease_ttl_s=3.0, claim_interval_s=0.5, default_deadline_s=900),
     ).resolved()
+    assert config.ingress.adapter_routing == "multiplexed"  # the default: what the routing tests below hold to
     serve.run(build_app(config), name=APP, route_prefix=f"/{APP}")
     yield serving.http + f"/{APP}"
     serve.delete(APP)

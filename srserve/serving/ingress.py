@@ -33,7 +33,7 @@ from srserve.engine.request import (
     error_field,
     resolve_request,
 )
-from srserve.serving.config import ServingConfig
+from srserve.serving.config import AdapterRouting, ServingConfig
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore
 from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import open_store
@@ -63,6 +63,16 @@ def _replica_lost(exc: BaseException | None, depth: int = 0) -> bool:
     if isinstance(exc, REPLICA_LOST):
         return True
     return _replica_lost(getattr(exc, "cause", None), depth + 1) or _replica_lost(exc.__cause__, depth + 1)
+
+
+def stage_call_options(adapter: str | None, routing: AdapterRouting) -> dict[str, str]:
+    """The handle options of a stage call for a job whose adapter the stage's models switch to (`adapter`,
+    None: no such adapter). `multiplexed`: the adapter is Serve's multiplexed model id, so the call goes to a
+    replica that holds it when one can take it; `none`: no options, Serve balances by queue length alone
+    and the replica loads the adapter if it lacks it (`IngressConfig.adapter_routing`)."""
+    if adapter is None or routing == "none":
+        return {}
+    return {"multiplexed_model_id": adapter}
 
 
 def _job_ended(job: Job) -> None:
@@ -130,9 +140,9 @@ class IngressCore:
         takes them (passed as a response: Ray hands the result to the stage's replica)."""
         route = self.layout.routes[stage]
         handle = self.pools[route.pool]
-        adapter = ticket.adapter(route.sides)
-        if adapter is not None:  # Serve's multiplexing prefers a replica that already holds the adapter
-            handle = handle.options(multiplexed_model_id=adapter)
+        options = stage_call_options(ticket.adapter(route.sides), self.config.ingress.adapter_routing)
+        if options:  # Serve's multiplexing prefers a replica that already holds the adapter
+            handle = handle.options(**options)
         call = getattr(handle, route.method)
         if route.takes_prompt and self.layout.encoder is not None:
             return await call.remote(ticket, self.pools[self.layout.encoder].encode.remote(ticket))

@@ -11,13 +11,14 @@ from srserve.serving.config.errors import ConfigError, StartupError
 from srserve.serving.config.grpc_tls import GrpcTlsConfig
 from srserve.serving.config.layout import PoolLayout, StageRoute
 from srserve.serving.config.pools import PoolConfig, ReplicaSettings, rank_bundles
-from srserve.serving.config.serving import IngressConfig, ServingConfig
+from srserve.serving.config.serving import AdapterRouting, IngressConfig, ServingConfig
 from srserve.serving.config.telemetry import GpuTelemetryConfig
 
 __all__ = [
     "APP_IMPORT_PATH",
     "GRPC_SERVICER_FUNCTIONS",
     "POLICY_IMPORT_PATH",
+    "AdapterRouting",
     "AuthConfig",
     "BearerAuth",
     "ConfigError",

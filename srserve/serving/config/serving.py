@@ -17,6 +17,8 @@ from srserve.serving.control.database import JobStoreConfig, resolve_dsn
 from srserve.serving.control.load_switch import LoadSwitchConfig
 
 TinyPairName = Literal[tuple([*TINY_ALIASES, *TINY_PAIRS])]  # type: ignore[valid-type]
+# How the ingress picks the replica for a stage whose models switch the job's LoRA adapter per job.
+AdapterRouting = Literal["multiplexed", "none"]
 
 
 class IngressConfig(BaseModel):
@@ -51,6 +53,14 @@ class IngressConfig(BaseModel):
     )
     load_switch: LoadSwitchConfig = Field(
         LoadSwitchConfig(), description="the `load` switch policy's floor and SLO (docs/caching.md)"
+    )
+    adapter_routing: AdapterRouting = Field(
+        "multiplexed",
+        description="a stage with a per-job LoRA adapter: `multiplexed` routes by the adapter (Serve's model "
+        "multiplexing prefers a replica that holds it); `none` balances load ignoring it, and the replica loads "
+        "the adapter when it lacks it. `none` exists as the baseline benchmarks/adapter_routing_burst.py "
+        "measures multiplexing against, and for operators who prefer plain load balancing (few adapters, "
+        "cheap loads)",
     )
 
 

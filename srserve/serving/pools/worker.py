@@ -12,7 +12,8 @@ can take it, and the replica's `@serve.multiplexed` loader (capacity: the pool's
 loads it into the engine under the compute lock. When Serve's LRU evicts one it awaits the token's
 `__del__`, which unloads it from the engine too, so the engine holds what Serve reports (the engine's
 own LRU, of the same capacity, bounds it meanwhile). The engine activates the job's adapter per stage
-and turns LoRA off after it: nothing carries into the next job.
+and turns LoRA off after it: nothing carries into the next job. With the ingress's `adapter_routing:
+none` the call comes without a model id (Serve balances by load alone) and the same loader runs here.
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ class PoolWorker(ReplicaOperations):
 
     async def hold_adapter(self, ticket: StageTicket, sides: Iterable[str]) -> None:
         """Before a stage on the models `sides`: the job's adapter loaded here through Serve's multiplexing
-        (which routed the call here, preferring a replica that holds it); counts whether it was held."""
+        (which routed the call here, preferring a replica that holds it, unless the ingress routes without
+        it); counts whether it was held."""
         name = ticket.adapter(sides)
         if name is None or self._hold_adapter is None:
             return
