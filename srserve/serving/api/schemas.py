@@ -438,6 +438,17 @@ class LoraSummary(BaseModel):
     fused: bool = Field(description="merged into the pool's weights at load (every job there runs with it)")
 
 
+class ScheduleSummary(BaseModel):
+    """The denoising schedule the job runs, as its request names it with the pair's defaults applied."""
+
+    scheduler: SchedulerName | None = Field(description="unipc or euler; null: the model folder's own")
+    shift: float | None = Field(description="the flow shift; null: the model folder's")
+    timesteps: list[int] | None = Field(description="the explicit timestep list, before the shift; null: none")
+    sigmas: list[float] | None = Field(
+        description="the explicit sigma list, before the shift; null: none (neither list: num_steps evenly spaced)"
+    )
+
+
 class SrserveDetails(BaseModel):
     """srserve's view of the job: its state machine, step progress, handoff and timeline."""
 
@@ -454,6 +465,7 @@ class SrserveDetails(BaseModel):
     switch_cap: int | None = Field(description="the load-aware switch's cap on the sketch steps; null otherwise")
     switch_reason: str | None = Field(description="why that cap: unmeasured, adaptive, balance, slo or floor")
     cache: str = Field(description="the step caches the job runs (as in the request's `cache`), or none")
+    schedule: ScheduleSummary
     input_reference: InputImageSummary | None = Field(
         description="the input image of an image-to-video job (as the server received it); null for text-to-video"
     )
