@@ -181,14 +181,14 @@ class VideoCreateParams(BaseModel):
         description=(
             "an explicit schedule, one timestep per step, before the shift (a distilled model's published list, "
             "e.g. [1000, 750, 500, 250]): distinct, run from the highest down; its length is the step count. "
-            "In a form: comma-separated text ('1000,750,500,250') or repeated `timesteps[]` fields"
+            "In a form: comma-separated text ('1000,750,500,250'), repeated fields, or `timesteps[]` fields"
         ),
     )
     sigmas: _schedule_list(Sigma) | None = Field(  # type: ignore[valid-type]
         None,
         description=(
             "an explicit schedule as sigmas before the shift (timesteps t are sigmas t / 1000): distinct, run from "
-            "the highest down; its length is the step count. In a form: comma-separated or repeated `sigmas[]`"
+            "the highest down; its length is the step count. In a form: as `timesteps`"
         ),
     )
     shift: Shift | None = Field(None, description="the flow shift; the model pair's when left out")
@@ -252,35 +252,29 @@ def _a(kind: str) -> str:
 def form_values(items: list[tuple[str, Any]]) -> dict[str, Any]:
     """A form's text values, typed as the JSON body would carry them (so one model checks both).
 
-    An array field is comma-separated text (`timesteps=1000,750,500,250`) or, as the openai SDK sends
-    a list, one `timesteps[]` field per item; not both, and the plain field once.
+    An array field's items are comma-separated text (`timesteps=1000,750,500,250`), in one field or
+    repeated ones (`timesteps=1000&timesteps=750`, as form encoders send a list), or one `timesteps[]`
+    field per item, as the openai SDK sends a list; the items of all of them, in order. Any other
+    field is given once.
     """
     body: dict[str, Any] = {}
-    bracketed: set[str] = set()
     for key, value in items:
         name = key.removesuffix(_BRACKETS)
-        if name != key and name in ITEM_TYPES and isinstance(value, str):
-            if name in body and name not in bracketed:
-                raise InvalidRequest(f"{name}: given more than once (as {name} and {key})", param=name)
-            item = _typed(name, value.strip(), ITEM_TYPES[name])
-            if item is None:
-                raise InvalidRequest(f"{name}: expected {_a(ITEM_TYPES[name])} in each {key}, got {value!r}", name)
-            bracketed.add(name)
-            body.setdefault(name, []).append(item)
+        if name in ITEM_TYPES and isinstance(value, str):
+            kind = ITEM_TYPES[name]
+            parts = [_typed(name, part.strip(), kind) for part in value.split(",")]
+            if any(part is None for part in parts):
+                example = "1000,750,500,250" if kind == "integer" else "1,0.75,0.5,0.25"
+                raise InvalidRequest(
+                    f"{name}: expected comma-separated {kind}s (e.g. '{example}'), got {value!r}", param=name
+                )
+            body.setdefault(name, []).extend(parts)
             continue
         if key in body:
             raise InvalidRequest(f"{key}: given more than once", param=key)
         kind = FIELD_TYPES.get(key)
         if not isinstance(value, str) or kind in (None, "string"):
             body[key] = value
-        elif kind == "array":
-            parts = [_typed(key, part.strip(), ITEM_TYPES[key]) for part in value.split(",")]
-            if any(part is None for part in parts):
-                example = "1000,750,500,250" if ITEM_TYPES[key] == "integer" else "1,0.75,0.5,0.25"
-                raise InvalidRequest(
-                    f"{key}: expected comma-separated {ITEM_TYPES[key]}s (e.g. '{example}'), got {value!r}", key
-                )
-            body[key] = parts
         elif (typed := _typed(key, value, kind)) is not None:
             body[key] = typed
         else:
