@@ -209,6 +209,10 @@ _VALUE = st.one_of(
     st.from_regex(schemas.SIZE_PATTERN, fullmatch=True),
     st.sampled_from(schemas.SECONDS),
     st.lists(st.integers(), max_size=2),
+    st.lists(st.integers(-1, 1001), max_size=4),
+    st.lists(st.floats(-0.1, 1.1), max_size=3),
+    st.sampled_from([[1000, 750, 500, 250], [250, 500], [500, 500], [1, 1.0], [1.0, 0.5], [0.5, True], [], [None]]),
+    st.sampled_from(["euler", "unipc", "ddim", "none", "sketch=none", "first_block", "mag", "render=mag"]),
 )
 _FIELDS = [*schemas.FIELD_TYPES, "extra"]
 
@@ -217,6 +221,10 @@ def _conforming(spec: dict[str, Any]) -> st.SearchStrategy:
     """Values one property's schema allows (the cross-field rules aside), drawn from that schema."""
     if "enum" in spec:
         return st.sampled_from(spec["enum"])
+    if spec["type"] == "array":
+        items = _conforming(spec["items"])
+        unique = spec.get("uniqueItems", False)
+        return st.lists(items, min_size=spec["minItems"], max_size=min(spec["maxItems"], 5), unique=unique)
     if spec["type"] == "string":
         text = st.from_regex(spec["pattern"], fullmatch=True) if "pattern" in spec else st.text(max_size=8)
         return text.filter(lambda v: spec.get("minLength", 0) <= len(v) <= spec.get("maxLength", 10**9))

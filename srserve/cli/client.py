@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
+from srserve.cli.schedule_flags import add_schedule_arguments
 from srserve.client import GenerationFailed, SrserveClient
 from srserve.client.grpc_client import make_request
 from srserve.serving.config.errors import StartupError
@@ -29,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--guidance-scale", type=float, default=None)
+    add_schedule_arguments(p)
     p.add_argument("--deadline", type=float, default=None, help="seconds")
     p.add_argument("--image", default=None, help="input image (PNG, JPEG, WebP) for an image-to-video pair")
     p.add_argument("--lora", default=None, help="a LoRA adapter the server configures: NAME or NAME:SCALE")
@@ -62,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         width=args.width,
         seed=args.seed,
         guidance_scale=args.guidance_scale,
+        scheduler=args.scheduler,
+        timesteps=args.timesteps,
+        sigmas=args.sigmas,
+        shift=args.shift,
         deadline_s=args.deadline,
         input_reference=image,
         lora=args.lora,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from srserve.cli.progress import StageBars
+from srserve.cli.schedule_flags import add_schedule_arguments
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
 from srserve.engine.adapter_spec import AdapterConfig
 from srserve.engine.cache import with_ratios_file
@@ -18,7 +18,6 @@ from srserve.engine.families import IncompatiblePairError, check_input_image
 from srserve.engine.families.wan22 import Wan22Family, low_noise_expert_path
 from srserve.engine.image import describe_image, load_image
 from srserve.engine.request import describe_validation_error
-from srserve.engine.schedule import SCHEDULER_NAMES
 
 # The CLI's own limits on an --image file (a server sets its own).
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
@@ -140,36 +139,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--guidance-scale", type=float, default=None, help="CFG scale; 1: one transformer forward per step (default: 5)"
     )
-    p.add_argument(
-        "--scheduler", default=None, choices=list(SCHEDULER_NAMES), help="default: the model folder's (Wan: unipc)"
-    )
-    p.add_argument(
-        "--timesteps",
-        type=_numbers(int),
-        default=None,
-        metavar="T1,T2,...",
-        help="an explicit schedule before the shift, e.g. 1000,750,500,250 (sets --steps)",
-    )
-    p.add_argument(
-        "--sigmas", type=_numbers(float), default=None, metavar="S1,S2,...", help="as --timesteps, as sigmas in (0, 1]"
-    )
-    p.add_argument("--shift", type=float, default=None, help="flow shift (default: the model folder's)")
+    add_schedule_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=16)
     p.add_argument("--out", default="video.mp4", help="output mp4 path")
     p.add_argument("--handoff-out", default=None, help="also write the handoff state (to render elsewhere)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
-
-
-def _numbers(kind: type) -> Callable[[str], list]:
-    """`1000,750,500,250` as a list of `kind` (argparse names the flag when it does not parse)."""
-
-    def parse(text: str) -> list:
-        return [kind(part) for part in text.split(",") if part.strip()]
-
-    parse.__name__ = f"comma-separated {kind.__name__}s"
-    return parse
 
 
 def run(args: argparse.Namespace) -> int:

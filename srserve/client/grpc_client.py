@@ -20,6 +20,7 @@ _OPTIONAL = (
     "guidance_scale",
     "seed",
     "fps",
+    "shift",
     "deadline_s",
     "input_reference",
 )
@@ -51,13 +52,16 @@ class GenerationFailed(Exception):
 def make_request(prompt: str, **fields: Any) -> video_pb2.GenerateRequest:
     """Build a GenerateRequest; unset (None) fields take the server's defaults. `input_reference`: an
     image-to-video pair's input image, a PNG, JPEG or WebP file's bytes; `lora`: an adapter the server
-    configures, "NAME" or "NAME:SCALE"."""
+    configures, "NAME" or "NAME:SCALE"; `scheduler`, `timesteps` or `sigmas` (lists), `shift`: the schedule."""
     msg = video_pb2.GenerateRequest(
         prompt=prompt,
         negative_prompt=fields.pop("negative_prompt", "") or "",
         switch=fields.pop("switch", "") or "",
         cache=fields.pop("cache", "") or "",
         lora=fields.pop("lora", "") or "",
+        scheduler=fields.pop("scheduler", "") or "",
+        timesteps=fields.pop("timesteps", None) or [],
+        sigmas=fields.pop("sigmas", None) or [],
     )
     for name in _OPTIONAL:
         value = fields.pop(name, None)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from srserve.engine.adapter_spec import AdapterConfig, LoraSpec, ResolvedLora, resolve_lora
-from srserve.engine.cache import CacheSpec
+from srserve.engine.cache import CachePolicy, CacheSpec
 from srserve.engine.grammar import Grammar, Spelling, number
 from srserve.engine.schedule import MAX_SHIFT, SchedulerName, Shift, Sigma, Timestep, check_decreasing
 
@@ -204,8 +204,7 @@ class GenerationRequest(BaseModel):
         default_steps = (info.context or {}).get(_CAP_SWITCH_AT)
         if default_steps is None:
             return fields
-        steps = info.data.get("num_inference_steps")
-        return capped_switch(fields, steps if steps is not None else default_steps)
+        return capped_switch(fields, request_steps(info.data, default_steps))
 
     @model_validator(mode="after")
     def _switch_within_steps(self) -> GenerationRequest:
@@ -225,27 +224,48 @@ class GenerationRequest(BaseModel):
         if self.cache is None:
             return self
         for stage in ("sketch", "render"):
-            policy = getattr(self.cache, stage)
-            if policy is None or not policy.enabled:
-                continue
-            if self.timesteps is not None or self.sigmas is not None:
-                raise ValueError(
-                    f"cache: a {stage} {policy.kind!r} cache reuses work across steps, and an explicit (few-step) "
-                    "schedule has none to spare: each of its steps moves the latent far; set cache 'none'"
-                )
-            if policy.kind == "mag" and (self.scheduler is not None or self.shift is not None):
-                raise ValueError(
-                    f"cache: the {stage} 'mag' cache's ratios are calibrated on the pair's own schedule, not on "
-                    "the request's scheduler or shift; calibrate for that schedule or set another cache"
-                )
+            refused = cache_refusal(stage, getattr(self.cache, stage), self)
+            if refused is not None:
+                raise ValueError(refused)
         return self
 
     @classmethod
     def with_capped_switch(cls, fields: Mapping[str, Any], default_steps: int) -> GenerationRequest:
-        """The request of `fields`, a switch text's step counts capped at its step count (`default_steps`
-        when it sets none; `capped_switch`): the rule of the published grammar, which states each field's
-        range but cannot compare two fields."""
+        """The request of `fields`, a switch text's step counts capped at its step count (its explicit list's
+        length, else `default_steps`, when it sets none; `capped_switch`): the rule of the published grammar,
+        which states each field's range but cannot compare two fields."""
         return cls.model_validate(fields, context={_CAP_SWITCH_AT: default_steps})
+
+
+def request_steps(fields: Mapping[str, Any], default_steps: int) -> int:
+    """The step count a request's fields run: its own, else its explicit list's length, else `default_steps`."""
+    steps = fields.get("num_inference_steps")
+    if steps is not None:
+        return steps
+    explicit = fields.get("timesteps") if fields.get("timesteps") is not None else fields.get("sigmas")
+    return len(explicit) if explicit is not None else default_steps
+
+
+def cache_refusal(stage: str, policy: CachePolicy | None, request: Any) -> str | None:
+    """Why the engine refuses `stage`'s cache `policy` for `request`'s schedule (None: it runs it).
+
+    Step caches reuse or extrapolate one step's work for later steps: an explicit (few-step) schedule has
+    no step to spare, and a `mag` cache's ratios hold only on the pair's own schedule. The serving layer
+    asks the same question before it applies a pool's default cache.
+    """
+    if policy is None or not policy.enabled:
+        return None
+    if request.timesteps is not None or request.sigmas is not None:
+        return (
+            f"cache: a {stage} {policy.kind!r} cache reuses work across steps, and an explicit (few-step) "
+            "schedule has none to spare: each of its steps moves the latent far; set cache 'none'"
+        )
+    if policy.kind == "mag" and (request.scheduler is not None or request.shift is not None):
+        return (
+            f"cache: the {stage} 'mag' cache's ratios are calibrated on the pair's own schedule, not on "
+            "the request's scheduler or shift; calibrate for that schedule or set another cache"
+        )
+    return None
 
 
 def check_explicit_schedule(value: list | None, info: ValidationInfo) -> list | None:
@@ -347,11 +367,20 @@ def describe_validation_error(exc: Exception) -> str:
         return str(exc)
     lines = []
     for err in errors():
-        field = ".".join(str(p) for p in err.get("loc", ())) or "request"
-        msg = str(err.get("msg", "invalid"))
-        msg = msg.removeprefix("Value error, ")
-        lines.append(f"{field}: {msg}")
+        field, msg = _located(err)
+        lines.append(msg if field is not None and not err.get("loc") else f"{field or 'request'}: {msg}")
     return "; ".join(lines)
+
+
+def _located(err: Mapping[str, Any]) -> tuple[str | None, str]:
+    """A pydantic error's field and message. A whole-request rule (no location) names its field as its
+    message's first word, as `switch: step 9 is beyond ...` or `cache: ...` do."""
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    field = ".".join(str(p) for p in err.get("loc", ()))
+    if field:
+        return field, msg
+    head = msg.split(":", 1)[0]
+    return (head if head in GenerationRequest.model_fields else None), msg
 
 
 def error_field(exc: ValidationError) -> str | None:
@@ -359,4 +388,4 @@ def error_field(exc: ValidationError) -> str | None:
     errors = exc.errors()
     if not errors:
         return None
-    return ".".join(map(str, errors[0].get("loc", ()))) or None
+    return _located(errors[0])[0]

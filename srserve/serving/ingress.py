@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from srserve.engine.adapter_spec import AdapterConfig, LoraSpec, ResolvedLora, lora_pattern, resolve_lora
 from srserve.engine.cache import CacheSpec
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.families import check_input_image, get_family, takes_image
+from srserve.engine.families import check_input_image, check_schedule, get_family, takes_image
 from srserve.engine.families.base import IncompatiblePairError
 from srserve.engine.handoff import HandoffFormatError, HandoffState
 from srserve.engine.image import ImageInputError, describe_image, load_image
@@ -29,6 +29,7 @@ from srserve.engine.request import (
     InputImage,
     RequestDefaults,
     ResolvedRequest,
+    cache_refusal,
     describe_validation_error,
     error_field,
     resolve_request,
@@ -42,7 +43,7 @@ from srserve.serving.control.events import EventHub
 from srserve.serving.control.jobs import Job, JobEvent, JobState, Phase, handoff_key, input_image_key
 from srserve.serving.control.load_switch import SwitchChoice, choose_switch, load_snapshot
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
-from srserve.serving.control.request_cache import CacheRefused, cache_pattern, resolve_cache
+from srserve.serving.control.request_cache import CacheRefused, cache_pattern, fit_schedule, resolve_cache
 from srserve.serving.ops.job_logging import bind_job, log_job_finished
 from srserve.serving.ops.metrics import record_job_finished, record_switch_choice
 
@@ -99,6 +100,7 @@ class IngressCore:
         self.family = family
         self.pools = dict(pools)  # one handle per pool of the layout
         self.auth = config.auth.resolve()
+        self.pair = pair
         self._family = None
         # The pair's LoRA adapters: a request's `lora` names one of them (never a file on the server).
         self.adapters: dict[str, AdapterConfig] = dict(pair.adapters) if pair is not None else {}
@@ -201,21 +203,39 @@ class IngressCore:
     async def resolve(
         self, request: GenerationRequest, deadline_s: float | None = None
     ) -> tuple[ResolvedRequest, SwitchChoice | None]:
-        """The request a job runs, decided here once: the model pair's defaults for unset sizes, the
-        family's own switch (wan2.2's expert boundary) when the request names none, the step caches
-        within the pools' limits, then for a `load` switch the cap chosen from the pools' queued work."""
-        updates: dict[str, Any] = {"cache": self._caches(request.cache)}
+        """The request a job runs, decided here once: the model pair's defaults for unset sizes and the
+        schedule (checked against the family and the pair's schedule bounds), the family's own switch
+        (wan2.2's expert boundary, counted on that schedule) when the request names none, the step caches
+        within the pools' limits (a pool's default that the schedule cannot run with left off), then for a
+        `load` switch the cap chosen from the pools' queued work."""
+        # The schedule first (without the caches, which depend on it): what every later choice reads.
+        schedule = self._resolved(request.model_copy(update={"cache": None}))
+        self._check_schedule(schedule)
+        updates: dict[str, Any] = {"cache": self._caches(request.cache, schedule=schedule)}
         if self._boundary_switch is not None and "switch" not in request.model_fields_set:
-            steps = request.num_inference_steps or self.defaults.num_inference_steps
-            updates["switch"] = self._boundary_switch(steps)
-        try:
-            resolved = resolve_request(request, self.defaults, adapters=self.adapters, **updates)
-        except ValidationError as exc:
-            raise InvalidRequest(describe_validation_error(exc), param=error_field(exc)) from None
+            updates["switch"] = self._boundary_switch(schedule.num_inference_steps, schedule)
+        resolved = self._resolved(request, **updates)
         if resolved.switch.kind != "load":
             return resolved, None
         choice = await self._choose_switch(resolved, deadline_s)
         return resolved.model_copy(update={"switch": choice.policy}), choice
+
+    def _resolved(self, request: GenerationRequest, **updates: Any) -> ResolvedRequest:
+        try:
+            return resolve_request(request, self.defaults, adapters=self.adapters, **updates)
+        except ValidationError as exc:
+            raise InvalidRequest(describe_validation_error(exc), param=error_field(exc)) from None
+
+    def _check_schedule(self, request: ResolvedRequest, where: str | None = None) -> None:
+        """InvalidRequest naming the first field (or `where`) unless the family runs the request's schedule
+        within the pair's bounds (`srserve.engine.families.check_schedule`): refused before anything queues."""
+        if self.pair is None or self._family is None:
+            return
+        try:
+            check_schedule(self._family, self.pair, request)
+        except ValueError as exc:
+            message = str(exc) if where is None else f"{where}: {exc}"
+            raise InvalidRequest(message, param=where or str(exc).split(":", 1)[0]) from None
 
     def lora_pattern(self) -> str | None:
         """The `lora` field's published grammar for this deployment: its pair's adapters (None: it has none)."""
@@ -226,15 +246,19 @@ class IngressCore:
         sketch, render = self.layout.pool("sketch"), self.layout.pool("render")
         return cache_pattern((sketch.cache, sketch.cache_limits), (render.cache, render.cache_limits))
 
-    def _caches(self, asked: CacheSpec | None, render_only: bool = False) -> CacheSpec | None:
-        """The step caches the job runs: the request's within the pools' limits, else the pools' own."""
+    def _caches(
+        self, asked: CacheSpec | None, render_only: bool = False, schedule: ResolvedRequest | None = None
+    ) -> CacheSpec | None:
+        """The step caches the job runs: the request's within the pools' limits, else the pools' own, except
+        a pool's own that `schedule` (the request's) cannot run with (`fit_schedule`)."""
         sketch, render = self.layout.pool("sketch"), self.layout.pool("render")
         if render_only and asked is not None:
             asked = CacheSpec(render=asked.render)
         try:
-            return resolve_cache(asked, (sketch.cache, sketch.cache_limits), (render.cache, render.cache_limits))
+            spec = resolve_cache(asked, (sketch.cache, sketch.cache_limits), (render.cache, render.cache_limits))
         except CacheRefused as exc:
             raise InvalidRequest(str(exc), param=exc.param) from None
+        return spec if schedule is None else fit_schedule(spec, asked, schedule)
 
     async def _choose_switch(self, request: ResolvedRequest, deadline_s: float | None) -> SwitchChoice:
         """The load-aware switch's cap for a new job, from the pools' queued work in the store."""
@@ -277,7 +301,11 @@ class IngressCore:
                 self._family.check_handoff(state)
             except IncompatiblePairError as exc:
                 raise InvalidRequest(f"handoff: {exc}", param="handoff") from None
-        caches = self._caches(state.request.cache, render_only=True)
+        self._check_schedule(state.request, where="handoff")
+        caches = self._caches(state.request.cache, render_only=True, schedule=state.request)
+        refused = cache_refusal("render", caches.render if caches else None, state.request)
+        if refused is not None:
+            raise InvalidRequest(f"handoff: {refused}", param="handoff")
         lora = self._handoff_lora(state.request.lora)
         if caches != state.request.cache or lora != state.request.lora:
             # The render runs what this server allows and has, never a client's file.

@@ -26,7 +26,7 @@ from srserve.serving.api.schemas import VIDEO_ID_PATTERN, check_model, engine_re
 from srserve.serving.control.jobs import ErrorCode, Job, JobState
 from srserve.serving.proto import video_pb2
 
-_OPTIONAL_FIELDS = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "fps")
+_OPTIONAL_FIELDS = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "fps", "shift")
 _VIDEO_ID = re.compile(VIDEO_ID_PATTERN)
 
 
@@ -62,7 +62,8 @@ def generate_request(
     check_model(msg.model or None, served_model)
     fields: dict[str, Any] = {"prompt": msg.prompt, "negative_prompt": msg.negative_prompt}
     fields |= {name: getattr(msg, name) for name in _OPTIONAL_FIELDS if msg.HasField(name)}
-    fields |= {name: getattr(msg, name) for name in ("switch", "cache", "lora") if getattr(msg, name)}
+    fields |= {name: getattr(msg, name) for name in ("switch", "cache", "lora", "scheduler") if getattr(msg, name)}
+    fields |= {name: list(getattr(msg, name)) for name in ("timesteps", "sigmas") if getattr(msg, name)}
     return engine_request(fields, default_steps), deadline
 
 
@@ -90,6 +91,17 @@ def job_message(job: Job | dict[str, Any]) -> video_pb2.Job:
         switch_cap=-1 if job.get("switch_cap") is None else job["switch_cap"],
         switch_reason=job.get("switch_reason") or "",
         lora=_lora_message(job["request"].get("lora")),
+        schedule=_schedule_message(job["request"]),
+    )
+
+
+def _schedule_message(request: dict[str, Any]) -> video_pb2.Job.Schedule:
+    """The schedule fields of the job's stored request (unset: the pair's folder's)."""
+    return video_pb2.Job.Schedule(
+        scheduler=request.get("scheduler") or "",
+        shift=request.get("shift"),
+        timesteps=request.get("timesteps") or [],
+        sigmas=request.get("sigmas") or [],
     )
 
 

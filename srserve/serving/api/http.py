@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from srserve.engine.cache import CacheSpec
+from srserve.engine.schedule import SCHEDULE_FIELDS
 from srserve.serving.api.errors import (
     HttpStatusError,
     InvalidRequest,
@@ -226,6 +227,7 @@ def video_object(job: Job | dict[str, Any], model: str) -> dict[str, Any]:
             "switch_cap": job.get("switch_cap"),
             "switch_reason": job.get("switch_reason"),
             "cache": str(CacheSpec.model_validate(req["cache"])) if req.get("cache") else "none",
+            "schedule": {name: req.get(name) for name in SCHEDULE_FIELDS},
             "input_reference": _image_summary(req.get("input_reference")),
             "lora": req.get("lora"),
         },

@@ -8,7 +8,11 @@ patterns over those limits; `switch` and `cache` publish the engine's own gramma
 it are made expressible: a switch step is capped at the step count (`fixed:K` with K at or past the
 step count runs the large model only, as `fixed:N` does; adaptive bounds are capped the same way;
 `GenerationRequest.with_capped_switch`), and each `seconds` value states the frame rates it allows
-(4k+1 frames at most 257).
+(4k+1 frames at most 257). The schedule's lists likewise: JSON Schema cannot say "strictly
+decreasing", so `timesteps` and `sigmas` are sets (distinct values, `uniqueItems`) that run from the
+highest down (`schedule_fields` orders them); a list is the step count, so it excludes
+`num_inference_steps`, and the two lists exclude each other; and a cache the engine refuses with
+a schedule (any cache with a list, `mag` with a `scheduler` or `shift`) is refused by the schema too.
 
 A create body becomes the engine's request once (`create_request`); the ingress resolves it.
 """
@@ -16,14 +20,16 @@ A create body becomes the engine's request once (`create_request`); the ingress 
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from srserve.engine.adapter_spec import LORA
-from srserve.engine.cache import CACHE
+from srserve.engine.cache import CACHE, CACHE_KINDS
 from srserve.engine.grammar import field_limits
-from srserve.engine.request import SWITCH, GenerationRequest, describe_validation_error, error_field
+from srserve.engine.request import MAX_STEPS, SWITCH, GenerationRequest, describe_validation_error, error_field
+from srserve.engine.schedule import SCHEDULER_NAMES, SchedulerName, Shift, Sigma, Timestep
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.jobs import JobState
 
@@ -51,6 +57,11 @@ VIDEO_ID_PATTERN = r"^video_[0-9a-f]{32}$"
 SWITCH_PATTERN = SWITCH.pattern()
 CACHE_PATTERN = CACHE.pattern()  # every kind; a deployment publishes the kinds its pools allow
 LORA_PATTERN = LORA.pattern()  # any name; a deployment publishes its pair's adapters (or leaves the field out)
+# The schedule's lists, and the caches the engine runs with them (`srserve.engine.request.cache_refusal`).
+SCHEDULE_LISTS = ("timesteps", "sigmas")
+NO_CACHE_PATTERN = CACHE.pattern(sketch=["none"], render=["none"])
+_NOT_MAG = [k for k in CACHE_KINDS if k != "mag"]
+NO_MAG_PATTERN = CACHE.pattern(sketch=_NOT_MAG, render=_NOT_MAG)
 
 
 def frames_for_seconds(seconds: float, fps: int) -> int:
@@ -93,16 +104,45 @@ def _drop_nulls(schema: dict[str, Any]) -> None:
             prop.pop("default")
 
 
+def _either(*names: str) -> dict[str, Any]:
+    return {"anyOf": [{"required": [name]} for name in names]}
+
+
+def _schedule_rules() -> list[dict[str, Any]]:
+    """What the engine checks across the schedule's fields, as the schema states it: a list excludes the
+    other list and `num_inference_steps` (its length is the step count), and the caches the engine runs."""
+    return [
+        {"not": {"required": ["timesteps", "sigmas"]}},
+        {"not": {"required": ["timesteps", "num_inference_steps"]}},
+        {"not": {"required": ["sigmas", "num_inference_steps"]}},
+        {"if": _either(*SCHEDULE_LISTS), "then": {"properties": {"cache": {"pattern": NO_CACHE_PATTERN}}}},
+        {"if": _either("scheduler", "shift"), "then": {"properties": {"cache": {"pattern": NO_MAG_PATTERN}}}},
+    ]
+
+
 def _create_schema(schema: dict[str, Any]) -> None:
     _drop_nulls(schema)
-    schema["allOf"] = _seconds_rules()
+    schema["allOf"] = [*_seconds_rules(), *_schedule_rules()]
     schema["examples"] = [
         {"prompt": "a red fox running through snow", "size": "64x64", "seconds": "1"},
         {"prompt": "a lighthouse at dusk", "num_inference_steps": 8, "switch": "fixed:3", "seed": 5},
+        {
+            "prompt": "a paper boat on a stream",
+            "scheduler": "euler",
+            "timesteps": [1000, 750, 500, 250],
+            "shift": 5.0,
+            "guidance_scale": 1.0,
+            "switch": "fixed:2",
+        },
     ]
 
 
 Side = Annotated[int, Field(multiple_of=SIDE_MULTIPLE, **SIDE)]
+_SET = {"uniqueItems": True}  # distinct values; the server runs them from the highest down
+
+
+def _schedule_list(item: Any) -> Any:
+    return Annotated[list[item], Field(min_length=1, max_length=MAX_STEPS, json_schema_extra=_SET)]
 
 
 class VideoCreateParams(BaseModel):
@@ -133,6 +173,25 @@ class VideoCreateParams(BaseModel):
     num_inference_steps: Annotated[int, Field(**engine_limits("num_inference_steps"))] | None = None
     guidance_scale: Annotated[float, Field(**engine_limits("guidance_scale"))] | None = None
     seed: Annotated[int, Field(**engine_limits("seed"))] | None = None
+    scheduler: SchedulerName | None = Field(
+        None, description=f"the denoising scheduler: {' or '.join(SCHEDULER_NAMES)}; the model pair's when left out"
+    )
+    timesteps: _schedule_list(Timestep) | None = Field(  # type: ignore[valid-type]
+        None,
+        description=(
+            "an explicit schedule, one timestep per step, before the shift (a distilled model's published list, "
+            "e.g. [1000, 750, 500, 250]): distinct, run from the highest down; its length is the step count. "
+            "In a form: comma-separated text ('1000,750,500,250'), repeated fields, or `timesteps[]` fields"
+        ),
+    )
+    sigmas: _schedule_list(Sigma) | None = Field(  # type: ignore[valid-type]
+        None,
+        description=(
+            "an explicit schedule as sigmas before the shift (timesteps t are sigmas t / 1000): distinct, run from "
+            "the highest down; its length is the step count. In a form: as `timesteps`"
+        ),
+    )
+    shift: Shift | None = Field(None, description="the flow shift; the model pair's when left out")
     switch: Annotated[str, Field(pattern=SWITCH_PATTERN)] | None = Field(
         None,
         description=(
@@ -168,28 +227,58 @@ class VideoCreateParams(BaseModel):
         return value
 
 
-FIELD_TYPES: dict[str, str] = {
-    name: spec["type"] for name, spec in VideoCreateParams.model_json_schema()["properties"].items()
-}
+_PROPERTIES = VideoCreateParams.model_json_schema()["properties"]
+FIELD_TYPES: dict[str, str] = {name: spec["type"] for name, spec in _PROPERTIES.items()}
+# The item type of each array field (what a form's list text holds).
+ITEM_TYPES: dict[str, str] = {name: spec["items"]["type"] for name, spec in _PROPERTIES.items() if "items" in spec}
 _INTEGER = re.compile(r"-?[0-9]+")
 _NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_BRACKETS = "[]"  # the openai SDK sends a list as one `NAME[]` field per item
+
+
+def _typed(key: str, value: str, kind: str) -> int | float | None:
+    """A form text as the JSON value of `kind` ('integer' or 'number'), or None if it spells none."""
+    if kind == "integer" and _INTEGER.fullmatch(value):
+        return int(value)
+    if kind == "number" and _NUMBER.fullmatch(value):
+        return float(value)
+    return None
+
+
+def _a(kind: str) -> str:
+    return f"{'an' if kind == 'integer' else 'a'} {kind}"
 
 
 def form_values(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A form's text values, typed as the JSON body would carry them (so one model checks both)."""
+    """A form's text values, typed as the JSON body would carry them (so one model checks both).
+
+    An array field's items are comma-separated text (`timesteps=1000,750,500,250`), in one field or
+    repeated ones (`timesteps=1000&timesteps=750`, as form encoders send a list), or one `timesteps[]`
+    field per item, as the openai SDK sends a list; the items of all of them, in order. Any other
+    field is given once.
+    """
     body: dict[str, Any] = {}
     for key, value in items:
+        name = key.removesuffix(_BRACKETS)
+        if name in ITEM_TYPES and isinstance(value, str):
+            kind = ITEM_TYPES[name]
+            parts = [_typed(name, part.strip(), kind) for part in value.split(",")]
+            if any(part is None for part in parts):
+                example = "1000,750,500,250" if kind == "integer" else "1,0.75,0.5,0.25"
+                raise InvalidRequest(
+                    f"{name}: expected comma-separated {kind}s (e.g. '{example}'), got {value!r}", param=name
+                )
+            body.setdefault(name, []).extend(parts)
+            continue
         if key in body:
             raise InvalidRequest(f"{key}: given more than once", param=key)
         kind = FIELD_TYPES.get(key)
         if not isinstance(value, str) or kind in (None, "string"):
             body[key] = value
-        elif kind == "integer" and _INTEGER.fullmatch(value):
-            body[key] = int(value)
-        elif kind == "number" and _NUMBER.fullmatch(value):
-            body[key] = float(value)
+        elif (typed := _typed(key, value, kind)) is not None:
+            body[key] = typed
         else:
-            raise InvalidRequest(f"{key}: expected {'an' if kind == 'integer' else 'a'} {kind}, got {value!r}", key)
+            raise InvalidRequest(f"{key}: expected {_a(kind)}, got {value!r}", key)
     return body
 
 
@@ -201,6 +290,7 @@ GRAMMARS = {
     "cache": CACHE.syntax,
     "lora": LORA.syntax,
     "seconds": f"whole seconds as text, '1'..'{SECONDS[-1]}'",
+    "scheduler": " or ".join(repr(n) for n in SCHEDULER_NAMES),
 }
 
 
@@ -220,14 +310,22 @@ def parse_create(body: dict[str, Any]) -> VideoCreateParams:
     for key, value in body.items():
         if value is None:
             raise InvalidRequest(f"{key}: must not be null (leave it out for the default)", param=key)
-        if FIELD_TYPES.get(key) == "integer" and isinstance(value, float) and value.is_integer():
-            body[key] = int(value)  # JSON Schema's integers include 5.0
+        if FIELD_TYPES.get(key) == "integer":
+            body[key] = _json_integer(value)
+        elif ITEM_TYPES.get(key) == "integer" and isinstance(value, list):
+            body[key] = [_json_integer(v) for v in value]
     try:
         params = VideoCreateParams.model_validate(body)
     except ValidationError as exc:
         errors = exc.errors()
         first = ".".join(str(p) for p in errors[0].get("loc", ())) if errors else None
         raise InvalidRequest("; ".join(_problem(e) for e in errors), param=first or None) from None
+    given = params.model_fields_set
+    for name in SCHEDULE_LISTS:
+        for other in ("num_inference_steps", *SCHEDULE_LISTS):
+            if name in given and other in given and other != name:
+                why = "set one list" if other in SCHEDULE_LISTS else "the list's length is the step count"
+                raise InvalidRequest(f"{other}: leave it out with {name} ({why})", param=other)
     if params.seconds is not None and params.num_frames is None:
         fps = params.fps if params.fps is not None else DEFAULT_FPS
         if fps > max_fps(int(params.seconds)):
@@ -239,14 +337,38 @@ def parse_create(body: dict[str, Any]) -> VideoCreateParams:
     return params
 
 
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integers include 5.0."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def check_model(asked: str | None, served: str) -> None:
     """A request may name the served model pair (or none); any other name is a client error."""
     if asked is not None and asked != served:
         raise InvalidRequest(f"model: unknown model {asked!r}; this server serves {served!r}", param="model")
 
 
+def schedule_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """An edge's explicit schedule as the engine runs it: each list's distinct values from the highest
+    (noise) down. The published schema states a set (`uniqueItems`), which it can, not an order, which
+    it cannot; a repeated value is refused, naming the field."""
+    out = dict(fields)
+    for name in SCHEDULE_LISTS:
+        values = out.get(name)
+        if not isinstance(values, list) or not all(type(v) in (int, float) for v in values):
+            continue  # not numbers: the engine's validation names the field
+        ordered = sorted(values, reverse=True)
+        for a, b in pairwise(ordered):
+            if a == b:
+                raise InvalidRequest(f"{name}: {a} is given twice (each step runs at its own value)", param=name)
+        out[name] = ordered
+    return out
+
+
 def engine_request(fields: dict[str, Any], default_steps: int) -> GenerationRequest:
-    """An edge's fields as the engine's request (switch steps capped at the step count); errors name the field."""
+    """An edge's fields as the engine's request (switch steps capped at the step count, the schedule's
+    lists ordered: `schedule_fields`); errors name the field."""
+    fields = schedule_fields(fields)
     try:
         return GenerationRequest.with_capped_switch(fields, default_steps)
     except ValidationError as exc:
@@ -310,6 +432,17 @@ class LoraSummary(BaseModel):
     fused: bool = Field(description="merged into the pool's weights at load (every job there runs with it)")
 
 
+class ScheduleSummary(BaseModel):
+    """The denoising schedule the job runs, as its request names it with the pair's defaults applied."""
+
+    scheduler: SchedulerName | None = Field(description="unipc or euler; null: the model folder's own")
+    shift: float | None = Field(description="the flow shift; null: the model folder's")
+    timesteps: list[int] | None = Field(description="the explicit timestep list, before the shift; null: none")
+    sigmas: list[float] | None = Field(
+        description="the explicit sigma list, before the shift; null: none (neither list: num_steps evenly spaced)"
+    )
+
+
 class SrserveDetails(BaseModel):
     """srserve's view of the job: its state machine, step progress, handoff and timeline."""
 
@@ -326,6 +459,7 @@ class SrserveDetails(BaseModel):
     switch_cap: int | None = Field(description="the load-aware switch's cap on the sketch steps; null otherwise")
     switch_reason: str | None = Field(description="why that cap: unmeasured, adaptive, balance, slo or floor")
     cache: str = Field(description="the step caches the job runs (as in the request's `cache`), or none")
+    schedule: ScheduleSummary
     input_reference: InputImageSummary | None = Field(
         description="the input image of an image-to-video job (as the server received it); null for text-to-video"
     )

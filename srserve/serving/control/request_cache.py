@@ -11,6 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from srserve.engine.cache import CACHE, CACHE_KINDS, CacheKind, CachePolicy, CacheSpec
+from srserve.engine.request import ResolvedRequest, cache_refusal
 
 
 class CacheLimits(BaseModel):
@@ -76,3 +77,22 @@ def resolve_cache(
     if not spec.sketch.enabled and not spec.render.enabled:
         return None
     return spec
+
+
+def fit_schedule(spec: CacheSpec | None, asked: CacheSpec | None, request: ResolvedRequest) -> CacheSpec | None:
+    """`spec` (from `resolve_cache`) without the pools' defaults the request's schedule cannot run with
+    (`cache_refusal`: any cache with an explicit timestep or sigma list, `mag` with a scheduler or shift
+    of the request's): a few-step request runs without them. A cache the request asked for itself stays,
+    for the engine's validation to refuse, naming `cache`."""
+    if spec is None:
+        return None
+    asked = asked or CacheSpec()
+    kept = {}
+    for stage in ("sketch", "render"):
+        policy = getattr(spec, stage)
+        defaulted = getattr(asked, stage) is None
+        kept[stage] = CachePolicy() if defaulted and cache_refusal(stage, policy, request) else policy
+    fitted = CacheSpec(**kept)
+    if not fitted.sketch.enabled and not fitted.render.enabled:
+        return None
+    return fitted

@@ -15,7 +15,7 @@ class HandoffUpload(_message.Message):
     def __init__(self, handoff: _Optional[bytes] = ..., deadline_s: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "switch", "fps", "deadline_s", "model", "cache", "input_reference", "lora")
+    __slots__ = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "switch", "fps", "deadline_s", "model", "cache", "input_reference", "lora", "scheduler", "timesteps", "sigmas", "shift")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,10 @@ class GenerateRequest(_message.Message):
     CACHE_FIELD_NUMBER: _ClassVar[int]
     INPUT_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    TIMESTEPS_FIELD_NUMBER: _ClassVar[int]
+    SIGMAS_FIELD_NUMBER: _ClassVar[int]
+    SHIFT_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     height: int
@@ -46,7 +50,11 @@ class GenerateRequest(_message.Message):
     cache: str
     input_reference: bytes
     lora: str
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., switch: _Optional[str] = ..., fps: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model: _Optional[str] = ..., cache: _Optional[str] = ..., input_reference: _Optional[bytes] = ..., lora: _Optional[str] = ...) -> None: ...
+    scheduler: str
+    timesteps: _containers.RepeatedScalarFieldContainer[int]
+    sigmas: _containers.RepeatedScalarFieldContainer[float]
+    shift: float
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., switch: _Optional[str] = ..., fps: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model: _Optional[str] = ..., cache: _Optional[str] = ..., input_reference: _Optional[bytes] = ..., lora: _Optional[str] = ..., scheduler: _Optional[str] = ..., timesteps: _Optional[_Iterable[int]] = ..., sigmas: _Optional[_Iterable[float]] = ..., shift: _Optional[float] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("id",)
@@ -55,7 +63,7 @@ class JobRef(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "progress", "step", "total", "switch_step", "num_steps", "error_code", "error", "created_at", "completed_at", "video_bytes", "handoff_bytes", "timeline", "replicas", "request_json", "latents_sha256", "switch_cap", "switch_reason", "lora")
+    __slots__ = ("id", "state", "progress", "step", "total", "switch_step", "num_steps", "error_code", "error", "created_at", "completed_at", "video_bytes", "handoff_bytes", "timeline", "replicas", "request_json", "latents_sha256", "switch_cap", "switch_reason", "lora", "schedule")
     class TimelineEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +91,17 @@ class Job(_message.Message):
         render: bool
         fused: bool
         def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ..., sketch: _Optional[bool] = ..., render: _Optional[bool] = ..., fused: _Optional[bool] = ...) -> None: ...
+    class Schedule(_message.Message):
+        __slots__ = ("scheduler", "shift", "timesteps", "sigmas")
+        SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+        SHIFT_FIELD_NUMBER: _ClassVar[int]
+        TIMESTEPS_FIELD_NUMBER: _ClassVar[int]
+        SIGMAS_FIELD_NUMBER: _ClassVar[int]
+        scheduler: str
+        shift: float
+        timesteps: _containers.RepeatedScalarFieldContainer[int]
+        sigmas: _containers.RepeatedScalarFieldContainer[float]
+        def __init__(self, scheduler: _Optional[str] = ..., shift: _Optional[float] = ..., timesteps: _Optional[_Iterable[int]] = ..., sigmas: _Optional[_Iterable[float]] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +122,7 @@ class Job(_message.Message):
     SWITCH_CAP_FIELD_NUMBER: _ClassVar[int]
     SWITCH_REASON_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     progress: int
@@ -123,7 +143,8 @@ class Job(_message.Message):
     switch_cap: int
     switch_reason: str
     lora: Job.Lora
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., progress: _Optional[int] = ..., step: _Optional[int] = ..., total: _Optional[int] = ..., switch_step: _Optional[int] = ..., num_steps: _Optional[int] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., completed_at: _Optional[float] = ..., video_bytes: _Optional[int] = ..., handoff_bytes: _Optional[int] = ..., timeline: _Optional[_Mapping[str, float]] = ..., replicas: _Optional[_Mapping[str, str]] = ..., request_json: _Optional[str] = ..., latents_sha256: _Optional[str] = ..., switch_cap: _Optional[int] = ..., switch_reason: _Optional[str] = ..., lora: _Optional[_Union[Job.Lora, _Mapping]] = ...) -> None: ...
+    schedule: Job.Schedule
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., progress: _Optional[int] = ..., step: _Optional[int] = ..., total: _Optional[int] = ..., switch_step: _Optional[int] = ..., num_steps: _Optional[int] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., completed_at: _Optional[float] = ..., video_bytes: _Optional[int] = ..., handoff_bytes: _Optional[int] = ..., timeline: _Optional[_Mapping[str, float]] = ..., replicas: _Optional[_Mapping[str, str]] = ..., request_json: _Optional[str] = ..., latents_sha256: _Optional[str] = ..., switch_cap: _Optional[int] = ..., switch_reason: _Optional[str] = ..., lora: _Optional[_Union[Job.Lora, _Mapping]] = ..., schedule: _Optional[_Union[Job.Schedule, _Mapping]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("job_id", "state", "step", "total", "progress", "time")
