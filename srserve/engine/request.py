@@ -18,6 +18,9 @@ MAX_SEED = 2**63 - 1
 MAX_STEPS = 200
 MAX_SIDE = 2048
 MAX_FRAMES = 257
+# Video editing (VACE): reference images a request may give (each adds a latent frame to every step).
+MAX_REFERENCE_IMAGES = 4
+MAX_CONDITIONING_SCALE = 10.0
 
 
 class SwitchPolicy(BaseModel):
@@ -140,9 +143,30 @@ class InputImage(BaseModel):
     key: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
 
 
+class InputVideo(BaseModel):
+    """What a request says about an input video (video editing: the video or its mask); never the pixels.
+
+    As with InputImage, the frames travel beside the request (decoded by `srserve.engine.video_input`) and
+    reach the sketch stage only; the description is what the request, its checks and the handoff carry.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    media_type: Literal["video/mp4"] = "video/mp4"
+    width: Annotated[int, Field(ge=1, le=1 << 16)]
+    height: Annotated[int, Field(ge=1, le=1 << 16)]
+    num_frames: Annotated[int, Field(ge=1, le=1 << 16)]
+    key: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+
+    def shape(self) -> str:
+        """`F frames of WxH`, for refusals that compare two shapes."""
+        return f"{self.num_frames} frames of {self.width}x{self.height}"
+
+
 class GenerationRequest(BaseModel):
-    """One text-to-video (or, with `input_reference`, image-to-video) request. Unset sizes take the model
-    pair's defaults."""
+    """One text-to-video (or, with `input_reference`, image-to-video; with `video`, `mask`, `reference_images`,
+    video editing) request. Unset sizes take the model pair's defaults (an editing request's, its video's)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -168,6 +192,12 @@ class GenerationRequest(BaseModel):
     fps: Annotated[int, Field(ge=1, le=120)] = 16
     # The input image of an image-to-video request (its description; the pixels go to the sketch stage).
     input_reference: InputImage | None = None
+    # Video editing (VACE pairs): a conditioning video, its mask (white: regenerate, black: keep), reference
+    # images prepended as extra frames, and how strongly the VACE context steers (diffusers' default 1).
+    video: InputVideo | None = None
+    mask: InputVideo | None = None
+    reference_images: Annotated[list[InputImage], Field(min_length=1, max_length=MAX_REFERENCE_IMAGES)] | None = None
+    conditioning_scale: Annotated[float, Field(ge=0.0, le=MAX_CONDITIONING_SCALE)] | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -229,12 +259,59 @@ class GenerationRequest(BaseModel):
                 raise ValueError(refused)
         return self
 
+    @model_validator(mode="after")
+    def _mask_fits_video(self) -> GenerationRequest:
+        """A mask marks regions of the video: it needs one, with its frame count and size."""
+        if self.mask is None:
+            return self
+        if self.video is None:
+            raise ValueError("mask: a mask marks regions of a video; the request has no video")
+        if (self.mask.num_frames, self.mask.width, self.mask.height) != (
+            self.video.num_frames,
+            self.video.width,
+            self.video.height,
+        ):
+            raise ValueError(f"mask: {self.mask.shape()}, the video has {self.video.shape()}")
+        return self
+
+    @model_validator(mode="after")
+    def _video_fits_output(self) -> GenerationRequest:
+        """The video conditions every output frame at its position: the same frame count and size, when set."""
+        if self.video is None:
+            return self
+        if (self.video.num_frames - 1) % 4 or self.video.num_frames > MAX_FRAMES:
+            raise ValueError(
+                f"video: {self.video.num_frames} frames; an edited video keeps its frame count, which must be "
+                f"4k+1 (1, 5, 9, ..., 81) and at most {MAX_FRAMES}"
+            )
+        if self.video.width % 16 or self.video.height % 16 or max(self.video.width, self.video.height) > MAX_SIDE:
+            raise ValueError(
+                f"video: {self.video.width}x{self.video.height}; an edited video keeps its size, whose sides must be "
+                f"multiples of 16 up to {MAX_SIDE}"
+            )
+        wanted = (self.num_frames, self.width, self.height)
+        given = (self.video.num_frames, self.video.width, self.video.height)
+        for name, want, have in zip(("num_frames", "width", "height"), wanted, given, strict=True):
+            if want is not None and want != have:
+                raise ValueError(
+                    f"video: {self.video.shape()}, the request generates {name} {want} (an edited video keeps "
+                    "its video's frame count and size)"
+                )
+        return self
+
+    def edits_video(self) -> bool:
+        """Whether the request sets any video-editing input (what only a VACE pair takes)."""
+        return any(getattr(self, name) is not None for name in EDIT_FIELDS)
+
     @classmethod
     def with_capped_switch(cls, fields: Mapping[str, Any], default_steps: int) -> GenerationRequest:
         """The request of `fields`, a switch text's step counts capped at its step count (its explicit list's
         length, else `default_steps`, when it sets none; `capped_switch`): the rule of the published grammar,
         which states each field's range but cannot compare two fields."""
         return cls.model_validate(fields, context={_CAP_SWITCH_AT: default_steps})
+
+
+EDIT_FIELDS = ("video", "mask", "reference_images", "conditioning_scale")
 
 
 def request_steps(fields: Mapping[str, Any], default_steps: int) -> int:
@@ -349,6 +426,11 @@ def resolve_request(
         data["num_inference_steps"] = len(explicit)
     if explicit is None and data["num_inference_steps"] in (None, defaults.num_inference_steps):
         data["timesteps"], data["sigmas"] = defaults.timesteps, defaults.sigmas
+    video = data["video"]
+    if video is not None:  # an edited video keeps its video's frame count and size
+        for name in ("height", "width", "num_frames"):
+            if data[name] is None:
+                data[name] = video[name]
     for name in ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "scheduler", "shift"):
         if data[name] is None:
             data[name] = getattr(defaults, name)
