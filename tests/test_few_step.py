@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from srserve.cli.main import main as cli_main
 from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine, components
 from srserve.engine.families import IncompatiblePairError, check_pair_schedule, check_schedule, get_family
-from srserve.engine.handoff import FORMAT_NAME, HandoffFormatError
+from srserve.engine.handoff import FORMAT_NAME, FORMAT_VERSION, HandoffFormatError
 from srserve.engine.request import RequestDefaults, describe_validation_error, resolve_request
 from srserve.engine.schedule import ScheduleBounds
 from srserve.planner.profile import Profile
@@ -127,12 +127,12 @@ def test_handoff_of_a_few_step_request_renders_from_bytes(tiny_config, engine, w
     blob = state.to_bytes()
     size = int.from_bytes(blob[:8], "little")
     header = json.loads(json.loads(blob[8 : 8 + size])["__metadata__"][FORMAT_NAME])
-    assert header["version"] == 3 and header["request"]["timesteps"] == TIMESTEPS
+    assert header["version"] == FORMAT_VERSION and header["request"]["timesteps"] == TIMESTEPS
     components.clear()  # the render side loads its own instances from disk
     renderer = SRDiffusionEngine(tiny_config, roles={Role.RENDER})
     assert torch.equal(renderer.render(HandoffState.from_bytes(blob)), reference)
 
-    older = blob.replace(b'\\"version\\": 3', b'\\"version\\": 2', 1)
+    older = blob.replace(f'\\"version\\": {FORMAT_VERSION}'.encode(), b'\\"version\\": 2', 1)
     with pytest.raises(HandoffFormatError, match="version 2 handoff cannot carry a request schedule"):
         HandoffState.from_bytes(older)
 

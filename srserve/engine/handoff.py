@@ -1,6 +1,6 @@
 """The handoff state: everything a render worker needs to continue a sketch exactly.
 
-Wire format (version 3): one safetensors blob. Tensors are stored natively (bf16 stays bf16);
+Wire format (version 4): one safetensors blob. Tensors are stored natively (bf16 stays bf16);
 everything else is a JSON document in the safetensors metadata under `srserve.handoff`. Parsing
 never executes code, so a blob from an untrusted client is safe to load.
 
@@ -13,6 +13,13 @@ Version 3 adds the request's schedule fields (`scheduler`, `timesteps`, `sigmas`
 srserve.engine.schedule), which the render side needs to rebuild the sketch's scheduler, and its
 resolved `guidance_scale` as before. Versions 1 and 2 still parse: their requests name no schedule
 (the folder's), and one that does is refused (an older writer could not have made it).
+
+Version 4 adds video editing (VACE pairs): the `vace_context` tensor (the VAE latents of the
+conditioning video's kept and regenerated parts and the downsampled mask, reference images first,
+built once on the sketch side), `reference_frames` in the header (the latents' leading frames that are
+reference images, which the render drops before decoding), and the request's editing fields (`video`,
+`mask`, `reference_images` as descriptions, `conditioning_scale`). Versions 1 to 3 still parse; one
+carrying a VACE context or editing fields is refused (an older writer could not have made it).
 """
 
 from __future__ import annotations
@@ -26,14 +33,15 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from srserve.engine.request import ResolvedRequest
+from srserve.engine.request import EDIT_FIELDS, ResolvedRequest
 from srserve.engine.schedule import SCHEDULE_FIELDS
 from srserve.engine.scheduler_state import SchedulerSnapshot
 
 FORMAT_NAME = "srserve.handoff"
-FORMAT_VERSION = 3
-# Versions this srserve reads: 1 is 2 without the image tensors, 2 is 3 without the request's schedule.
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+# Versions this srserve reads: 1 is 2 without the image tensors, 2 is 3 without the request's schedule,
+# 3 is 4 without video editing.
+READABLE_VERSIONS = (1, 2, 3, 4)
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 _IMAGE_TENSORS = ("image_condition", "image_embeds")
 
@@ -62,6 +70,10 @@ class HandoffState:
     # Image-to-video: [B, mask + latent channels, F, H, W] and [B, tokens, image_dim] (None for text-to-video).
     image_condition: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
+    # Video editing (VACE): [B, 2 x z_dim + mask channels, reference + video latent frames, H, W], and how many
+    # of the latents' leading frames are reference images (dropped before decoding).
+    vace_context: torch.Tensor | None = None
+    reference_frames: int = 0
 
     @property
     def num_steps(self) -> int:
@@ -82,6 +94,8 @@ class HandoffState:
             tensors["image_condition"] = self.image_condition
         if self.image_embeds is not None:
             tensors["image_embeds"] = self.image_embeds
+        if self.vace_context is not None:
+            tensors["vace_context"] = self.vace_context
         for name, tensor in self.scheduler.tensors.items():
             tensors[f"scheduler/{name}"] = tensor
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -95,6 +109,7 @@ class HandoffState:
             "scheduler": {"class_name": self.scheduler.class_name, "values": self.scheduler.values},
             "switch_trace": self.switch_trace,
             "extras": self.extras,
+            "reference_frames": self.reference_frames,
         }
         return st_save(tensors, metadata={FORMAT_NAME: json.dumps(header)})
 
@@ -128,6 +143,8 @@ class HandoffState:
                 extras=dict(header.get("extras", {})),
                 image_condition=tensors.get("image_condition"),
                 image_embeds=tensors.get("image_embeds"),
+                vace_context=tensors.get("vace_context"),
+                reference_frames=_reference_frames(header),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise HandoffFormatError(f"handoff header is incomplete or invalid: {exc}") from exc
@@ -161,4 +178,23 @@ def _read_header(blob: bytes) -> dict[str, Any]:
             f"a version {version} handoff cannot carry a request schedule (scheduler, timesteps, sigmas, shift: "
             "version 3)"
         )
+    if version < 4:
+        if "vace_context" in raw or header.get("reference_frames"):
+            raise HandoffFormatError(
+                f"a version {version} handoff cannot carry a VACE context or reference frames (video editing: "
+                "version 4)"
+            )
+        if isinstance(request, dict) and any(request.get(k) is not None for k in EDIT_FIELDS):
+            raise HandoffFormatError(
+                f"a version {version} handoff cannot carry video-editing request fields ({', '.join(EDIT_FIELDS)}: "
+                "version 4)"
+            )
     return header
+
+
+def _reference_frames(header: dict[str, Any]) -> int:
+    """The header's reference-frame count (0 before version 4); a negative or non-integer one is refused."""
+    value = header.get("reference_frames", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"reference_frames must be a non-negative integer, not {value!r}")
+    return value
