@@ -37,6 +37,7 @@ TINY_PAIRS: dict[str, tuple[str, RequestDefaults]] = {
     "tiny-cogvideox": ("cogvideox", TINY_COGVIDEOX_DEFAULTS),
     "tiny-wan2.1-i2v": ("wan2.1-i2v", TINY_DEFAULTS),
     "tiny-wan2.2-i2v": ("wan2.2-i2v", TINY_WAN22_DEFAULTS),
+    "tiny-wan2.1-vace": ("wan2.1-vace", TINY_DEFAULTS),
 }
 TINY_ALIASES = {"tiny": "tiny-wan2.1"}
 

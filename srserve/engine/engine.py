@@ -24,7 +24,15 @@ from srserve.engine.attention import apply_attention_backend, check_attention_ba
 from srserve.engine.cache import step_cache
 from srserve.engine.component_config import read_component_config
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.families import EncodedPrompt, check_input_image, check_pair_schedule, check_schedule, get_family
+from srserve.engine.edit_inputs import EditInputs
+from srserve.engine.families import (
+    EncodedPrompt,
+    check_edit_inputs,
+    check_input_image,
+    check_pair_schedule,
+    check_schedule,
+    get_family,
+)
 from srserve.engine.handoff import HandoffState
 from srserve.engine.parallel.config import attention_heads, check_parallel
 from srserve.engine.parallel.group import ParallelRuntime
@@ -158,7 +166,8 @@ class SRDiffusionEngine:
                 self.device,
                 lambda: self.family.load_image_encoder(config, ie_dtype, self.device),
             )
-        if Role.DECODE in self.roles or (Role.SKETCH in self.roles and self.family.takes_image):
+        encodes_pixels = self.family.takes_image or self.family.edits_video  # on the sketch side, with the VAE
+        if Role.DECODE in self.roles or (Role.SKETCH in self.roles and encodes_pixels):
             vae_dtype = config.resolve_dtype(config.vae_dtype)
             self.vae = components.load_shared(
                 "vae",
@@ -230,6 +239,11 @@ class SRDiffusionEngine:
         (`srserve.engine.families.check_input_image`)."""
         check_input_image(self.family.name, request, image)
 
+    def check_edit(self, request: GenerationRequest, inputs: EditInputs | None) -> None:
+        """ValueError naming the field unless the request's editing inputs (video, mask, reference_images,
+        conditioning_scale) are ones the pair takes, and the decoded ones, if given, what it describes."""
+        check_edit_inputs(self.family.name, request, inputs)
+
     def encode(self, request: ResolvedRequest) -> EncodedPrompt:
         self._need(Role.TEXT)
         with torch.no_grad():
@@ -244,6 +258,7 @@ class SRDiffusionEngine:
         encoded: EncodedPrompt,
         *,
         image: Image.Image | None = None,
+        edit: EditInputs | None = None,
         job_id: str = "",
         on_step: ProgressFn | None = None,
         cancelled: CancelFn | None = None,
@@ -252,8 +267,12 @@ class SRDiffusionEngine:
 
         Image-to-video pairs take the request's decoded input image (`image`, RGB; see
         srserve.engine.image.load_image); it is encoded here, once, and its conditioning crosses in the handoff.
+        Video-editing (VACE) pairs take the decoded video, mask and reference images (`edit`; see
+        srserve.engine.video_input.load_video), which the request describes; None: the request gives none, and
+        the VACE context is the pipeline's for no video (black frames, all regenerated).
         """
         self.check_image(request, image)
+        self.check_edit(request, edit)
         if self.family.takes_image and image is None:
             raise ValueError(f"input_reference: the {self.family.name} sketch needs the decoded image (image=)")
         if image is not None:
@@ -265,6 +284,12 @@ class SRDiffusionEngine:
                 image, request, self.image_encoder, self.vae, self.device
             )
             encoded = replace(encoded, image_condition=condition, image_embeds=image_embeds)
+        if self.family.edits_video:
+            inputs = edit if edit is not None else EditInputs()
+            inputs.check(request)  # a described video, mask or reference image needs its pixels, named if missing
+            self._need(Role.SKETCH)
+            assert self.vae is not None and self.sketch_model is not None
+            encoded = self.family.condition_edit(encoded, inputs, request, self.vae, self.sketch_model, self.device)
         self.check_schedule(request)
         num_steps = request.num_inference_steps
         sched = self._new_scheduler(request)
@@ -309,6 +334,8 @@ class SRDiffusionEngine:
             switch_trace=list(decider.trace),
             image_condition=encoded.image_condition,
             image_embeds=encoded.image_embeds,
+            vace_context=encoded.vace_context,
+            reference_frames=encoded.reference_frames,
         )
         return self.family.convert_handoff(state)
 
@@ -330,12 +357,16 @@ class SRDiffusionEngine:
         restore(sched, state.scheduler, self.device)
         generator = torch.Generator(device="cpu")
         generator.set_state(state.generator_state)
+        scale = state.request.conditioning_scale
         encoded = EncodedPrompt(
             state.prompt_embeds.to(self.device),
             None if state.negative_prompt_embeds is None else state.negative_prompt_embeds.to(self.device),
             None if state.image_condition is None else state.image_condition.to(self.device),
             None if state.image_embeds is None else state.image_embeds.to(self.device),
-        )
+            None if state.vace_context is None else state.vace_context.to(self.device),
+            1.0 if scale is None else scale,
+            state.reference_frames,
+        )  # conditioning_scale unset: diffusers' WanVACEPipeline default, 1
         latents = state.latents.to(self.device)
         if state.switch_step < num_steps:
             self._need(Role.RENDER)
@@ -371,12 +402,14 @@ class SRDiffusionEngine:
         request: GenerationRequest,
         *,
         image: Image.Image | None = None,
+        edit: EditInputs | None = None,
         on_step: ProgressFn | None = None,
         through_bytes: bool = True,
     ) -> GenerationResult:
         """All stages in this process; the handoff goes through its wire format unless told not to.
 
         `image`: the decoded input image of an image-to-video request (its `input_reference` describes it).
+        `edit`: the decoded video, mask and reference images of a video-editing request (it describes them).
         """
         timings: dict[str, float] = {}
 
@@ -388,8 +421,9 @@ class SRDiffusionEngine:
 
         resolved = self.resolve(request)
         self.check_image(resolved, image)  # before the text encoder runs
+        self.check_edit(resolved, edit)
         encoded = timed("encode", lambda: self.encode(resolved))
-        state = timed("sketch", lambda: self.sketch(resolved, encoded, image=image, on_step=on_step))
+        state = timed("sketch", lambda: self.sketch(resolved, encoded, image=image, edit=edit, on_step=on_step))
         nbytes, blob = 0, b""
         if through_bytes:
             blob = timed("handoff_serialize", state.to_bytes)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from PIL import Image
 
 from srserve.engine.config import ModelPairConfig
+from srserve.engine.edit_inputs import EditInputs
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily
 from srserve.engine.families.cogvideox import CogVideoXFamily
 from srserve.engine.families.wan import WanFamily
 from srserve.engine.families.wan22 import Wan22Family
 from srserve.engine.families.wan_i2v import Wan22I2VFamily, WanI2VFamily
-from srserve.engine.request import GenerationRequest
+from srserve.engine.families.wan_vace import WanVACEFamily
+from srserve.engine.request import EDIT_FIELDS, GenerationRequest
 
 _FAMILIES: dict[str, type[ModelFamily]] = {
     WanFamily.name: WanFamily,
@@ -18,6 +20,7 @@ _FAMILIES: dict[str, type[ModelFamily]] = {
     CogVideoXFamily.name: CogVideoXFamily,
     WanI2VFamily.name: WanI2VFamily,
     Wan22I2VFamily.name: Wan22I2VFamily,
+    WanVACEFamily.name: WanVACEFamily,
 }
 
 
@@ -53,7 +56,31 @@ def check_input_image(family: str, request: GenerationRequest, image: Image.Imag
                 f"{ref.width}x{ref.height}"
             )
     elif request.input_reference is not None or image is not None:
+        if edits_video(family):
+            raise ValueError(f"input_reference: the {family} pair takes reference_images, not an input image")
         raise ValueError(f"input_reference: the {family} pair is text-to-video and takes no input image")
+
+
+def edits_video(family: str) -> bool:
+    """Whether the family's requests may give a video, mask and reference images (video editing, VACE)."""
+    return get_family(family).edits_video
+
+
+def check_edit_inputs(family: str, request: GenerationRequest, inputs: EditInputs | None = None) -> None:
+    """ValueError naming the field unless the request's editing inputs are ones the family takes.
+
+    With `inputs` None only the request's description is checked (what an ingress can run before it decodes
+    any bytes); with the decoded inputs, each must be given exactly when described, as described.
+    """
+    if not edits_video(family):
+        for name in EDIT_FIELDS:
+            if getattr(request, name) is not None:
+                raise ValueError(f"{name}: the {family} pair does not edit video (a wan2.1-vace pair does)")
+        if inputs is not None:
+            raise ValueError(f"video: the {family} pair does not edit video; decoded editing inputs were given")
+        return
+    if inputs is not None:
+        inputs.check(request)
 
 
 def check_pair(config: ModelPairConfig) -> None:
@@ -83,10 +110,12 @@ __all__ = [
     "EncodedPrompt",
     "IncompatiblePairError",
     "ModelFamily",
+    "check_edit_inputs",
     "check_input_image",
     "check_pair",
     "check_pair_schedule",
     "check_schedule",
+    "edits_video",
     "family_names",
     "get_family",
     "takes_image",

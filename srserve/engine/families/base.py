@@ -13,6 +13,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from srserve.engine.component_config import read_component_config
 from srserve.engine.config import ModelPairConfig
+from srserve.engine.edit_inputs import EditInputs
 from srserve.engine.handoff import HandoffState
 from srserve.engine.parallel.cfg import CfgSplit
 from srserve.engine.request import ResolvedRequest
@@ -40,6 +41,11 @@ class EncodedPrompt:
     image_condition: torch.Tensor | None = None
     # ... and the CLIP image embeddings the transformer's image cross-attention reads (None if it has none).
     image_embeds: torch.Tensor | None = None
+    # Video editing (VACE): the context the VACE blocks read, its scale, and how many of the latents' leading
+    # frames are reference images (dropped before decoding).
+    vace_context: torch.Tensor | None = None
+    conditioning_scale: float = 1.0
+    reference_frames: int = 0
 
 
 class ModelFamily(ABC):
@@ -59,6 +65,8 @@ class ModelFamily(ABC):
     cached_modules: tuple[str, ...] = ()
     # Image-to-video: every request needs an input image (`input_reference`), encoded on the sketch side.
     takes_image: bool = False
+    # Video editing (VACE): requests may give a video, its mask and reference images, encoded on the sketch side.
+    edits_video: bool = False
     # Schedulers a request may name (srserve.engine.schedule); empty: the folder's schedule only.
     schedulers: frozenset[str] = frozenset()
 
@@ -102,6 +110,18 @@ class ModelFamily(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image-to-video: (image_condition, image_embeds) for one PIL image, on the sketch side."""
         raise NotImplementedError(f"family {self.name!r} takes no input image")
+
+    def condition_edit(
+        self,
+        encoded: EncodedPrompt,
+        inputs: EditInputs,
+        request: ResolvedRequest,
+        vae: torch.nn.Module,
+        transformer: torch.nn.Module,
+        device: torch.device,
+    ) -> EncodedPrompt:
+        """Video editing: `encoded` with the VACE context of the decoded inputs, on the sketch side (once)."""
+        raise NotImplementedError(f"family {self.name!r} does not edit video")
 
     @abstractmethod
     def load_scheduler(self, path: str) -> Any:

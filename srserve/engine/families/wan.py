@@ -167,6 +167,9 @@ class WanFamily(ModelFamily):
 
         Image-to-video (WanImageToVideoPipeline): the image condition joins the latent's channels, and
         the CLIP embeddings go to a transformer that has image cross-attention (`image_dim`), only.
+        Video editing (WanVACEPipeline): the VACE context goes to the VACE blocks, scaled per VACE layer; the
+        pipeline sizes the scale by its first transformer's layers, this by each model's own (a scalar scale
+        either way, so equal where the pipeline runs, and a 1.3B with more VACE layers than a 14B runs too).
         """
         dtype = transformer.dtype
         if encoded.image_condition is None:
@@ -177,6 +180,15 @@ class WanFamily(ModelFamily):
         if encoded.image_embeds is not None and transformer.config.get("image_dim") is not None:
             image_embeds = encoded.image_embeds.to(latents.device, dtype)
         t = timestep.expand(latents.shape[0])
+        control: dict[str, torch.Tensor] = {}
+        if encoded.vace_context is not None:  # WanVACEPipeline: the context, its scale per VACE layer of this model
+            layers = len(transformer.config.vace_layers)
+            control = {
+                "control_hidden_states": encoded.vace_context.to(latents.device, dtype),
+                "control_hidden_states_scale": torch.tensor([encoded.conditioning_scale] * layers).to(
+                    latents.device, dtype
+                ),
+            }
 
         def branch(name: str, embeds: torch.Tensor) -> torch.Tensor:
             # The named context keeps a step cache's state per branch (as WanPipeline does); a no-op without one.
@@ -187,6 +199,7 @@ class WanFamily(ModelFamily):
                     encoder_hidden_states=embeds.to(dtype),
                     encoder_hidden_states_image=image_embeds,
                     return_dict=False,
+                    **control,
                 )[0]
 
         if cfg:

@@ -35,7 +35,15 @@ _IMAGE_TO_VIDEO = (
     "image-to-video has no multi-device parity test yet: neither context parallelism with the image "
     "cross-attention's extra tokens nor the CFG split with the image condition was checked against one device"
 )
-NO_PARALLEL_FAMILIES: dict[str, str] = {"wan2.1-i2v": _IMAGE_TO_VIDEO, "wan2.2-i2v": _IMAGE_TO_VIDEO}
+_VIDEO_EDITING = (
+    "video editing has no multi-device parity test yet: context parallelism over the VACE blocks' control "
+    "tokens was not checked against one device"
+)
+NO_PARALLEL_FAMILIES: dict[str, str] = {
+    "wan2.1-i2v": _IMAGE_TO_VIDEO,
+    "wan2.2-i2v": _IMAGE_TO_VIDEO,
+    "wan2.1-vace": _VIDEO_EDITING,
+}
 
 
 class ParallelSpec(BaseModel):

@@ -6,11 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from srserve.engine.tiny import cogvideox, wan, wan22, wan_i2v
+from srserve.engine.tiny import cogvideox, wan, wan22, wan_i2v, wan_vace
 from srserve.engine.tiny.cogvideox import TinyCogVideoXSpec, write_tiny_cogvideox_pair
 from srserve.engine.tiny.wan import TinyWanSpec, write_tiny_wan_pair
 from srserve.engine.tiny.wan22 import TinyWan22Spec, write_tiny_wan22_pair, write_tiny_wan22_ti2v
 from srserve.engine.tiny.wan_i2v import TinyWanI2VSpec, write_tiny_wan21_i2v_pair, write_tiny_wan22_i2v_pair
+from srserve.engine.tiny.wan_vace import TinyWanVACESpec, write_tiny_wan21_vace_pair
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,12 @@ TINY_LAYOUTS: dict[str, TinyLayout] = {
         f"{wan_i2v.A14B_DIR}/{wan22.LOW_NOISE_SUBFOLDER}",
         (wan_i2v.A14B_DIR,),
     ),
+    "wan2.1-vace": TinyLayout(
+        write_tiny_wan21_vace_pair,
+        wan_vace.SKETCH_DIR,
+        wan_vace.RENDER_DIR,
+        (wan_vace.SKETCH_DIR, wan_vace.RENDER_DIR),
+    ),
 }
 
 __all__ = [
@@ -60,8 +67,10 @@ __all__ = [
     "TinyWan22Spec",
     "TinyWanI2VSpec",
     "TinyWanSpec",
+    "TinyWanVACESpec",
     "write_tiny_cogvideox_pair",
     "write_tiny_wan21_i2v_pair",
+    "write_tiny_wan21_vace_pair",
     "write_tiny_wan22_i2v_pair",
     "write_tiny_wan22_pair",
     "write_tiny_wan22_ti2v",
