@@ -14,14 +14,17 @@ from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
 from srserve.engine.adapter_spec import AdapterConfig
 from srserve.engine.cache import with_ratios_file
 from srserve.engine.config import EXPERT_FAMILIES, TINY_ALIASES, TINY_PAIRS
-from srserve.engine.families import IncompatiblePairError, check_input_image
+from srserve.engine.edit_inputs import EditInputs
+from srserve.engine.families import IncompatiblePairError, check_edit_inputs, check_input_image
 from srserve.engine.families.wan22 import Wan22Family, low_noise_expert_path
 from srserve.engine.image import describe_image, load_image
-from srserve.engine.request import describe_validation_error
+from srserve.engine.request import MAX_FRAMES, describe_validation_error
+from srserve.engine.video_input import describe_video, load_video
 
-# The CLI's own limits on an --image file (a server sets its own).
+# The CLI's own limits on an --image, --reference-image, --video or --mask file (a server sets its own).
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_IMAGE_PIXELS = 8192 * 8192
+MAX_VIDEO_BYTES = 1024 * 1024 * 1024
 
 
 def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +32,9 @@ def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-pair",
         default="tiny",
         help="tiny (embedded Wan2.1, default), tiny-wan2.2 (embedded Wan2.2 A14B), tiny-cogvideox (embedded "
-        "CogVideoX), tiny-wan2.1-i2v, tiny-wan2.2-i2v (embedded image-to-video pairs: give --image), or a family: "
-        "wan2.1, wan2.2, cogvideox, wan2.1-i2v, wan2.2-i2v",
+        "CogVideoX), tiny-wan2.1-i2v, tiny-wan2.2-i2v (embedded image-to-video pairs: give --image), "
+        "tiny-wan2.1-vace (embedded video-editing pair: --video, --mask, --reference-image), or a family: "
+        "wan2.1, wan2.2, cogvideox, wan2.1-i2v, wan2.2-i2v, wan2.1-vace",
     )
     parser.add_argument("--sketch-model", help="local Diffusers folder of the large (sketch) model")
     parser.add_argument("--render-model", help="local Diffusers folder of the small (render) model")
@@ -112,6 +116,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--image", default=None, help="image-to-video pairs: the input image (PNG, JPEG or WebP)")
+    p.add_argument(
+        "--video",
+        default=None,
+        help="video editing (wan2.1-vace): the conditioning video (mp4); the output keeps its frame count and size",
+    )
+    p.add_argument(
+        "--mask", default=None, help="video editing: the video's mask (mp4, same shape; white: regenerate, black: keep)"
+    )
+    p.add_argument(
+        "--reference-image",
+        action="append",
+        default=None,
+        metavar="IMAGE",
+        help="video editing: a reference image (PNG, JPEG or WebP); repeat for more",
+    )
+    p.add_argument(
+        "--conditioning-scale", type=float, default=None, help="video editing: the VACE context's scale (default 1)"
+    )
     add_model_pair_arguments(p)
     p.add_argument(
         "--switch",
@@ -148,6 +170,46 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _read(path: str, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{flag}: {exc}") from exc
+
+
+def _edit_inputs(args: argparse.Namespace, request: GenerationRequest) -> tuple[GenerationRequest, EditInputs | None]:
+    """The request with its editing inputs described, and their decoded pixels (None when it gives none)."""
+    update: dict[str, object] = {}
+    if args.conditioning_scale is not None:
+        update["conditioning_scale"] = args.conditioning_scale
+    frames: dict[str, list] = {}
+    for name in ("video", "mask"):
+        path = getattr(args, name)
+        if path:
+            data = _read(path, f"--{name}")
+            limits = {"max_bytes": MAX_VIDEO_BYTES, "max_frames": MAX_FRAMES, "max_pixels": MAX_IMAGE_PIXELS}
+            frames[name] = load_video(data, name, **limits)
+            update[name] = describe_video(data, frames[name])
+    references = []
+    for path in args.reference_image or []:
+        data = _read(path, "--reference-image")
+        references.append((load_image(data, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS), describe_image(data)))
+    if references:
+        update["reference_images"] = [described for _, described in references]
+    if not update:
+        return request, None
+    # Validated as a whole (model_copy would not): a mask unlike its video is refused here, naming mask.
+    request = GenerationRequest.model_validate({**request.model_dump(exclude_unset=True), **update})
+    if not (frames or references):
+        return request, None
+    edit = EditInputs(
+        video=frames.get("video"),
+        mask=frames.get("mask"),
+        reference_images=[image for image, _ in references] or None,
+    )
+    return request, edit
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         boundary = args.switch == "boundary"
@@ -174,10 +236,12 @@ def run(args: argparse.Namespace) -> int:
             data = Path(args.image).read_bytes()
             image = load_image(data, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS)
             request = request.model_copy(update={"input_reference": describe_image(data)})
+        request, edit = _edit_inputs(args, request)
         if request.cache is not None and args.mag_ratios:
             request = request.model_copy(update={"cache": with_ratios_file(request.cache, args.mag_ratios)})
         config = model_pair_from_args(args)
         check_input_image(config.family, request, image)  # before any weights load
+        check_edit_inputs(config.family, request, edit)
         engine = SRDiffusionEngine(config)
         boundary = boundary or (args.switch is None and config.family in EXPERT_FAMILIES)
         if boundary:
@@ -201,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     bars = StageBars(enabled=not args.no_progress)
     try:
-        result = engine.generate(request, image=image, on_step=bars)
+        result = engine.generate(request, image=image, edit=edit, on_step=bars)
     finally:
         bars.close()
     out = Path(args.out)

@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     sketch, render = TINY_LAYOUTS[args.family].write(args.dir)
     print(f"sketch model: {sketch}\nrender model: {render}")
     image = " --image IMAGE.png" if args.family.endswith("-i2v") else ""
+    if args.family.endswith("-vace"):
+        image = " [--video VIDEO.mp4 [--mask MASK.mp4]] [--reference-image IMAGE.png ...]"
     print(
         f"use: srserve generate --model-pair {args.family} --sketch-model {sketch} --render-model {render}{image} ..."
     )
