@@ -240,6 +240,75 @@ def test_each_input_conditions_the_video(engine, cases, video, mask) -> None:
         assert not torch.equal(a, b)
 
 
+# -- wan2.2-vace: Wan2.2-VACE-Fun-A14B's experts --------------------------------------------------------
+
+GUIDANCE_2 = 3.0
+
+
+@pytest.fixture(scope="module")
+def vace22(tmp_path_factory: pytest.TempPathFactory) -> ModelPairConfig:
+    return ModelPairConfig.tiny_pair(
+        "tiny-wan2.2-vace", tmp_path_factory.mktemp("tiny-vace22"), guidance_scale_2=GUIDANCE_2
+    )
+
+
+@pytest.fixture(scope="module")
+def engine22(vace22: ModelPairConfig) -> SRDiffusionEngine:
+    return SRDiffusionEngine(vace22)
+
+
+@pytest.fixture(scope="module")
+def pipe22(vace22: ModelPairConfig) -> WanVACEPipeline:
+    """The A14B-shaped folder as diffusers loads it: both experts, boundary_ratio 0.875."""
+    pipe = WanVACEPipeline.from_pretrained(vace22.sketch_path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("case", ["inpaint", "scaled"])
+def test_wan22_vace_boundary_equals_a14b_pipeline(engine22, pipe22, cases, case: str) -> None:
+    """At the model's own boundary, with guidance_scale_2 on the low-noise expert, through the handoff's bytes."""
+    family = engine22.family
+    assert family.boundary_ratio == 0.875
+    k = family.boundary_step(STEPS)
+    assert 0 < k < STEPS
+    c = cases[case]
+    result = engine22.generate(_request(k, **c["fields"]), edit=c["edit"])
+    references = len(c["pipe"].get("reference_images", ()))
+    frames = _run(pipe22, "np", guidance_scale_2=GUIDANCE_2, **c["pipe"])[0]
+    assert np.array_equal(result.frames, frames)
+    latents = _run(pipe22, "latent", guidance_scale_2=GUIDANCE_2, **c["pipe"])
+    assert torch.equal(result.latents, latents[:, :, references:])
+
+
+@pytest.mark.parametrize("which", ["large", "small"])
+def test_wan22_vace_one_expert_equals_pipeline(engine22, pipe22, cases, which: str) -> None:
+    expert = pipe22.transformer if which == "large" else pipe22.transformer_2
+    alone = WanVACEPipeline(
+        tokenizer=pipe22.tokenizer,
+        text_encoder=pipe22.text_encoder,
+        vae=pipe22.vae,
+        scheduler=pipe22.scheduler,
+        transformer=expert,
+    )
+    alone.set_progress_bar_config(disable=True)
+    c = cases["scaled"]
+    # the low-noise expert runs the request's guidance only when guidance_scale_2 is unset: compare with it off
+    engine = (
+        engine22
+        if which == "large"
+        else SRDiffusionEngine(engine22.config.model_copy(update={"guidance_scale_2": None}))
+    )
+    result = engine.generate(_request(SWITCHES[which], **c["fields"]), edit=c["edit"])
+    assert torch.equal(result.latents, _run(alone, "latent", **c["pipe"])[:, :, 1:])
+
+
+def test_wan21_vace_refuses_the_a14b_folder(vace22: ModelPairConfig) -> None:
+    folder = vace22.sketch_path
+    with pytest.raises(IncompatiblePairError, match=r"two-expert .* use family wan2\.2-vace"):
+        check_pair(vace22.model_copy(update={"family": "wan2.1-vace", "guidance_scale_2": None, "render_path": folder}))
+
+
 # -- the handoff ----------------------------------------------------------------------------------------
 
 
@@ -373,7 +442,8 @@ def test_engine_refuses_decoded_inputs_unlike_the_request(engine, cases, video, 
 
 def test_other_pairs_refuse_editing_inputs(tiny_config, engine, cases, video, reference_bytes) -> None:
     t2v = SRDiffusionEngine(tiny_config)
-    with pytest.raises(ValueError, match=r"video: the wan2\.1 pair does not edit video \(a wan2\.1-vace pair does\)"):
+    needle = r"video: the wan2\.1 pair does not edit video \(a VACE pair does: wan2\.1-vace, wan2\.2-vace\)"
+    with pytest.raises(ValueError, match=needle):
         t2v.generate(_request(1, **cases["control"]["fields"]), edit=EditInputs(video=video))
     with pytest.raises(ValueError, match=r"conditioning_scale: the wan2\.1 pair does not edit video"):
         t2v.generate(_request(1, conditioning_scale=0.5))

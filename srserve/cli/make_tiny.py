@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Each family's writer and layout (srserve.engine.tiny.TINY_LAYOUTS): wan2.2 and wan2.2-i2v write one
+    # Each family's writer and layout (srserve.engine.tiny.TINY_LAYOUTS): wan2.2, -i2v and -vace write one
     # A14B-shaped folder, whose sketch is the folder (high-noise expert) and render its transformer_2.
     sketch, render = TINY_LAYOUTS[args.family].write(args.dir)
     print(f"sketch model: {sketch}\nrender model: {render}")

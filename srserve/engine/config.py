@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # torch is imported where a device or dtype is resolved, not 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 # Families of two Wan2.2 experts switched at a boundary: those with guidance_scale_2.
-EXPERT_FAMILIES = ("wan2.2", "wan2.2-i2v")
+EXPERT_FAMILIES = ("wan2.2", "wan2.2-i2v", "wan2.2-vace")
 TINY_DEFAULTS = RequestDefaults(height=64, width=64, num_frames=17, num_inference_steps=20)
 TINY_COGVIDEOX_DEFAULTS = RequestDefaults(height=64, width=64, num_frames=9, num_inference_steps=20)
 # Wan2.2-T2V-A14B's own defaults are 40 steps at 480p or 720p; the tiny folder keeps the tiny Wan2.1 shape.
@@ -38,6 +38,7 @@ TINY_PAIRS: dict[str, tuple[str, RequestDefaults]] = {
     "tiny-wan2.1-i2v": ("wan2.1-i2v", TINY_DEFAULTS),
     "tiny-wan2.2-i2v": ("wan2.2-i2v", TINY_WAN22_DEFAULTS),
     "tiny-wan2.1-vace": ("wan2.1-vace", TINY_DEFAULTS),
+    "tiny-wan2.2-vace": ("wan2.2-vace", TINY_WAN22_DEFAULTS),
 }
 TINY_ALIASES = {"tiny": "tiny-wan2.1"}
 

@@ -11,7 +11,7 @@ from srserve.engine.families.cogvideox import CogVideoXFamily
 from srserve.engine.families.wan import WanFamily
 from srserve.engine.families.wan22 import Wan22Family
 from srserve.engine.families.wan_i2v import Wan22I2VFamily, WanI2VFamily
-from srserve.engine.families.wan_vace import WanVACEFamily
+from srserve.engine.families.wan_vace import Wan22VACEFamily, WanVACEFamily
 from srserve.engine.request import EDIT_FIELDS, GenerationRequest
 
 _FAMILIES: dict[str, type[ModelFamily]] = {
@@ -21,6 +21,7 @@ _FAMILIES: dict[str, type[ModelFamily]] = {
     WanI2VFamily.name: WanI2VFamily,
     Wan22I2VFamily.name: Wan22I2VFamily,
     WanVACEFamily.name: WanVACEFamily,
+    Wan22VACEFamily.name: Wan22VACEFamily,
 }
 
 
@@ -73,9 +74,10 @@ def check_edit_inputs(family: str, request: GenerationRequest, inputs: EditInput
     any bytes); with the decoded inputs, each must be given exactly when described, as described.
     """
     if not edits_video(family):
+        vace = ", ".join(name for name in family_names() if edits_video(name))
         for name in EDIT_FIELDS:
             if getattr(request, name) is not None:
-                raise ValueError(f"{name}: the {family} pair does not edit video (a wan2.1-vace pair does)")
+                raise ValueError(f"{name}: the {family} pair does not edit video (a VACE pair does: {vace})")
         if inputs is not None:
             raise ValueError(f"video: the {family} pair does not edit video; decoded editing inputs were given")
         return

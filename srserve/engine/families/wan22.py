@@ -149,6 +149,8 @@ def _text_encoder_config(folder: Path) -> dict[str, Any]:
 
 class Wan22Family(WanFamily):
     name = "wan2.2"
+    # Both experts' class (the VACE variant's experts are WanVACETransformer3DModel).
+    transformer_class: type[torch.nn.Module] = WanTransformer3DModel
 
     def __init__(self) -> None:
         self._config: ModelPairConfig | None = None
@@ -199,9 +201,10 @@ class Wan22Family(WanFamily):
             cfg = read_component_config(str(loc.pipeline), loc.subfolder)
             if cfg is None:
                 raise IncompatiblePairError(f"{label} transformer folder {str(loc.transformer)!r} has no config.json")
-            if cfg.get("_class_name") != "WanTransformer3DModel":
+            expected_class = self.transformer_class.__name__
+            if cfg.get("_class_name") != expected_class:
                 raise IncompatiblePairError(
-                    f"{label} transformer is {cfg.get('_class_name')!r}, not a WanTransformer3DModel"
+                    f"{label} transformer is {cfg.get('_class_name')!r}, not a {expected_class}"
                 )
             transformers.append(cfg)
         problems += _differences("transformer", _TRANSFORMER_KEYS, *transformers)
@@ -330,7 +333,7 @@ class Wan22Family(WanFamily):
 
     def load_transformer(self, path: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
         folder = self._location_of(path).transformer
-        model = WanTransformer3DModel.from_pretrained(str(folder), torch_dtype=dtype)
+        model = self.transformer_class.from_pretrained(str(folder), torch_dtype=dtype)
         setattr(model, _SOURCE_ATTR, str(folder.resolve()))
         return model.to(device).eval()
 

@@ -1,4 +1,6 @@
-"""Wan2.1 video editing (VACE): `wan2.1-vace`, Wan2.1-VACE-14B sketches, Wan2.1-VACE-1.3B renders.
+"""Wan video editing (VACE): `wan2.1-vace` (Wan2.1-VACE-14B sketches, Wan2.1-VACE-1.3B renders) and
+`wan2.2-vace` (Wan2.2-VACE-Fun-A14B's high-noise expert sketches, its low-noise expert renders, at the
+model's boundary_ratio, as `wan2.2`).
 
 Conditioning is diffusers' WanVACEPipeline's own code, run once on the sketch side: its
 `preprocess_conditions` (the video, or black frames; the mask, or all white; each reference image
@@ -16,9 +18,10 @@ their reference frames; the request in it carries `conditioning_scale`. The rend
 encoder or images.
 
 The pair check names each misfit: both transformers VACE models with valid `vace_layers`, the VACE
-context width (`vace_in_channels` = 2 x z_dim + the VAE's spatial factor squared), and as for Wan2.1
-text-to-video, the latent channels, patch size, text width, VAE and scheduler. The two models may
-have different VACE layers (the 14B has 8, the 1.3B 15): each reads the scalar scale per its own layers.
+context width (`vace_in_channels` = 2 x z_dim + the VAE's spatial factor squared), and as for the
+text-to-video parent (`wan2.1`, `wan2.2`), the latent channels, patch size, text width, VAE and
+scheduler. The two models may have different VACE layers (the 14B has 8, the 1.3B 15): each reads the
+scalar scale per its own layers.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from srserve.engine.config import ModelPairConfig
 from srserve.engine.edit_inputs import EditInputs
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, require_component_config
 from srserve.engine.families.wan import WanFamily
+from srserve.engine.families.wan22 import Wan22Family, locate, pipeline_folder
 from srserve.engine.handoff import HandoffState
 from srserve.engine.request import ResolvedRequest
 
@@ -76,48 +80,23 @@ def vace_problems(label: str, transformer: dict[str, Any], vae: dict[str, Any]) 
     return problems
 
 
-class WanVACEFamily(WanFamily):
-    """Wan2.1-VACE-14B sketches, Wan2.1-VACE-1.3B renders; one schedule, one latent space, one VACE context."""
+class _VACEConditioned:
+    """What both Wan VACE families add to their text-to-video parents: the context, its frames, its checks."""
 
-    name = "wan2.1-vace"
     edits_video = True
     # Not yet checked here: LoRA on VACE blocks (WanVACEPipeline's loader), and step caches' module patterns
     # against the VACE blocks; a pair with adapters is refused by the engine (no loader).
     lora_pipeline = None
+    name: str
+    _render_transformer: dict[str, Any]
+    _vae_config: dict[str, Any]
 
-    def __init__(self) -> None:
-        self._render_transformer: dict[str, Any] = {}
-        self._vae: dict[str, Any] = {}
-
-    def check_pair(self, config: ModelPairConfig) -> None:
-        index = read_model_index(config.sketch_path) or {}
-        if index.get("boundary_ratio") is not None or (index.get("transformer_2") or [None])[0] is not None:
-            raise IncompatiblePairError(
-                f"sketch folder {config.sketch_path!r} is a two-expert (Wan2.2 VACE-Fun A14B) folder (boundary_ratio / "
-                "transformer_2 in its model_index.json): family wan2.1-vace pairs two single-transformer VACE folders"
-            )
-        super().check_pair(config)  # folders, latent channels, patch size, text width, VAE, scheduler
-        vae = require_component_config(config.vae_path or config.render_path, "vae")
-        problems = []
-        for label, path in (("sketch", config.sketch_path), ("render", config.render_path)):
-            problems += vace_problems(label, require_component_config(path, "transformer"), vae)
-        if problems:
-            raise IncompatiblePairError(
-                f"render model {config.render_path!r} cannot continue sketch model {config.sketch_path!r}: "
-                + "; ".join(problems)
-            )
-
-    def bind(self, config: ModelPairConfig) -> None:
-        self._render_transformer = require_component_config(config.render_path, "transformer")
-        self._vae = require_component_config(config.vae_path or config.render_path, "vae")
-
-    def load_transformer(self, path: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-        model = WanVACETransformer3DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
-        return model.to(device).eval()
+    def vace_pair_problems(self, sketch: dict[str, Any], render: dict[str, Any], vae: dict[str, Any]) -> list[str]:
+        return vace_problems("sketch", sketch, vae) + vace_problems("render", render, vae)
 
     def latent_shape(self, request: ResolvedRequest, vae_config: dict[str, Any]) -> tuple[int, ...]:
         """The video's latents with one leading frame per reference image (WanVACEPipeline.prepare_latents)."""
-        batch, channels, frames, height, width = super().latent_shape(request, vae_config)
+        batch, channels, frames, height, width = super().latent_shape(request, vae_config)  # type: ignore[misc]
         return batch, channels, frames + len(request.reference_images or ()), height, width
 
     @torch.no_grad()
@@ -159,16 +138,9 @@ class WanVACEFamily(WanFamily):
         """The video's latents: the reference frames dropped, as the pipeline drops them before decoding."""
         return latents[:, :, state.reference_frames :]
 
-    def check_handoff(self, state: HandoffState) -> None:
-        self._check_vace_handoff(state)
-
-    def render_timesteps(self, scheduler: Any, state: HandoffState) -> torch.Tensor:
-        self._check_vace_handoff(state)
-        return super().render_timesteps(scheduler, state)
-
-    def _check_vace_handoff(self, state: HandoffState) -> None:
+    def check_vace_handoff(self, state: HandoffState) -> None:
         """The VACE context the render model reads, the latents it continues, and their reference frames agree."""
-        r, vae = state.request, self._vae
+        r, vae = state.request, self._vae_config
         temporal, spatial = int(vae.get("scale_factor_temporal", 4)), int(vae.get("scale_factor_spatial", 8))
         references = len(r.reference_images or ())
         frames = (r.num_frames - 1) // temporal + 1 + references
@@ -188,3 +160,77 @@ class WanVACEFamily(WanFamily):
             problems.append(f"latents have frames x height x width {list(state.latents.shape[2:])}, expected {grid}")
         if problems:
             raise IncompatiblePairError("handoff does not fit this VACE render model: " + "; ".join(problems))
+
+
+class WanVACEFamily(_VACEConditioned, WanFamily):
+    """Wan2.1-VACE-14B sketches, Wan2.1-VACE-1.3B renders; one schedule, one latent space, one VACE context."""
+
+    name = "wan2.1-vace"
+
+    def __init__(self) -> None:
+        self._render_transformer = {}
+        self._vae_config = {}
+
+    def check_pair(self, config: ModelPairConfig) -> None:
+        index = read_model_index(config.sketch_path) or {}
+        if index.get("boundary_ratio") is not None or (index.get("transformer_2") or [None])[0] is not None:
+            raise IncompatiblePairError(
+                f"sketch folder {config.sketch_path!r} is a two-expert (Wan2.2 VACE-Fun A14B) folder (boundary_ratio / "
+                "transformer_2 in its model_index.json): use family wan2.2-vace"
+            )
+        super().check_pair(config)  # folders, latent channels, patch size, text width, VAE, scheduler
+        vae = require_component_config(config.vae_path or config.render_path, "vae")
+        sketch_t = require_component_config(config.sketch_path, "transformer")
+        render_t = require_component_config(config.render_path, "transformer")
+        problems = self.vace_pair_problems(sketch_t, render_t, vae)
+        if problems:
+            raise IncompatiblePairError(
+                f"render model {config.render_path!r} cannot continue sketch model {config.sketch_path!r}: "
+                + "; ".join(problems)
+            )
+
+    def bind(self, config: ModelPairConfig) -> None:
+        self._render_transformer = require_component_config(config.render_path, "transformer")
+        self._vae_config = require_component_config(config.vae_path or config.render_path, "vae")
+
+    def load_transformer(self, path: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+        model = WanVACETransformer3DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
+        return model.to(device).eval()
+
+    def check_handoff(self, state: HandoffState) -> None:
+        self.check_vace_handoff(state)
+
+    def render_timesteps(self, scheduler: Any, state: HandoffState) -> torch.Tensor:
+        self.check_vace_handoff(state)
+        return super().render_timesteps(scheduler, state)
+
+
+class Wan22VACEFamily(_VACEConditioned, Wan22Family):
+    """Wan2.2-VACE-Fun-A14B: its high-noise expert sketches, its low-noise expert renders (WanVACEPipeline with
+    `transformer_2` and `boundary_ratio`); the boundary switch, guidance_scale_2 and paths as `wan2.2`."""
+
+    name = "wan2.2-vace"
+    transformer_class = WanVACETransformer3DModel
+
+    def check_pair(self, config: ModelPairConfig) -> None:
+        super().check_pair(config)  # the A14B folder, both experts' class, latents, text, VAE, schedule
+        sketch, render = locate(config.sketch_path, render=False), locate(config.render_path, render=True)
+        vae_folder = pipeline_folder(config.vae_path) if config.vae_path else render.pipeline
+        problems = self.vace_pair_problems(
+            require_component_config(sketch.pipeline, sketch.subfolder),
+            require_component_config(render.pipeline, render.subfolder),
+            require_component_config(vae_folder, "vae"),
+        )
+        if problems:
+            raise IncompatiblePairError(
+                f"render model {str(render.transformer)!r} cannot continue sketch model {str(sketch.transformer)!r}: "
+                + "; ".join(problems)
+            )
+
+    def check_handoff(self, state: HandoffState) -> None:
+        self.check_vace_handoff(state)
+        super().check_handoff(state)
+
+    def render_timesteps(self, scheduler: Any, state: HandoffState) -> torch.Tensor:
+        self.check_vace_handoff(state)
+        return super().render_timesteps(scheduler, state)

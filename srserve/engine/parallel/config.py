@@ -43,6 +43,7 @@ NO_PARALLEL_FAMILIES: dict[str, str] = {
     "wan2.1-i2v": _IMAGE_TO_VIDEO,
     "wan2.2-i2v": _IMAGE_TO_VIDEO,
     "wan2.1-vace": _VIDEO_EDITING,
+    "wan2.2-vace": _VIDEO_EDITING,
 }
 
 

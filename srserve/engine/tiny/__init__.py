@@ -11,7 +11,7 @@ from srserve.engine.tiny.cogvideox import TinyCogVideoXSpec, write_tiny_cogvideo
 from srserve.engine.tiny.wan import TinyWanSpec, write_tiny_wan_pair
 from srserve.engine.tiny.wan22 import TinyWan22Spec, write_tiny_wan22_pair, write_tiny_wan22_ti2v
 from srserve.engine.tiny.wan_i2v import TinyWanI2VSpec, write_tiny_wan21_i2v_pair, write_tiny_wan22_i2v_pair
-from srserve.engine.tiny.wan_vace import TinyWanVACESpec, write_tiny_wan21_vace_pair
+from srserve.engine.tiny.wan_vace import TinyWanVACESpec, write_tiny_wan21_vace_pair, write_tiny_wan22_vace_pair
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,12 @@ TINY_LAYOUTS: dict[str, TinyLayout] = {
         wan_vace.RENDER_DIR,
         (wan_vace.SKETCH_DIR, wan_vace.RENDER_DIR),
     ),
+    "wan2.2-vace": TinyLayout(
+        write_tiny_wan22_vace_pair,
+        wan_vace.A14B_DIR,
+        f"{wan_vace.A14B_DIR}/{wan22.LOW_NOISE_SUBFOLDER}",
+        (wan_vace.A14B_DIR,),
+    ),
 }
 
 __all__ = [
@@ -74,5 +80,6 @@ __all__ = [
     "write_tiny_wan22_i2v_pair",
     "write_tiny_wan22_pair",
     "write_tiny_wan22_ti2v",
+    "write_tiny_wan22_vace_pair",
     "write_tiny_wan_pair",
 ]

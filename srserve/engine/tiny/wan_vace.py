@@ -1,4 +1,4 @@
-"""Write a tiny Wan2.1 VACE pair (real diffusers classes, random weights, fixed seed).
+"""Write tiny Wan VACE folders (real diffusers classes, random weights, fixed seed).
 
 Two WanVACEPipeline folders shaped like Wan2.1-VACE-14B (sketch) and Wan2.1-VACE-1.3B (render): a
 `WanVACETransformer3DModel` each, the larger wider and deeper, with the VACE context width of the
@@ -9,6 +9,10 @@ Both models have two VACE layers. The real 14B has 8 and the 1.3B 15, which srse
 reads the scale per its own layers), but diffusers' two-transformer WanVACEPipeline sizes one scale
 tensor by its first transformer and refuses a second transformer with another count: equal counts
 keep that pipeline, the parity reference, able to run the tiny pair.
+
+`write_tiny_wan22_vace_pair` writes one WanVACEPipeline folder shaped like Wan2.2-VACE-Fun-A14B: two
+VACE experts of the tiny 14B's size, `transformer` (high noise) and `transformer_2` (low noise),
+`boundary_ratio` 0.875 (the Diffusers conversion's), the same encoder, VAE and scheduler.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from diffusers import WanVACEPipeline, WanVACETransformer3DModel
 
 from srserve.engine.tiny.tokenizer import build_byte_tokenizer
 from srserve.engine.tiny.wan import TinyTransformerSpec, _scheduler
-from srserve.engine.tiny.wan22 import TinyWan22Spec, _encoder_and_vae
+from srserve.engine.tiny.wan22 import LOW_NOISE_SUBFOLDER, TinyWan22Spec, _encoder_and_vae
 
 SKETCH_DIR = "Wan2.1-VACE-14B"
 RENDER_DIR = "Wan2.1-VACE-1.3B"
+A14B_DIR = "Wan2.2-VACE-Fun-A14B"
+BOUNDARY_RATIO = 0.875  # the Wan2.2-VACE-Fun-A14B Diffusers conversion's (WanVACEPipeline's example)
 LATENT_CHANNELS = 16
 VACE_IN_CHANNELS = 2 * LATENT_CHANNELS + 8 * 8  # kept and regenerated latents, the 8x8-folded mask
 
@@ -83,3 +89,22 @@ def write_tiny_wan21_vace_pair(out_dir: str | Path, spec: TinyWanVACESpec | None
         pipe.save_pretrained(path)
         paths.append(path)
     return paths[0], paths[1]
+
+
+def write_tiny_wan22_vace_pair(out_dir: str | Path, spec: TinyWanVACESpec | None = None) -> tuple[Path, Path]:
+    """Write `<out_dir>/Wan2.2-VACE-Fun-A14B`; returns (the folder: high-noise expert, its transformer_2)."""
+    spec = spec or TinyWanVACESpec()
+    text_encoder, vae = _encoder_and_vae(TinyWan22Spec(seed=spec.seed))
+    torch.manual_seed(spec.seed + 3)
+    pipe = WanVACEPipeline(
+        tokenizer=build_byte_tokenizer(),
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=_scheduler(),
+        transformer=_transformer(spec.sketch),
+        transformer_2=_transformer(spec.sketch),
+        boundary_ratio=BOUNDARY_RATIO,
+    )
+    folder = Path(out_dir) / A14B_DIR
+    pipe.save_pretrained(folder)
+    return folder, folder / LOW_NOISE_SUBFOLDER
