@@ -299,10 +299,6 @@ class GenerationRequest(BaseModel):
                 )
         return self
 
-    def edits_video(self) -> bool:
-        """Whether the request sets any video-editing input (what only a VACE pair takes)."""
-        return any(getattr(self, name) is not None for name in EDIT_FIELDS)
-
     @classmethod
     def with_capped_switch(cls, fields: Mapping[str, Any], default_steps: int) -> GenerationRequest:
         """The request of `fields`, a switch text's step counts capped at its step count (its explicit list's
