@@ -37,7 +37,7 @@ from srserve.engine.config import ModelPairConfig
 from srserve.engine.edit_inputs import EditInputs
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, require_component_config
 from srserve.engine.families.wan import WanFamily
-from srserve.engine.families.wan22 import Wan22Family, locate, pipeline_folder
+from srserve.engine.families.wan22 import Wan22Family, _with_defaults, locate, pipeline_folder
 from srserve.engine.handoff import HandoffState
 from srserve.engine.request import ResolvedRequest
 
@@ -58,6 +58,7 @@ def vace_problems(label: str, transformer: dict[str, Any], vae: dict[str, Any]) 
             f"{label} transformer is a {transformer.get('_class_name')!r}, not a {VACE_CLASS} (no VACE blocks)"
         )
         return problems
+    transformer = _with_defaults(WanVACETransformer3DModel, transformer)  # a key a folder omits is the class's
     layers, num_layers = transformer.get("vace_layers"), transformer.get("num_layers")
     if (
         not isinstance(layers, list)
