@@ -21,7 +21,7 @@ from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Rol
 from srserve.engine.edit_inputs import EditInputs
 from srserve.engine.families import IncompatiblePairError, check_pair
 from srserve.engine.handoff import FORMAT_NAME, FORMAT_VERSION, HandoffFormatError
-from srserve.engine.image import describe_image, load_image
+from srserve.engine.image import ImageInputError, describe_image, load_image
 from srserve.engine.request import MAX_REFERENCE_IMAGES, InputVideo
 from srserve.engine.video import encode_mp4
 from srserve.engine.video_input import VideoInputError, describe_video, load_video
@@ -463,6 +463,12 @@ def test_video_loader_refuses_bad_files(video_bytes: bytes, reference_bytes: lis
         load_video(video_bytes, "video", max_bytes=100, max_frames=64, max_pixels=1 << 16)
     with pytest.raises(VideoInputError, match=r"video: the mp4 cannot be read|video: the video has no frames"):
         _load(video_bytes[:64], "video")
+
+
+def test_reference_image_refusals_name_their_field() -> None:
+    with pytest.raises(ImageInputError, match=r"reference_images\[1\]: not a PNG, JPEG or WebP image") as info:
+        load_image(b"not an image", max_bytes=1 << 20, max_pixels=1 << 16, param="reference_images[1]")
+    assert info.value.param == "reference_images[1]"
 
 
 # -- the pair check -------------------------------------------------------------------------------------

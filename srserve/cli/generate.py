@@ -191,9 +191,9 @@ def _edit_inputs(args: argparse.Namespace, request: GenerationRequest) -> tuple[
             frames[name] = load_video(data, name, **limits)
             update[name] = describe_video(data, frames[name])
     references = []
-    for path in args.reference_image or []:
-        data = _read(path, "--reference-image")
-        references.append((load_image(data, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS), describe_image(data)))
+    for i, path in enumerate(args.reference_image or []):
+        data, param = _read(path, "--reference-image"), f"reference_images[{i}]"
+        references.append((load_image(data, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, param), describe_image(data, param)))
     if references:
         update["reference_images"] = [described for _, described in references]
     if not update:

@@ -3,7 +3,8 @@
 Only PNG, JPEG and WebP are read. The pixel count is checked from the header, before any pixel is
 decoded, so a small file that inflates to gigapixels (a decompression bomb) is refused cheaply; a
 truncated file is refused rather than padded. Every refusal is an `ImageInputError` whose `param`
-names the request field (`input_reference`), for the API's error body.
+names the request field (`input_reference`, or `reference_images[i]` for a video-editing request's
+reference image), for the API's error body.
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ _SWAPPED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF rotations by 90 or 270 d
 
 
 class ImageInputError(ValueError):
-    """The input image cannot be used; the message says why."""
+    """The input image cannot be used; the message says why and `param` names the field."""
 
-    param = "input_reference"
+    def __init__(self, message: str, param: str = "input_reference") -> None:
+        super().__init__(message)
+        self.param = param
 
 
-def _open(data: bytes, max_pixels: int | None = None) -> Image.Image:
+def _open(data: bytes, max_pixels: int | None = None, param: str = "input_reference") -> Image.Image:
     """The image's header (no pixels decoded yet), or ImageInputError naming what the bytes are."""
     if not isinstance(data, bytes | bytearray | memoryview) or not len(data):
-        raise ImageInputError("input_reference: the image is empty")
+        raise ImageInputError(f"{param}: the image is empty", param)
     try:
         with warnings.catch_warnings():  # our own pixel limit decides, not PIL's warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -41,13 +44,13 @@ def _open(data: bytes, max_pixels: int | None = None) -> Image.Image:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         count = found.group(1) if found else "too many"
         limit = "" if max_pixels is None else f", over the limit of {max_pixels}"
-        raise ImageInputError(f"input_reference: the image has {count} pixels{limit}") from exc
+        raise ImageInputError(f"{param}: the image has {count} pixels{limit}", param) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         pass
     other = _other_format(data)
     if other is not None:
-        raise ImageInputError(f"input_reference: {other} images are not accepted; send PNG, JPEG or WebP")
-    raise ImageInputError("input_reference: not a PNG, JPEG or WebP image")
+        raise ImageInputError(f"{param}: {other} images are not accepted; send PNG, JPEG or WebP", param)
+    raise ImageInputError(f"{param}: not a PNG, JPEG or WebP image", param)
 
 
 def _other_format(data: bytes) -> str | None:
@@ -71,7 +74,7 @@ def _oriented_size(img: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation in _SWAPPED_ORIENTATIONS else (width, height)
 
 
-def load_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+def load_image(data: bytes, max_bytes: int, max_pixels: int, param: str = "input_reference") -> Image.Image:
     """Decode a PNG, JPEG or WebP image to RGB, as diffusers' `load_image` does (EXIF orientation applied).
 
     Refuses (ImageInputError) more than `max_bytes` bytes, anything else than the three formats, more
@@ -79,24 +82,24 @@ def load_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     An animated image gives its first frame.
     """
     if len(data) > max_bytes:
-        raise ImageInputError(f"input_reference: the image is {len(data)} bytes, over the limit of {max_bytes}")
-    img = _open(data, max_pixels)
+        raise ImageInputError(f"{param}: the image is {len(data)} bytes, over the limit of {max_bytes}", param)
+    img = _open(data, max_pixels, param)
     width, height = img.size
     if width * height > max_pixels:
         raise ImageInputError(
-            f"input_reference: the image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+            f"{param}: the image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}", param
         )
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as exc:  # PIL reports truncation and corruption as these
-        raise ImageInputError(f"input_reference: the {img.format} image is truncated or corrupt ({exc})") from exc
+        raise ImageInputError(f"{param}: the {img.format} image is truncated or corrupt ({exc})", param) from exc
     img = ImageOps.exif_transpose(img)
     return img.convert("RGB")
 
 
-def describe_image(data: bytes) -> InputImage:
+def describe_image(data: bytes, param: str = "input_reference") -> InputImage:
     """A request's description of an image (sha256, media type, size as shown), from its header only."""
-    img = _open(data)
+    img = _open(data, param=param)
     width, height = _oriented_size(img)
     return InputImage(
         sha256=hashlib.sha256(bytes(data)).hexdigest(),
