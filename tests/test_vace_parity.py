@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import WanVACEPipeline
+from diffusers.utils import load_video as diffusers_load_video
 from PIL import Image
 from safetensors.torch import save as st_save
 
@@ -463,6 +464,15 @@ def test_video_loader_refuses_bad_files(video_bytes: bytes, reference_bytes: lis
         load_video(video_bytes, "video", max_bytes=100, max_frames=64, max_pixels=1 << 16)
     with pytest.raises(VideoInputError, match=r"video: the mp4 cannot be read|video: the video has no frames"):
         _load(video_bytes[:64], "video")
+
+
+def test_video_loader_reads_what_diffusers_load_video_reads(video_bytes: bytes, video, tmp_path: Path) -> None:
+    """Frame for frame the frames diffusers' own `load_video` gives a WanVACEPipeline user for the same file."""
+    path = tmp_path / "video.mp4"
+    path.write_bytes(video_bytes)
+    theirs = diffusers_load_video(str(path))
+    assert len(theirs) == len(video) == FRAMES
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(theirs, video, strict=True))
 
 
 def test_reference_image_refusals_name_their_field() -> None:
