@@ -420,6 +420,12 @@ def test_request_refuses_editing_inputs_that_do_not_fit() -> None:
         GenerationRequest(prompt="x", conditioning_scale=-1.0)
 
 
+def test_step_caches_are_refused(engine) -> None:
+    with pytest.raises(ValueError, match=r"cache: the wan2\.1-vace pair runs no step caches yet \(a sketch"):
+        engine.generate(_request(1, cache="first_block:0.3"))
+    engine.resolve(_request(1, cache="none"))  # no cache at all is fine
+
+
 def test_unset_output_shape_is_the_videos(engine) -> None:
     resolved = engine.resolve(GenerationRequest(prompt="x", video=_described(frames=13, width=48, height=32)))
     assert (resolved.num_frames, resolved.width, resolved.height) == (13, 48, 32)

@@ -104,6 +104,15 @@ def check_schedule(family: ModelFamily, config: ModelPairConfig, request: Genera
     """ValueError, naming each field, unless a (resolved) request's schedule is one the family runs within the
     pair's bounds (ModelPairConfig.schedule)."""
     problems = config.schedule.problems(request, family.name, family.schedulers)
+    cache = request.cache
+    if not family.step_caches and cache is not None:
+        for stage, policy in (("sketch", cache.sketch), ("render", cache.render)):
+            if policy is not None and policy.enabled:
+                problems.append(
+                    f"cache: the {family.name} pair runs no step caches yet (a {stage} {policy.kind!r} cache was "
+                    "not checked against its model's blocks); set cache 'none'"
+                )
+                break
     if problems:
         raise ValueError("; ".join(problems))
 

@@ -63,6 +63,8 @@ class ModelFamily(ABC):
     attention_backends: frozenset[str] = frozenset({"native"})
     # Block submodules whose outputs a TaylorSeer step cache extrapolates (srserve.engine.cache).
     cached_modules: tuple[str, ...] = ()
+    # Whether requests may run step caches on this family's models (False: refused, naming `cache`).
+    step_caches: bool = True
     # Image-to-video: every request needs an input image (`input_reference`), encoded on the sketch side.
     takes_image: bool = False
     # Video editing (VACE): requests may give a video, its mask and reference images, encoded on the sketch side.

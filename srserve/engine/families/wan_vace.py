@@ -85,9 +85,10 @@ class _VACEConditioned:
     """What both Wan VACE families add to their text-to-video parents: the context, its frames, its checks."""
 
     edits_video = True
-    # Not yet checked here: LoRA on VACE blocks (WanVACEPipeline's loader), and step caches' module patterns
-    # against the VACE blocks; a pair with adapters is refused by the engine (no loader).
+    # Not yet checked here: LoRA on VACE blocks (WanVACEPipeline's loader; a pair with adapters is refused, no
+    # loader), and step caches, whose skipped blocks would meet the VACE hints the transformer adds between them.
     lora_pipeline = None
+    step_caches = False
     name: str
     _render_transformer: dict[str, Any]
     _vae_config: dict[str, Any]
