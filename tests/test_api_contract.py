@@ -45,12 +45,12 @@ from tests.serving_helpers import wait_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("SRSERVE_CONTRACT_SEED", "20261201"))
-# (seed, examples per operation, phases): one full run, then other seeds through the random phases
-# (the examples and coverage phases hardly depend on the seed).
+# (seed, examples per operation, phases): one full run, then another seed and example count through the
+# random phases (the examples and coverage phases hardly depend on the seed). More seeds run by setting
+# SRSERVE_CONTRACT_SEED; the suite keeps two, as each run costs about a minute here.
 RUNS = [
     (SEED, 30, "examples,coverage,fuzzing,stateful"),
-    (SEED + 1, 10, "fuzzing,stateful"),
-    (SEED + 2, 20, "fuzzing,stateful"),
+    (SEED + 1, 15, "fuzzing,stateful"),
 ]
 SIDE, FRAMES = 64, 17  # the tiny pair's defaults
 CREATING = {("POST", "/v1/videos"), ("POST", "/v1/handoffs")}
