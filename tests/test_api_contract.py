@@ -98,7 +98,7 @@ def _cheap(body: Any) -> None:
     if isinstance(body.get("num_frames"), int) and body["num_frames"] > FRAMES:
         body["num_frames"] = FRAMES
     if "seconds" in body:
-        body["seconds"] = "1"  # 17 frames at the default rate; valid at every fps
+        body["seconds"] = "1"  # 17 frames at the default rate
 
 
 @schemathesis.hook
@@ -212,6 +212,7 @@ _VALUE = st.one_of(
     st.lists(st.integers(-1, 1001), max_size=4),
     st.lists(st.floats(-0.1, 1.1), max_size=3),
     st.sampled_from([[1000, 750, 500, 250], [250, 500], [500, 500], [1, 1.0], [1.0, 0.5], [0.5, True], [], [None]]),
+    st.sampled_from([250, 0.5, 1, 1.0, 0, 1001]),  # a bare value: a one-step list, or not a schedule value
     st.sampled_from(["euler", "unipc", "ddim", "none", "sketch=none", "first_block", "mag", "render=mag"]),
 )
 _FIELDS = [*schemas.FIELD_TYPES, "extra"]
@@ -221,6 +222,8 @@ def _conforming(spec: dict[str, Any]) -> st.SearchStrategy:
     """Values one property's schema allows (the cross-field rules aside), drawn from that schema."""
     if "enum" in spec:
         return st.sampled_from(spec["enum"])
+    if "anyOf" in spec:
+        return st.one_of([_conforming(branch) for branch in spec["anyOf"]])
     if spec["type"] == "array":
         items = _conforming(spec["items"])
         unique = spec.get("uniqueItems", False)
