@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from srserve.engine import ModelPairConfig
+from srserve.engine.cache import CachePolicy
 from srserve.engine.schedule import SCHEDULE_FIELDS, ScheduleBounds
 from srserve.serving.api import schemas
 from srserve.serving.api.http import openapi_document, served_document
@@ -38,13 +39,15 @@ DISTILLED_DEFAULTS = {"num_inference_steps": 4, "scheduler": "euler", "timesteps
 NEVER = JobStoreConfig(embedded_dsn="postgresql://127.0.0.1:1/never_opened")
 
 
-# Pools whose requests may ask for step caches (not `mag`, which needs calibrated ratios), so the caches a
-# schedule refuses are in play.
-CACHING = PoolConfig(cache_limits=CacheLimits(kinds=["none", "first_block", "taylorseer"]))
+# Pools whose requests may ask for step caches, `mag` on the render pool (its own, calibrated: the file is
+# read only where a job runs), so the caches a schedule refuses are in play.
+_KINDS = CacheLimits(kinds=["none", "first_block", "taylorseer"])
+SKETCH_POOL = PoolConfig(cache_limits=_KINDS)
+RENDER_POOL = PoolConfig(cache=CachePolicy(kind="mag", ratios_file="calibrated.json"), cache_limits=_KINDS)
 
 
 def _core(pair: ModelPairConfig) -> IngressCore:
-    config = ServingConfig(model=pair, job_store=NEVER, sketch_pool=CACHING, render_pool=CACHING)
+    config = ServingConfig(model=pair, job_store=NEVER, sketch_pool=SKETCH_POOL, render_pool=RENDER_POOL)
     return IngressCore(config, pair.defaults, pair.name, pair.family, {}, pair=pair)
 
 
@@ -174,6 +177,9 @@ def test_every_body_variant_and_example_keeps_to_the_pair(cores: dict[str, Ingre
         ("distilled", {"cache": "sketch=first_block"}, "cache"),  # the pair's own list runs: no cache
         ("distilled", {"num_inference_steps": 4, "cache": "first_block"}, "cache"),  # its default step count too
         ("distilled", {"num_inference_steps": 6, "cache": "first_block"}, None),  # 6 evenly spaced steps
+        ("distilled", {"num_inference_steps": 6, "cache": "render=mag"}, "cache"),  # the pair's own scheduler
+        ("bounded", {"cache": "render=mag:0.1"}, None),  # the folder's scheduler, no shift
+        ("bounded", {"shift": 4, "cache": "render=mag"}, "cache"),
         ("cogvideox", {"num_inference_steps": 50, "guidance_scale": 7}, None),
         ("cogvideox", {"scheduler": "euler"}, "scheduler"),
         ("cogvideox", {"shift": 5.0}, "shift"),
@@ -212,7 +218,8 @@ _WILD = st.one_of(
     st.integers(-2, 210),
     st.floats(-1, 101, allow_nan=False),
     st.sampled_from(["euler", "unipc", "ddim", "", "none", "first_block", "taylorseer:2", "sketch=none"]),
-    st.sampled_from(["sketch=first_block,render=none", "render=taylorseer", "mag", "fixed:3", "adaptive", "load"]),
+    st.sampled_from(["sketch=first_block,render=none", "render=taylorseer", "mag", "render=mag:0.2", "fixed:3"]),
+    st.sampled_from(["adaptive", "load", "sketch=none,render=mag"]),
     st.sampled_from([FEW, [1000, 500], [250, 1000], [500, 500], [1.0, 0.5], [0.5], [], [True]]),
     _TIMESTEP_LISTS,
     _SIGMA_LISTS,
@@ -258,7 +265,7 @@ def _bodies(create: dict[str, Any]) -> st.SearchStrategy:
 def _exactness(name: str) -> Any:
     """A property test: the deployment `name`'s schema says valid exactly when its ingress accepts."""
 
-    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(data=st.data())
     def test(cores: dict[str, IngressCore], data: st.DataObject) -> None:
         core = cores[name]
