@@ -233,6 +233,7 @@ _WILD = st.one_of(
 )
 # Every field a create body can name anywhere (the unbounded schema's), so refused fields are sent too.
 _FIELDS = [*schemas.FIELD_TYPES]
+_CACHES = ["mag", "render=mag", "sketch=none,render=mag:0.1", "first_block", "sketch=taylorseer:3", "none"]
 _SCHEDULE_SIDE = ["num_inference_steps", "guidance_scale", *SCHEDULE_FIELDS, "cache", "switch"]
 
 
@@ -259,7 +260,9 @@ def _bodies(create: dict[str, Any]) -> st.SearchStrategy:
     any field, the ones `create` leaves out included."""
     props = create["properties"]
     optional = {name: _conforming(props[name]) for name in _SCHEDULE_SIDE if name in props}
-    wild = st.dictionaries(st.sampled_from([*_SCHEDULE_SIDE, *_FIELDS]), _WILD, max_size=2)
+    optional["cache"] = st.one_of(optional["cache"], st.sampled_from(_CACHES))  # the kinds a schedule refuses
+    fields = st.one_of(st.sampled_from(_SCHEDULE_SIDE), st.sampled_from(_FIELDS))
+    wild = st.dictionaries(fields, _WILD, max_size=2)
     return st.builds(
         lambda valid, extra: {**valid, **extra},
         st.fixed_dictionaries({"prompt": st.just("x")}, optional=optional),
