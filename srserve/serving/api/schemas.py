@@ -13,6 +13,8 @@ decreasing", so `timesteps` and `sigmas` are sets (distinct values, `uniqueItems
 highest down (`schedule_fields` orders them); a list is the step count, so it excludes
 `num_inference_steps`, and the two lists exclude each other; and a cache the engine refuses with
 a schedule (any cache with a list, `mag` with a `scheduler` or `shift`) is refused by the schema too.
+A deployment publishes this schema within its pair: its adapters (`lora`), its pools' cache kinds and
+its pair's schedule bounds and defaults (`narrow_schedule`).
 
 A create body becomes the engine's request once (`create_request`); the ingress resolves it.
 """
