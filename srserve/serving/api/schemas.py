@@ -15,6 +15,8 @@ published value fits the 257-frame limit there), so an explicit `fps` goes with 
 the two lists exclude each other; a cache the engine refuses with a schedule (any cache with a list,
 `mag` with a `scheduler` or `shift`) is refused by the schema too. A list may also be one bare value
 (a one-step list): in a form the two are the same text, so the schema says so for JSON too.
+A deployment publishes this schema within its pair: its adapters (`lora`), its pools' cache kinds and
+its pair's schedule bounds and defaults (`narrow_schedule`).
 
 Each cross-field rule is one small `anyOf` of property sets, never an `if`/`then` per value: schema
 tools expand conditions into every combination of their branches, and a schema whose product grows
@@ -35,7 +37,15 @@ from srserve.engine.adapter_spec import LORA
 from srserve.engine.cache import CACHE, CACHE_KINDS
 from srserve.engine.grammar import field_limits
 from srserve.engine.request import MAX_STEPS, SWITCH, GenerationRequest, describe_validation_error, error_field
-from srserve.engine.schedule import SCHEDULER_NAMES, SchedulerName, Shift, Sigma, Timestep
+from srserve.engine.schedule import (
+    SCHEDULE_FIELDS,
+    SCHEDULER_NAMES,
+    ScheduleLimits,
+    SchedulerName,
+    Shift,
+    Sigma,
+    Timestep,
+)
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.jobs import JobState
 
@@ -114,6 +124,73 @@ def _schedule_rules() -> list[dict[str, Any]]:
     ]
     mag = [_absent("scheduler", "shift"), {"properties": {"cache": {"pattern": NO_MAG_PATTERN}}}]
     return [{"anyOf": lists}, {"anyOf": mag}]
+
+
+def _fits(spec: dict[str, Any] | None, value: Any) -> bool:
+    """Whether one of the schema's own examples keeps to a narrowed property (the keywords narrowing sets)."""
+    if spec is None:
+        return False
+    if isinstance(value, list):
+        array = spec.get("anyOf", [spec])[0]  # a list property: an array, or one bare value
+        return array.get("minItems", 0) <= len(value) <= array.get("maxItems", len(value))
+    if "enum" in spec:
+        return value in spec["enum"]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return spec.get("minimum", value) <= value <= spec.get("maximum", value)
+    return True
+
+
+def narrow_schedule(create: dict[str, Any], limits: ScheduleLimits) -> None:
+    """The create body's schema (`VideoCreateParams`'s, in place) within what a deployment's pair lets a
+    request set (`ScheduleBounds.problems`, run by the ingress on the request with the pair's defaults):
+    `scheduler` the names the family runs within the bounds, `num_inference_steps` and a list's length
+    (the step count) within the step bounds, `shift` and `guidance_scale` within theirs; a field no
+    request may set is left out, so the schema refuses it as the server does (400 naming it). With the
+    pair's own list, a body that runs it (no list of its own, the default step count) may ask for no
+    cache, and with the pair's own scheduler or shift no body may ask for `mag` (`cache_refusal`). The
+    schema's examples that set what the pair refuses are left out."""
+    props = create["properties"]
+    bounds = limits.bounds
+    gone = set() if limits.flow else set(SCHEDULE_FIELDS)
+    if not limits.schedulers:
+        gone.add("scheduler")
+    if not bounds.explicit_schedule:
+        gone.update(SCHEDULE_LISTS)
+    for name in gone:
+        props.pop(name, None)
+    if "scheduler" in props:
+        props["scheduler"]["enum"] = list(limits.schedulers)
+        props["scheduler"]["description"] = (
+            f"the denoising scheduler: {' or '.join(limits.schedulers)}; the model pair's when left out"
+        )
+    steps = props["num_inference_steps"]
+    steps["minimum"] = max(steps["minimum"], bounds.min_steps)
+    steps["maximum"] = min(steps["maximum"], bounds.max_steps)
+    for name in SCHEDULE_LISTS:
+        if name in props:
+            array = props[name]["anyOf"][0]
+            array["minItems"] = max(array["minItems"], bounds.min_steps)
+            array["maxItems"] = min(array["maxItems"], bounds.max_steps)
+            if bounds.min_steps > 1:  # a bare value is a one-step list
+                props[name]["anyOf"] = [array]
+    if "shift" in props:
+        shift = props["shift"]
+        if bounds.min_shift is not None:
+            shift.pop("exclusiveMinimum", None)  # min_shift > 0
+            shift["minimum"] = bounds.min_shift
+        if bounds.max_shift is not None:
+            shift["maximum"] = min(shift["maximum"], bounds.max_shift)
+    if bounds.max_guidance_scale is not None:
+        scale = props["guidance_scale"]
+        scale["maximum"] = min(scale["maximum"], bounds.max_guidance_scale)
+    create["examples"] = [e for e in create.get("examples", []) if all(_fits(props.get(k), v) for k, v in e.items())]
+    rules = create.setdefault("allOf", [])
+    if limits.default_list:  # (a body with a list of its own runs no cache by _schedule_rules)
+        other_steps = {"properties": {"num_inference_steps": {"not": {"const": limits.default_steps}}}}
+        no_cache = {"properties": {"cache": {"pattern": NO_CACHE_PATTERN}}}
+        rules.append({"anyOf": [{**other_steps, "required": ["num_inference_steps"]}, no_cache]})
+    if limits.default_schedule:
+        rules.append({"properties": {"cache": {"pattern": NO_MAG_PATTERN}}})
 
 
 def _create_schema(schema: dict[str, Any]) -> None:
