@@ -1,8 +1,9 @@
 """Fault tests on a real local cluster, jobs in flight each time: nothing accepted is ever lost.
 
+- first, with nothing killed: the text pool and the S3 artifact store give the inline engine's bytes;
 - kill one replica of every deployment (ingress, text encoder, sketch, render), one at a time;
 - stop the PostgreSQL server for ~5 s under load (clear 503 / UNAVAILABLE meanwhile);
-- SIGKILL `srserve serve` together with its Ray cluster, start it again on the same store.
+- SIGKILL `srserve serve` together with its Ray cluster, start it again on the same store; Ctrl-C drains.
 """
 
 from __future__ import annotations
@@ -37,29 +38,101 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+S3_ENV = {"SRSERVE_TEST_S3_KEY": "test", "SRSERVE_TEST_S3_SECRET": "test"}
+
+
 @pytest.fixture(scope="module")
-def faults(serving, tiny_config):
-    """A second app with every kind of deployment (text pool too), short leases so takeovers are quick."""
+def faults_app(serving, tiny_config):
+    """A second app with every kind of deployment (text pool too), short leases so takeovers are quick, and
+    its handoffs and videos in an S3-compatible server (moto's, on a local port): the faults below hit a
+    deployment whose artifacts live in a bucket, as in production. Yields (base URL, artifact config)."""
     from ray import serve
 
     from srserve.serving.app import build_app
     from srserve.serving.config import IngressConfig, PoolConfig, ServingConfig
+    from srserve.serving.control.artifacts import ArtifactStoreConfig
+    from tests.s3_server import create_bucket, s3_server
 
-    pool = PoolConfig(num_replicas=1, max_backlog=16, ray_actor_options={"num_cpus": 0.25})
-    config = ServingConfig(
-        app_name=APP,
-        model=tiny_config.model_copy(update={"num_threads": 1}),
-        text_encoder_placement="pool",
-        sketch_pool=pool,
-        render_pool=pool,
-        text_pool=pool,
-        ingress=IngressConfig(
-            lease_ttl_s=3.0, claim_interval_s=0.5, default_deadline_s=900, graceful_shutdown_timeout_s=5
-        ),
-    )
-    serve.run(build_app(config), name=APP, route_prefix=f"/{APP}")
-    yield serving.http + f"/{APP}"
-    serve.delete(APP)
+    options = {"num_cpus": 0.25, "runtime_env": {"env_vars": S3_ENV}}
+    with s3_server() as endpoint:
+        create_bucket(endpoint, "srserve-test")
+        artifacts = ArtifactStoreConfig(
+            kind="s3",
+            bucket="srserve-test",
+            prefix="served",
+            endpoint_url=endpoint,
+            allow_http=True,
+            access_key_id_env="SRSERVE_TEST_S3_KEY",
+            secret_access_key_env="SRSERVE_TEST_S3_SECRET",
+        )
+        pool = PoolConfig(num_replicas=1, max_backlog=16, ray_actor_options=options)
+        config = ServingConfig(
+            app_name=APP,
+            model=tiny_config.model_copy(update={"num_threads": 1}),
+            text_encoder_placement="pool",
+            sketch_pool=pool,
+            render_pool=pool,
+            text_pool=pool,
+            ingress=IngressConfig(
+                ray_actor_options=options,
+                lease_ttl_s=3.0,
+                claim_interval_s=0.5,
+                default_deadline_s=900,
+                graceful_shutdown_timeout_s=5,
+            ),
+            artifacts=artifacts,
+        )
+        serve.run(build_app(config), name=APP, route_prefix=f"/{APP}")
+        try:
+            yield serving.http + f"/{APP}", artifacts
+        finally:
+            serve.delete(APP)
+
+
+@pytest.fixture
+def faults(faults_app) -> str:
+    return faults_app[0]
+
+
+def _exists(store, key: str) -> bool:
+    from srserve.serving.control.artifacts import ArtifactNotFound
+
+    try:
+        store.size(key)
+    except ArtifactNotFound:
+        return False
+    return True
+
+
+def test_text_encoder_pool_and_s3_artifacts_serve_the_inline_engine_bytes(
+    serving, faults_app, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before any fault: a job encodes on the text pool and gives the latents the main app (text encoder
+    inline, local artifacts) gives; its mp4 downloads (ranged too) from the bucket; deleting the job deletes
+    the object."""
+    from srserve.serving.control.artifacts import ArtifactStore
+
+    base, artifacts = faults_app
+    body = {"prompt": "a koi pond", "negative_prompt": "blur", "num_inference_steps": 8, "switch": "fixed:3"}
+    job = post(base, "/v1/videos", json={**body, "seed": 11}).json()
+    reference = post(serving.http, "/v1/videos", json={**body, "seed": 11}).json()
+    done, ref = wait_done(base, job["id"]), wait_done(serving.http, reference["id"])
+    assert done["status"] == "completed" and ref["status"] == "completed", (done, ref)
+    assert "encode" in done["srserve"]["replicas"]  # encoded on the text pool
+    assert done["srserve"]["latents_sha256"] == ref["srserve"]["latents_sha256"]
+
+    whole = get(base, f"/v1/videos/{job['id']}/content")
+    assert whole.status_code == 200 and whole.content[4:8] == b"ftyp"
+    part = get(base, f"/v1/videos/{job['id']}/content", headers={"Range": "bytes=0-7"})
+    assert part.status_code == 206 and part.content == whole.content[:8]
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    bucket = ArtifactStore.from_config(artifacts)
+    keys = [f"videos/{job['id']}/{n}.mp4" for n in range(1, 4)]
+    stored = [k for k in keys if _exists(bucket, k)]
+    assert len(stored) == 1 and bucket.get(stored[0]) == whole.content
+    assert requests.delete(base + f"/v1/videos/{job['id']}", timeout=30).status_code == 200
+    assert not _exists(bucket, stored[0])
 
 
 def _replica_actors(deployment: str) -> list[tuple[str, str]]:
@@ -217,8 +290,10 @@ def _wait_up(base: str, proc: subprocess.Popen, log: Path, timeout_s: float = 30
     raise TimeoutError(log.read_text()[-3000:])
 
 
-def test_hard_kill_of_srserve_serve_and_its_cluster(tmp_path: Path) -> None:
-    """SIGKILL the server's whole process group mid-work, start again: old videos download, jobs finish."""
+def test_hard_kill_of_srserve_serve_and_its_cluster_then_ctrl_c_drains(tmp_path: Path) -> None:
+    """SIGKILL the server's whole process group mid-work, start again: old videos download, jobs finish.
+    Then Ctrl-C with a job running: `srserve serve` drains it and exits 0 (one cluster start serves both
+    checks; each start costs a minute on a loaded machine)."""
     from srserve.serving.control.database import EmbeddedPostgres
 
     home = Path(tempfile.mkdtemp(prefix="srserve-hardkill-"))
@@ -241,6 +316,13 @@ def test_hard_kill_of_srserve_serve_and_its_cluster(tmp_path: Path) -> None:
             done = wait_done(base, job["id"])
             assert done["status"] == "completed", done
             _check_video(base, job["id"], tmp_path)
+        draining = _submit_until_accepted(base, {**BODY, "seed": 9, "num_inference_steps": 30, "switch": "fixed:10"})
+        wait_state(base, draining["id"], until=lambda j: j["srserve"]["state"] != "queued")
+        restarted_at = log.stat().st_size
+        proc.send_signal(signal.SIGINT)  # Ctrl-C while the job runs
+        assert proc.wait(240) == 0, log.read_text()[-3000:]
+        out = log.read_bytes()[restarted_at:].decode(errors="replace")
+        assert "draining" in out and "stopped" in out and "still running" not in out, out[-3000:]
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)

@@ -165,7 +165,11 @@ def _silent_peer_main(rank: int, port: int, root: str, out: str, mode: str) -> N
     if rank == 1:
         if mode == "exit":
             os._exit(0)
-        time.sleep(20)  # alive but silent, past rank 0's collective timeout
+        # Alive but silent past rank 0's collective timeout, until rank 0 has recorded how it ended (the
+        # deadline only bounds a hang of the test itself).
+        deadline = time.monotonic() + 120
+        while not Path(out, "rank0.txt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
         return
     resolved = engine.resolve(GenerationRequest(**REQUEST, switch="fixed:3"))
     try:

@@ -1,8 +1,9 @@
-"""A multi-device sketch pool served end to end on the session's Ray cluster.
+"""Multi-device pools served end to end on the session's Ray cluster.
 
-deploy/tiny.yaml and deploy/tiny-parallel.yaml (sketch replicas of 2 Ulysses ranks, gloo) run side by
-side as two more applications: the same prompt and seed give the same mp4, byte for byte; a rank
-killed mid-job takes its replica down, and the job completes on the replica Serve starts instead.
+deploy/tiny-parallel.yaml (sketch replicas of 2 Ulysses ranks, gloo), its render pool CFG-parallel 2, runs
+beside the session's one-device app (deploy/tiny.yaml's pair): the same prompt and seed give the same mp4,
+byte for byte; a cancel stops every rank; a rank killed mid-job takes its replica down, and the job
+completes on the replica Serve starts instead.
 """
 
 from __future__ import annotations
@@ -20,31 +21,43 @@ ROOT = Path(__file__).resolve().parents[1]
 BODY = {"prompt": "a lighthouse in a storm", "seed": 11, "num_inference_steps": 12, "switch": "fixed:6"}
 
 
-def _deploy(name: str, path: Path, **ingress: float) -> str:
-    """The application of a deploy file under its own name and route prefix; returns its base URL path."""
+def _deploy(name: str, path: Path, render_parallel, **ingress: float) -> str:
+    """The application of a deploy file under its own name and route prefix, its render pool run at
+    `render_parallel`; returns its base URL path."""
     from ray import serve
 
     from srserve.serving.app import build_app
     from srserve.serving.config import DeployFile
 
     config = DeployFile.from_yaml(path).serving
-    config = config.model_copy(update={"app_name": name, "ingress": config.ingress.model_copy(update=ingress)})
+    render = config.render_pool.model_copy(update={"parallel": render_parallel})
+    config = config.model_copy(
+        update={"app_name": name, "render_pool": render, "ingress": config.ingress.model_copy(update=ingress)}
+    )
     serve.run(build_app(config), name=name, route_prefix=f"/{name}")
     return f"/{name}"
 
 
 @pytest.fixture(scope="module")
 def apps(serving):
-    """deploy/tiny.yaml and deploy/tiny-parallel.yaml as two more apps on the session cluster (short leases)."""
+    """(the one-device app, one more app on the session cluster): deploy/tiny-parallel.yaml (sketch Ulysses 2)
+    with its render pool CFG-parallel 2, so each pool runs its own degree and kind; short leases.
+
+    The one-device reference is the session's app: the same tiny pair as deploy/tiny.yaml (written from a
+    fixed seed), its replicas one torch thread each as Ray's workers are."""
     from ray import serve
 
-    plain = serving.http + _deploy("plain", ROOT / "deploy" / "tiny.yaml")
+    from srserve.engine.parallel import ParallelSpec
+
     parallel = serving.http + _deploy(
-        "parallel", ROOT / "deploy" / "tiny-parallel.yaml", lease_ttl_s=3.0, claim_interval_s=0.5
+        "parallel",
+        ROOT / "deploy" / "tiny-parallel.yaml",
+        render_parallel=ParallelSpec(cfg=2),
+        lease_ttl_s=3.0,
+        claim_interval_s=0.5,
     )
-    yield plain, parallel
+    yield serving.http, parallel
     serve.delete("parallel")
-    serve.delete("plain")
 
 
 def _generate(base: str, body: dict, timeout_s: float = 600) -> tuple[dict, bytes]:
@@ -57,17 +70,18 @@ def _generate(base: str, body: dict, timeout_s: float = 600) -> tuple[dict, byte
     return job, content.content
 
 
-def _rank_actors(app: str) -> list[tuple[str, str]]:
-    """The named rank actors (ranks 1..) of the app's sketch replicas."""
+def _rank_actors(app: str, deployment: str = "SketchWorker") -> list[tuple[str, str]]:
+    """The named rank actors (ranks 1..) of the app's replicas of `deployment`."""
     out = []
     for actor in ray.util.list_named_actors(all_namespaces=True):
-        if actor["name"].startswith("srserve-rank:") and f"{app}#SketchWorker#" in actor["name"]:
+        if actor["name"].startswith("srserve-rank:") and f"{app}#{deployment}#" in actor["name"]:
             out.append((actor["name"], actor["namespace"]))
     return out
 
 
 @pytest.mark.slow
-def test_parallel_sketch_serves_the_same_video_bytes(apps) -> None:
+def test_parallel_pools_serve_the_same_video_bytes(apps) -> None:
+    """Sketch Ulysses 2, render CFG 2 (each pool its own degree and kind): still the one-device video."""
     plain, parallel = apps
     job_a, video_a = _generate(plain, BODY)
     job_b, video_b = _generate(parallel, BODY)
@@ -75,6 +89,7 @@ def test_parallel_sketch_serves_the_same_video_bytes(apps) -> None:
     assert job_b["srserve"]["switch_step"] == job_a["srserve"]["switch_step"] == 6
     assert video_b == video_a
     assert len(_rank_actors("parallel")) == 1  # ranks 1.. of one replica of Ulysses 2
+    assert len(_rank_actors("parallel", "RenderWorker")) == 1  # and of one replica of CFG 2
 
 
 @pytest.mark.slow
@@ -124,34 +139,6 @@ def test_a_rank_killed_mid_job_takes_its_replica_down_and_the_job_completes(apps
     assert _rank_actors("parallel") and _rank_actors("parallel")[0][0] != name  # a fresh replica, fresh ranks
     _, reference = _generate(plain, body)
     assert get(parallel, f"/v1/videos/{job_id}/content").content == reference
-
-
-@pytest.mark.slow
-def test_cfg_2_sketch_and_ulysses_2_render_serve_the_same_video_bytes(apps) -> None:
-    """Each pool its own degree (sketch CFG 2, render Ulysses 2): still the one-device video."""
-    from ray import serve
-
-    from srserve.engine.parallel import ParallelSpec
-    from srserve.serving.app import build_app
-
-    plain, _ = apps
-    config = DeployFile.from_yaml(ROOT / "deploy" / "tiny-parallel.yaml").serving
-    config = config.model_copy(
-        update={
-            "app_name": "degrees",
-            "sketch_pool": config.sketch_pool.model_copy(update={"parallel": ParallelSpec(cfg=2)}),
-            "render_pool": config.render_pool.model_copy(update={"parallel": ParallelSpec(ulysses=2)}),
-        }
-    )
-    serve.run(build_app(config), name="degrees", route_prefix="/degrees")
-    try:
-        base = plain.rsplit("/", 1)[0] + "/degrees"
-        job, video = _generate(base, BODY)
-        reference, expected = _generate(plain, BODY)
-        assert job["srserve"]["latents_sha256"] == reference["srserve"]["latents_sha256"]
-        assert video == expected
-    finally:
-        serve.delete("degrees")
 
 
 # -- the config files (no cluster) ---------------------------------------------------------------

@@ -8,6 +8,7 @@ import sys
 from pydantic import ValidationError
 
 from srserve.cli.generate import add_model_pair_arguments, model_pair_from_args
+from srserve.cli.progress import quiet_loading_bars
 from srserve.engine.request import GenerationRequest, describe_validation_error
 
 
@@ -28,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_loading_bars()
     from srserve.engine import SRDiffusionEngine
     from srserve.engine.mag_calibration import calibrate, write_ratios
 

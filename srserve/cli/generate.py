@@ -8,18 +8,18 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from srserve.cli.progress import StageBars
+from srserve.cli.progress import StageBars, quiet_loading_bars
 from srserve.cli.schedule_flags import add_schedule_arguments
-from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
 from srserve.engine.adapter_spec import AdapterConfig
 from srserve.engine.cache import with_ratios_file
-from srserve.engine.config import EXPERT_FAMILIES, TINY_ALIASES, TINY_PAIRS
+from srserve.engine.config import EXPERT_FAMILIES, TINY_ALIASES, TINY_PAIRS, ModelPairConfig
 from srserve.engine.edit_inputs import EditInputs
-from srserve.engine.families import IncompatiblePairError, check_edit_inputs, check_input_image
-from srserve.engine.families.wan22 import Wan22Family, low_noise_expert_path
 from srserve.engine.image import describe_image, load_image
-from srserve.engine.request import MAX_FRAMES, describe_validation_error
+from srserve.engine.request import MAX_FRAMES, GenerationRequest, describe_validation_error
 from srserve.engine.video_input import describe_video, load_video
+
+# torch, diffusers and the model families load only once the flags have been checked: a mistyped flag is
+# refused at once, not after ten seconds of imports.
 
 # The CLI's own limits on an --image, --reference-image, --video or --mask file (a server sets its own).
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
@@ -101,6 +101,8 @@ def model_pair_from_args(args: argparse.Namespace) -> ModelPairConfig:
         raise ValueError(f"--model-pair {args.model_pair} needs --sketch-model PATH and --render-model PATH")
     render = args.render_model
     if args.model_pair in EXPERT_FAMILIES and render == args.sketch_model:
+        from srserve.engine.families.wan22 import low_noise_expert_path
+
         render = low_noise_expert_path(render)  # one A14B folder: its low-noise expert renders
     return ModelPairConfig(
         family=args.model_pair,
@@ -240,6 +242,11 @@ def run(args: argparse.Namespace) -> int:
         if request.cache is not None and args.mag_ratios:
             request = request.model_copy(update={"cache": with_ratios_file(request.cache, args.mag_ratios)})
         config = model_pair_from_args(args)
+        from srserve.engine.engine import SRDiffusionEngine
+        from srserve.engine.families import check_edit_inputs, check_input_image
+        from srserve.engine.families.wan22 import Wan22Family
+
+        quiet_loading_bars()
         check_input_image(config.family, request, image)  # before any weights load
         check_edit_inputs(config.family, request, edit)
         engine = SRDiffusionEngine(config)
@@ -260,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, IncompatiblePairError) as exc:
+    except ValueError as exc:  # IncompatiblePairError included
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bars = StageBars(enabled=not args.no_progress)

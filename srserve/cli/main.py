@@ -24,8 +24,6 @@ COMMANDS = {
     "plan": "srserve.cli.plan",
     "profile": "srserve.cli.profile",
 }
-# Commands that load no model in this process (models load in Ray replicas, or not at all).
-_NO_LOCAL_MODELS = {"serve", "client", "demo", "bench", "plan"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -51,13 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = _command(argv)
     args = build_parser(command).parse_args(argv)
-    if args.command not in _NO_LOCAL_MODELS:
-        # Loading bars for tiny local folders are noise next to srserve's own per-stage bars.
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
-
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
     return run_reporting(args.func, args)
 
 

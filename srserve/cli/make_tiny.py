@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from srserve.cli.progress import quiet_loading_bars
 from srserve.engine.tiny import TINY_LAYOUTS
 
 
@@ -27,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_loading_bars()
     # Each family's writer and layout (srserve.engine.tiny.TINY_LAYOUTS): wan2.2, -i2v and -vace write one
     # A14B-shaped folder, whose sketch is the folder (high-noise expert) and render its transformer_2.
     sketch, render = TINY_LAYOUTS[args.family].write(args.dir)

@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+from srserve.cli.progress import quiet_loading_bars
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
@@ -47,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_loading_bars()
     if args.what == "gpu":
         import torch
 

@@ -7,6 +7,16 @@ import sys
 from tqdm import tqdm
 
 
+def quiet_loading_bars() -> None:
+    """Turn off diffusers' and transformers' loading bars: for local folders they are noise next to srserve's
+    own per-stage bars. Commands call it where they load models (it imports both libraries, seconds)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 class StageBars:
     """One tqdm bar per stage, created when the stage reports its first step."""
 

@@ -24,6 +24,7 @@ This module imports no torch until a scheduler is built, so a request validates 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -136,6 +137,39 @@ class ScheduleBounds(BaseModel):
         if scale is not None and self.max_guidance_scale is not None and scale > self.max_guidance_scale:
             out.append(f"guidance_scale: {scale} is above this model's maximum {self.max_guidance_scale}")
         return out
+
+
+@dataclass(frozen=True)
+class ScheduleLimits:
+    """What a request to one pair may set of the schedule, as `ScheduleBounds.problems` decides it for the
+    pair's family, plus the pair's defaults a request inherits: what a published request schema states.
+
+    A request that sets no list runs the defaults' list at the default step count, and every request runs
+    the defaults' scheduler and shift unless it sets its own; that decides which step caches it may ask for
+    (`srserve.engine.request.cache_refusal`).
+    """
+
+    bounds: ScheduleBounds
+    schedulers: tuple[str, ...]  # the names a request may give: the family's within the bounds
+    flow: bool  # the family runs flow-matching schedules; else a request sets none of SCHEDULE_FIELDS
+    default_steps: int
+    default_list: bool  # the defaults carry `timesteps` or `sigmas`
+    default_schedule: bool  # the defaults carry `scheduler` or `shift`
+
+    @classmethod
+    def of(cls, bounds: ScheduleBounds, family_schedulers: Collection[str], defaults: Any) -> ScheduleLimits:
+        """The limits of a pair: its bounds, its family's schedulers, its defaults (a RequestDefaults)."""
+        allowed = [n for n in SCHEDULER_NAMES if n in family_schedulers]
+        if bounds.schedulers is not None:
+            allowed = [n for n in allowed if n in bounds.schedulers]
+        return cls(
+            bounds=bounds,
+            schedulers=tuple(allowed),
+            flow=bool(family_schedulers),
+            default_steps=defaults.num_inference_steps,
+            default_list=defaults.timesteps is not None or defaults.sigmas is not None,
+            default_schedule=defaults.scheduler is not None or defaults.shift is not None,
+        )
 
 
 def has_explicit_schedule(request: Any) -> bool:

@@ -34,6 +34,7 @@ from srserve.engine.request import (
     error_field,
     resolve_request,
 )
+from srserve.engine.schedule import ScheduleLimits
 from srserve.serving.config import AdapterRouting, ServingConfig
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore
 from srserve.serving.control.attempts import StageResult, StageTicket
@@ -208,17 +209,23 @@ class IngressCore:
         (wan2.2's expert boundary, counted on that schedule) when the request names none, the step caches
         within the pools' limits (a pool's default that the schedule cannot run with left off), then for a
         `load` switch the cap chosen from the pools' queued work."""
+        resolved = self.decide(request)
+        if resolved.switch.kind != "load":
+            return resolved, None
+        choice = await self._choose_switch(resolved, deadline_s)
+        return resolved.model_copy(update={"switch": choice.policy}), choice
+
+    def decide(self, request: GenerationRequest) -> ResolvedRequest:
+        """`resolve` short of the load switch's cap (which reads the store and refuses nothing): every refusal
+        of a request's fields (InvalidRequest naming the field; the input image's aside), so the published
+        schema can be checked against what the ingress accepts without a store."""
         # The schedule first (without the caches, which depend on it): what every later choice reads.
         schedule = self._resolved(request.model_copy(update={"cache": None}))
         self._check_schedule(schedule)
         updates: dict[str, Any] = {"cache": self._caches(request.cache, schedule=schedule)}
         if self._boundary_switch is not None and "switch" not in request.model_fields_set:
             updates["switch"] = self._boundary_switch(schedule.num_inference_steps, schedule)
-        resolved = self._resolved(request, **updates)
-        if resolved.switch.kind != "load":
-            return resolved, None
-        choice = await self._choose_switch(resolved, deadline_s)
-        return resolved.model_copy(update={"switch": choice.policy}), choice
+        return self._resolved(request, **updates)
 
     def _resolved(self, request: GenerationRequest, **updates: Any) -> ResolvedRequest:
         try:
@@ -240,6 +247,13 @@ class IngressCore:
     def lora_pattern(self) -> str | None:
         """The `lora` field's published grammar for this deployment: its pair's adapters (None: it has none)."""
         return lora_pattern(self.adapters)
+
+    def schedule_limits(self) -> ScheduleLimits | None:
+        """What requests may set of the schedule, for the published schema: the pair's bounds met with its
+        family's schedulers, and its defaults (None: no pair, nothing checked beyond the engine's limits)."""
+        if self.pair is None or self._family is None:
+            return None
+        return ScheduleLimits.of(self.pair.schedule, self._family.schedulers, self.defaults)
 
     def cache_pattern(self) -> str:
         """The `cache` field's published grammar for this deployment: the kinds each stage's pool allows."""

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from srserve.engine.cache import CacheSpec
-from srserve.engine.schedule import SCHEDULE_FIELDS
+from srserve.engine.schedule import SCHEDULE_FIELDS, ScheduleLimits
 from srserve.serving.api.errors import (
     HttpStatusError,
     InvalidRequest,
@@ -51,6 +51,7 @@ from srserve.serving.api.schemas import (
     VideoList,
     create_request,
     form_values,
+    narrow_schedule,
 )
 from srserve.serving.control.artifacts import RangeNotSatisfiable, parse_range_header
 from srserve.serving.control.jobs import Job, JobState
@@ -622,11 +623,13 @@ def openapi_document(
     cache_pattern: str | None = None,
     takes_image: bool = False,
     lora_pattern: str | None = None,
+    schedule: ScheduleLimits | None = None,
 ) -> dict[str, Any]:
     """The whole API as OpenAPI 3.1: routes, bodies, every status; the deployment's model, auth, the
     cache kinds its pools allow requests (`cache_pattern`), its pair's LoRA adapters (`lora_pattern`;
-    None: the pair has none, and `lora` is left out, so the schema refuses it as the server does) and,
-    for an image-to-video pair (`takes_image`), the create body as the one form that can carry the image."""
+    None: the pair has none, and `lora` is left out, so the schema refuses it as the server does), what
+    its pair lets a request set of the schedule (`schedule`, `narrow_schedule`; None: the engine's limits)
+    and, for an image-to-video pair (`takes_image`), the create body as the one form that can carry the image."""
     doc = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes, servers=app.servers
     )
@@ -647,6 +650,8 @@ def openapi_document(
         del components["VideoCreateParams"]["properties"]["lora"]
     else:
         components["VideoCreateParams"]["properties"]["lora"]["pattern"] = lora_pattern
+    if schedule is not None:
+        narrow_schedule(components["VideoCreateParams"], schedule)
     if takes_image:
         _image_form(doc)
     if auth:
@@ -683,13 +688,22 @@ def _image_form(doc: dict[str, Any]) -> None:
     body["content"] = {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/VideoCreateForm"}}}
 
 
+def served_document(core: IngressCore) -> dict[str, Any]:
+    """`openapi_document` for the deployment `core` serves: its model, auth, caches, adapters and schedule."""
+    return openapi_document(
+        core.model_name,
+        core.auth is not None,
+        core.cache_pattern(),
+        core.takes_image,
+        core.lora_pattern(),
+        core.schedule_limits(),
+    )
+
+
 def _openapi() -> dict[str, Any]:
     """Built once per replica, from the deployment it serves."""
     if app.openapi_schema is None:
-        core = _core()
-        app.openapi_schema = openapi_document(
-            core.model_name, core.auth is not None, core.cache_pattern(), core.takes_image, core.lora_pattern()
-        )
+        app.openapi_schema = served_document(_core())
     return app.openapi_schema
 
 

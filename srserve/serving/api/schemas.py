@@ -7,12 +7,20 @@ patterns over those limits; `switch` and `cache` publish the engine's own gramma
 (`srserve.engine.grammar`). JSON Schema cannot compare two fields, so the two rules that would need
 it are made expressible: a switch step is capped at the step count (`fixed:K` with K at or past the
 step count runs the large model only, as `fixed:N` does; adaptive bounds are capped the same way;
-`GenerationRequest.with_capped_switch`), and each `seconds` value states the frame rates it allows
-(4k+1 frames at most 257). The schedule's lists likewise: JSON Schema cannot say "strictly
-decreasing", so `timesteps` and `sigmas` are sets (distinct values, `uniqueItems`) that run from the
-highest down (`schedule_fields` orders them); a list is the step count, so it excludes
-`num_inference_steps`, and the two lists exclude each other; and a cache the engine refuses with
-a schedule (any cache with a list, `mag` with a `scheduler` or `shift`) is refused by the schema too.
+`GenerationRequest.with_capped_switch`), and `seconds` counts frames at the default rate (every
+published value fits the 257-frame limit there), so an explicit `fps` goes with `num_frames`, not with
+`seconds`. The schedule's lists likewise: JSON Schema cannot say "strictly decreasing", so
+`timesteps` and `sigmas` are sets (distinct values, `uniqueItems`) that run from the highest down
+(`schedule_fields` orders them); a list is the step count, so it excludes `num_inference_steps`, and
+the two lists exclude each other; a cache the engine refuses with a schedule (any cache with a list,
+`mag` with a `scheduler` or `shift`) is refused by the schema too. A list may also be one bare value
+(a one-step list): in a form the two are the same text, so the schema says so for JSON too.
+A deployment publishes this schema within its pair: its adapters (`lora`), its pools' cache kinds and
+its pair's schedule bounds and defaults (`narrow_schedule`).
+
+Each cross-field rule is one small `anyOf` of property sets, never an `if`/`then` per value: schema
+tools expand conditions into every combination of their branches, and a schema whose product grows
+past what they model (schemathesis' generator gives up beyond a few dozen) cannot be tested from it.
 
 A create body becomes the engine's request once (`create_request`); the ingress resolves it.
 """
@@ -29,7 +37,15 @@ from srserve.engine.adapter_spec import LORA
 from srserve.engine.cache import CACHE, CACHE_KINDS
 from srserve.engine.grammar import field_limits
 from srserve.engine.request import MAX_STEPS, SWITCH, GenerationRequest, describe_validation_error, error_field
-from srserve.engine.schedule import SCHEDULER_NAMES, SchedulerName, Shift, Sigma, Timestep
+from srserve.engine.schedule import (
+    SCHEDULE_FIELDS,
+    SCHEDULER_NAMES,
+    ScheduleLimits,
+    SchedulerName,
+    Shift,
+    Sigma,
+    Timestep,
+)
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.jobs import JobState
 
@@ -69,28 +85,17 @@ def frames_for_seconds(seconds: float, fps: int) -> int:
     return max(1, 4 * round(seconds * fps / 4) + 1)
 
 
-def max_fps(seconds: int) -> int:
-    """The highest frame rate at which `seconds` of video stays within the engine's frame limit."""
-    return max(f for f in range(FPS["ge"], FPS["le"] + 1) if frames_for_seconds(seconds, f) <= FRAMES["le"])
-
-
 # Whole seconds (as the openai SDK spells them: strings) that fit the frame limit at the default rate.
 SECONDS = [str(s) for s in range(1, 10_000) if frames_for_seconds(s, DEFAULT_FPS) <= FRAMES["le"]]
 
 
-def _seconds_rules() -> list[dict[str, Any]]:
-    """`seconds` at an explicit `fps`: the rates each value allows (unless `num_frames` is given)."""
-    rules = []
-    for value in SECONDS:
-        top = max_fps(int(value))
-        if top < FPS["le"]:
-            rules.append(
-                {
-                    "if": {"properties": {"seconds": {"const": value}}, "required": ["seconds"]},
-                    "then": {"anyOf": [{"required": ["num_frames"]}, {"properties": {"fps": {"maximum": top}}}]},
-                }
-            )
-    return rules
+def _seconds_rule() -> dict[str, Any]:
+    """`seconds` counts frames at the default rate: an explicit `fps` goes with `num_frames` instead."""
+    return {"anyOf": [_absent("seconds"), _absent("fps"), {"required": ["num_frames"]}]}
+
+
+def _absent(*names: str) -> dict[str, Any]:
+    return {"properties": {name: False for name in names}}
 
 
 def _drop_nulls(schema: dict[str, Any]) -> None:
@@ -98,31 +103,100 @@ def _drop_nulls(schema: dict[str, Any]) -> None:
     for prop in schema.get("properties", {}).values():
         branches = prop.pop("anyOf", None)
         if branches is not None:
-            (kept,) = [b for b in branches if b.get("type") != "null"]
-            prop.update(kept)
+            kept = [b for b in branches if b.get("type") != "null"]
+            if len(kept) == 1:
+                prop.update(kept[0])
+            else:
+                prop["anyOf"] = kept
         if prop.get("default", 0) is None:
             prop.pop("default")
 
 
-def _either(*names: str) -> dict[str, Any]:
-    return {"anyOf": [{"required": [name]} for name in names]}
-
-
 def _schedule_rules() -> list[dict[str, Any]]:
     """What the engine checks across the schedule's fields, as the schema states it: a list excludes the
-    other list and `num_inference_steps` (its length is the step count), and the caches the engine runs."""
-    return [
-        {"not": {"required": ["timesteps", "sigmas"]}},
-        {"not": {"required": ["timesteps", "num_inference_steps"]}},
-        {"not": {"required": ["sigmas", "num_inference_steps"]}},
-        {"if": _either(*SCHEDULE_LISTS), "then": {"properties": {"cache": {"pattern": NO_CACHE_PATTERN}}}},
-        {"if": _either("scheduler", "shift"), "then": {"properties": {"cache": {"pattern": NO_MAG_PATTERN}}}},
+    other list and `num_inference_steps` (its length is the step count) and runs no cache; a `scheduler`
+    or `shift` runs no `mag` cache (its ratios are calibrated on the pair's own schedule)."""
+    no_cache = {"cache": {"pattern": NO_CACHE_PATTERN}}
+    lists = [
+        _absent(*SCHEDULE_LISTS),
+        {"properties": {**_absent("sigmas", "num_inference_steps")["properties"], **no_cache}},
+        {"properties": {**_absent("timesteps", "num_inference_steps")["properties"], **no_cache}},
     ]
+    mag = [_absent("scheduler", "shift"), {"properties": {"cache": {"pattern": NO_MAG_PATTERN}}}]
+    return [{"anyOf": lists}, {"anyOf": mag}]
+
+
+def _fits(spec: dict[str, Any] | None, value: Any) -> bool:
+    """Whether one of the schema's own examples keeps to a narrowed property (the keywords narrowing sets)."""
+    if spec is None:
+        return False
+    if isinstance(value, list):
+        array = spec.get("anyOf", [spec])[0]  # a list property: an array, or one bare value
+        return array.get("minItems", 0) <= len(value) <= array.get("maxItems", len(value))
+    if "enum" in spec:
+        return value in spec["enum"]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return spec.get("minimum", value) <= value <= spec.get("maximum", value)
+    return True
+
+
+def narrow_schedule(create: dict[str, Any], limits: ScheduleLimits) -> None:
+    """The create body's schema (`VideoCreateParams`'s, in place) within what a deployment's pair lets a
+    request set (`ScheduleBounds.problems`, run by the ingress on the request with the pair's defaults):
+    `scheduler` the names the family runs within the bounds, `num_inference_steps` and a list's length
+    (the step count) within the step bounds, `shift` and `guidance_scale` within theirs; a field no
+    request may set is left out, so the schema refuses it as the server does (400 naming it). With the
+    pair's own list, a body that runs it (no list of its own, the default step count) may ask for no
+    cache, and with the pair's own scheduler or shift no body may ask for `mag` (`cache_refusal`). The
+    schema's examples that set what the pair refuses are left out."""
+    props = create["properties"]
+    bounds = limits.bounds
+    gone = set() if limits.flow else set(SCHEDULE_FIELDS)
+    if not limits.schedulers:
+        gone.add("scheduler")
+    if not bounds.explicit_schedule:
+        gone.update(SCHEDULE_LISTS)
+    for name in gone:
+        props.pop(name, None)
+    if "scheduler" in props:
+        props["scheduler"]["enum"] = list(limits.schedulers)
+        props["scheduler"]["description"] = (
+            f"the denoising scheduler: {' or '.join(limits.schedulers)}; the model pair's when left out"
+        )
+    steps = props["num_inference_steps"]
+    steps["minimum"] = max(steps["minimum"], bounds.min_steps)
+    steps["maximum"] = min(steps["maximum"], bounds.max_steps)
+    for name in SCHEDULE_LISTS:
+        if name in props:
+            array = props[name]["anyOf"][0]
+            array["minItems"] = max(array["minItems"], bounds.min_steps)
+            array["maxItems"] = min(array["maxItems"], bounds.max_steps)
+            if bounds.min_steps > 1:  # a bare value is a one-step list
+                props[name]["anyOf"] = [array]
+    if "shift" in props:
+        shift = props["shift"]
+        if bounds.min_shift is not None:
+            shift.pop("exclusiveMinimum", None)  # min_shift > 0
+            shift["minimum"] = bounds.min_shift
+        if bounds.max_shift is not None:
+            shift["maximum"] = min(shift["maximum"], bounds.max_shift)
+    if bounds.max_guidance_scale is not None:
+        scale = props["guidance_scale"]
+        scale["maximum"] = min(scale["maximum"], bounds.max_guidance_scale)
+    create["examples"] = [e for e in create.get("examples", []) if all(_fits(props.get(k), v) for k, v in e.items())]
+    rules = create.setdefault("allOf", [])
+    if limits.default_list:  # (a body with a list of its own runs no cache by _schedule_rules)
+        other_steps = {"properties": {"num_inference_steps": {"not": {"const": limits.default_steps}}}}
+        no_cache = {"properties": {"cache": {"pattern": NO_CACHE_PATTERN}}}
+        rules.append({"anyOf": [{**other_steps, "required": ["num_inference_steps"]}, no_cache]})
+    if limits.default_schedule:
+        rules.append({"properties": {"cache": {"pattern": NO_MAG_PATTERN}}})
 
 
 def _create_schema(schema: dict[str, Any]) -> None:
     _drop_nulls(schema)
-    schema["allOf"] = [*_seconds_rules(), *_schedule_rules()]
+    _or_one_value(schema)
+    schema["allOf"] = [_seconds_rule(), *_schedule_rules()]
     schema["examples"] = [
         {"prompt": "a red fox running through snow", "size": "64x64", "seconds": "1"},
         {"prompt": "a lighthouse at dusk", "num_inference_steps": 8, "switch": "fixed:3", "seed": 5},
@@ -145,6 +219,16 @@ def _schedule_list(item: Any) -> Any:
     return Annotated[list[item], Field(min_length=1, max_length=MAX_STEPS, json_schema_extra=_SET)]
 
 
+def _or_one_value(schema: dict[str, Any]) -> None:
+    """A list property that also takes one bare value (`VideoCreateParams._one_value_is_a_list`)."""
+    for name in SCHEDULE_LISTS:
+        prop = schema["properties"][name]
+        array = {k: v for k, v in prop.items() if k not in ("title", "description")}
+        for key in array:
+            prop.pop(key)
+        prop["anyOf"] = [array, array["items"]]
+
+
 class VideoCreateParams(BaseModel):
     """`POST /v1/videos`: the openai SDK's fields plus srserve's (sent by the SDK as `extra_body`).
 
@@ -159,7 +243,11 @@ class VideoCreateParams(BaseModel):
     )
     model: str | None = Field(None, description="the served model pair (GET /v1/models); the only value allowed")
     seconds: Literal[tuple(SECONDS)] | None = Field(  # type: ignore[valid-type]
-        None, description=f"clip length in seconds at `fps` ({DEFAULT_FPS} by default), mapped to 4k+1 frames"
+        None,
+        description=(
+            f"clip length in seconds at {DEFAULT_FPS} fps, mapped to 4k+1 frames; for another `fps` give "
+            "`num_frames` instead"
+        ),
     )
     size: Annotated[str, Field(pattern=SIZE_PATTERN)] | None = Field(
         None, description="WIDTHxHEIGHT, each a multiple of 16; `width`/`height` take precedence"
@@ -214,10 +302,18 @@ class VideoCreateParams(BaseModel):
             "default: the adapter's own); never a file"
         ),
     )
-    fps: Annotated[int, Field(**FPS)] | None = None
+    fps: Annotated[int, Field(**FPS)] | None = Field(
+        None, description=f"the mp4's frame rate ({DEFAULT_FPS} by default); with `num_frames`, not with `seconds`"
+    )
     deadline_s: Annotated[float, Field(gt=0)] | None = Field(
         None, description="seconds from submission after which the job fails with deadline_exceeded"
     )
+
+    @field_validator(*SCHEDULE_LISTS, mode="before")
+    @classmethod
+    def _one_value_is_a_list(cls, value: Any) -> Any:
+        """One bare value is a one-step list: in a form the two are the same text."""
+        return [value] if isinstance(value, int | float) and not isinstance(value, bool) else value
 
     @field_validator("num_frames")
     @classmethod
@@ -227,10 +323,21 @@ class VideoCreateParams(BaseModel):
         return value
 
 
-_PROPERTIES = VideoCreateParams.model_json_schema()["properties"]
-FIELD_TYPES: dict[str, str] = {name: spec["type"] for name, spec in _PROPERTIES.items()}
-# The item type of each array field (what a form's list text holds).
-ITEM_TYPES: dict[str, str] = {name: spec["items"]["type"] for name, spec in _PROPERTIES.items() if "items" in spec}
+def _property_types(properties: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """(each field's JSON type, each list field's item type); a list field (array or one bare value) is an
+    array of its item type."""
+    fields, items = {}, {}
+    for name, spec in properties.items():
+        arrays = [b for b in spec.get("anyOf", [spec]) if b.get("type") == "array"]
+        if arrays:
+            fields[name], items[name] = "array", arrays[0]["items"]["type"]
+        else:
+            fields[name] = spec["type"]
+    return fields, items
+
+
+FIELD_TYPES, ITEM_TYPES = _property_types(VideoCreateParams.model_json_schema()["properties"])
+# ITEM_TYPES: the item type of each list field (what a form's list text holds).
 _INTEGER = re.compile(r"-?[0-9]+")
 _NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _BRACKETS = "[]"  # the openai SDK sends a list as one `NAME[]` field per item
@@ -326,14 +433,12 @@ def parse_create(body: dict[str, Any]) -> VideoCreateParams:
             if name in given and other in given and other != name:
                 why = "set one list" if other in SCHEDULE_LISTS else "the list's length is the step count"
                 raise InvalidRequest(f"{other}: leave it out with {name} ({why})", param=other)
-    if params.seconds is not None and params.num_frames is None:
-        fps = params.fps if params.fps is not None else DEFAULT_FPS
-        if fps > max_fps(int(params.seconds)):
-            frames = frames_for_seconds(int(params.seconds), fps)
-            raise InvalidRequest(
-                f"seconds: {params.seconds} s at {fps} fps is {frames} frames, over the {FRAMES['le']}-frame limit",
-                param="seconds",
-            )
+    if params.seconds is not None and params.fps is not None and params.num_frames is None:
+        raise InvalidRequest(
+            f"fps: `seconds` counts frames at {DEFAULT_FPS} fps; for {params.fps} fps give `num_frames` "
+            f"(4k+1, at most {FRAMES['le']}) instead of `seconds`",
+            param="fps",
+        )
     return params
 
 
@@ -387,7 +492,7 @@ def create_request(
         fields.setdefault("width", width)
         fields.setdefault("height", height)
     if params.seconds is not None and params.num_frames is None:
-        fields["num_frames"] = frames_for_seconds(int(params.seconds), params.fps or DEFAULT_FPS)
+        fields["num_frames"] = frames_for_seconds(int(params.seconds), DEFAULT_FPS)
     return engine_request(fields, default_steps), params.deadline_s
 
 
