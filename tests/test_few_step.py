@@ -206,21 +206,29 @@ def test_cogvideox_refuses_few_step_fields_naming_why() -> None:
         check_pair_schedule(family, bad)
 
 
-def test_derived_few_step_profile_is_what_its_script_derives() -> None:
-    """The committed profile is the script's output, marked derived, with the few-step defaults."""
+def test_derived_few_step_profiles_are_what_their_script_derives() -> None:
+    """Each committed few-step profile is the script's output, marked derived, with the few-step defaults,
+    every step half its base profile's CFG step."""
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("derive_few_step", root / "benchmarks" / "derive_few_step_profile.py")
     assert spec is not None and spec.loader is not None
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    derived = script.derive(Profile.read(script.I2V_PROFILE))
-    committed = Profile.read(root / "benchmarks" / "results" / "profile_wan21_i2v_few_step_h200_derived.json")
-    assert committed == derived and committed.source == "derived"
-    assert committed.description.startswith("DERIVED, not measured")
-    assert (committed.defaults.num_inference_steps, committed.defaults.guidance_scale) == (4, 1.0)
-    costs = committed.kinds["H200"].shapes["832x480x81"]
-    base = Profile.read(script.I2V_PROFILE).kinds["H200"].shapes["832x480x81"]
-    assert costs.large_step_s == base.large_step_s / 2  # one forward a step instead of CFG's two
+    assert set(script.PAIRS) == {"wan2.1", "wan2.2", "wan2.1-i2v"}
+    for pair, (base_name, out_name, published) in script.PAIRS.items():
+        base = Profile.read(script.RESULTS / base_name)
+        committed = Profile.read(root / "benchmarks" / "results" / out_name)
+        assert committed == script.derive(base, published, base_name), pair
+        assert committed.source == "derived" and committed.description.startswith("DERIVED, not measured")
+        assert committed.model_pair == base.model_pair == pair
+        assert (committed.defaults.num_inference_steps, committed.defaults.guidance_scale) == (4, 1.0)
+        assert set(committed.kinds) == set(base.kinds)
+        for kind, costs in committed.kinds.items():
+            for shape, few in costs.shapes.items():
+                # one forward a step instead of CFG's two
+                assert few.large_step_s == base.kinds[kind].shapes[shape].large_step_s / 2, (pair, kind, shape)
+    wan22 = Profile.read(root / "benchmarks" / "results" / "profile_wan22_few_step_derived.json")
+    assert all(c.detail["boundary_switch_step"] == 2 for k in wan22.kinds.values() for c in k.shapes.values())
 
 
 def test_cli_refuses_a_bad_schedule_naming_the_field(capsys: pytest.CaptureFixture[str]) -> None:
