@@ -204,6 +204,10 @@ def test_wan22_boundary_switch_counts_the_requests_schedule(wan22: ModelPairConf
     assert str(early.switch) == "fixed:4" and str(family.boundary_switch(4)) != "fixed:4"
     late = _resolve(core, sigmas=[0.5, 0.4, 0.3, 0.2], shift=1.0)  # all below the boundary
     assert str(late.switch) == "fixed:0"
+    # The published distilled schedule: shift 5 moves it to [1000, 937.5, 833.3, 625], two steps at or above
+    # the boundary t = 875 (what benchmarks/derive_few_step_profile.py records for wan2.2)
+    distilled = _resolve(core, scheduler="euler", timesteps=[1000, 750, 500, 250], shift=5.0)
+    assert str(distilled.switch) == "fixed:2"
     plain = _resolve(core, num_inference_steps=8)
     assert plain.switch == family.boundary_switch(8)  # no schedule fields: as before
     assert str(_resolve(core, timesteps=[1000, 990, 980, 970], shift=1.0, switch="fixed:1").switch) == "fixed:1"
