@@ -23,6 +23,14 @@ class IncompatiblePairError(ValueError):
     """The sketch and render checkpoints cannot hand latents to each other."""
 
 
+def refuse_misfit(sketch: object, render: object, problems: list[str]) -> None:
+    """IncompatiblePairError naming both models and every problem, if there is one."""
+    if problems:
+        raise IncompatiblePairError(
+            f"render model {str(render)!r} cannot continue sketch model {str(sketch)!r}: " + "; ".join(problems)
+        )
+
+
 def require_component_config(folder: str | Path, component: str) -> dict[str, Any]:
     """A component's config that a pair check needs; IncompatiblePairError, naming the folder, if it is missing."""
     cfg = read_component_config(folder, component)

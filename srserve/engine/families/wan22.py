@@ -39,7 +39,7 @@ from transformers import UMT5Config
 
 from srserve.engine.component_config import read_component_config, read_model_index
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, require_component_config
+from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, refuse_misfit, require_component_config
 from srserve.engine.families.wan import WanFamily
 from srserve.engine.handoff import HandoffState
 from srserve.engine.parallel.cfg import CfgSplit
@@ -211,11 +211,7 @@ class Wan22Family(WanFamily):
         problems += self._vae_problems(config, sketch, render, transformers[0])
         problems += self._text_problems(config, sketch, render, transformers[0])
         problems += self._scheduler_problems(config, sketch, render)
-        if problems:
-            raise IncompatiblePairError(
-                f"render model {str(render.transformer)!r} cannot continue sketch model {str(sketch.transformer)!r}: "
-                + "; ".join(problems)
-            )
+        refuse_misfit(sketch.transformer, render.transformer, problems)
 
     def _vae_problems(
         self, config: ModelPairConfig, sketch: ModelLocation, render: ModelLocation, transformer: dict[str, Any]

@@ -29,7 +29,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from srserve.engine.component_config import read_component_config, read_model_index
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.families.base import IncompatiblePairError, require_component_config
+from srserve.engine.families.base import IncompatiblePairError, refuse_misfit, require_component_config
 from srserve.engine.families.wan import WanFamily
 from srserve.engine.families.wan22 import Wan22Family, locate, pipeline_folder
 from srserve.engine.handoff import HandoffState
@@ -221,11 +221,7 @@ class WanI2VFamily(_ImageConditioned, WanFamily):
         sketch_t = require_component_config(config.sketch_path, "transformer")
         render_t = require_component_config(config.render_path, "transformer")
         problems = image_problems(sketch_t, render_t, Path(config.sketch_path), config.max_sequence_length)
-        if problems:
-            raise IncompatiblePairError(
-                f"render model {config.render_path!r} cannot continue sketch model {config.sketch_path!r}: "
-                + "; ".join(problems)
-            )
+        refuse_misfit(config.sketch_path, config.render_path, problems)
 
     def bind(self, config: ModelPairConfig) -> None:
         self._render_transformer = require_component_config(config.render_path, "transformer")
@@ -250,11 +246,7 @@ class Wan22I2VFamily(_ImageConditioned, Wan22Family):
         sketch_t = require_component_config(sketch.pipeline, sketch.subfolder)
         render_t = require_component_config(render.pipeline, render.subfolder)
         problems = image_problems(sketch_t, render_t, sketch.pipeline, config.max_sequence_length)
-        if problems:
-            raise IncompatiblePairError(
-                f"render model {str(render.transformer)!r} cannot continue sketch model {str(sketch.transformer)!r}: "
-                + "; ".join(problems)
-            )
+        refuse_misfit(sketch.transformer, render.transformer, problems)
 
     def check_handoff(self, state: HandoffState) -> None:
         self.check_image_handoff(state, self._render_transformer, self._vae_config)

@@ -35,7 +35,7 @@ from diffusers import WanVACEPipeline, WanVACETransformer3DModel
 from srserve.engine.component_config import read_model_index
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.edit_inputs import EditInputs
-from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, require_component_config
+from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, refuse_misfit, require_component_config
 from srserve.engine.families.wan import WanFamily
 from srserve.engine.families.wan22 import Wan22Family, _with_defaults, locate, pipeline_folder
 from srserve.engine.handoff import HandoffState
@@ -185,11 +185,7 @@ class WanVACEFamily(_VACEConditioned, WanFamily):
         sketch_t = require_component_config(config.sketch_path, "transformer")
         render_t = require_component_config(config.render_path, "transformer")
         problems = self.vace_pair_problems(sketch_t, render_t, vae)
-        if problems:
-            raise IncompatiblePairError(
-                f"render model {config.render_path!r} cannot continue sketch model {config.sketch_path!r}: "
-                + "; ".join(problems)
-            )
+        refuse_misfit(config.sketch_path, config.render_path, problems)
 
     def bind(self, config: ModelPairConfig) -> None:
         self._render_transformer = require_component_config(config.render_path, "transformer")
@@ -223,11 +219,7 @@ class Wan22VACEFamily(_VACEConditioned, Wan22Family):
             require_component_config(render.pipeline, render.subfolder),
             require_component_config(vae_folder, "vae"),
         )
-        if problems:
-            raise IncompatiblePairError(
-                f"render model {str(render.transformer)!r} cannot continue sketch model {str(sketch.transformer)!r}: "
-                + "; ".join(problems)
-            )
+        refuse_misfit(sketch.transformer, render.transformer, problems)
 
     def check_handoff(self, state: HandoffState) -> None:
         self.check_vace_handoff(state)
