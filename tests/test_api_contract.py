@@ -41,6 +41,7 @@ from srserve.serving.api import schemas
 from srserve.serving.api.http import openapi_document
 from srserve.serving.api.schemas import create_request, parse_create
 from srserve.serving.control.errors import InvalidRequest
+from tests.schema_strategies import conforming
 from tests.serving_helpers import wait_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,32 +219,12 @@ _VALUE = st.one_of(
 _FIELDS = [*schemas.FIELD_TYPES, "extra"]
 
 
-def _conforming(spec: dict[str, Any]) -> st.SearchStrategy:
-    """Values one property's schema allows (the cross-field rules aside), drawn from that schema."""
-    if "enum" in spec:
-        return st.sampled_from(spec["enum"])
-    if "anyOf" in spec:
-        return st.one_of([_conforming(branch) for branch in spec["anyOf"]])
-    if spec["type"] == "array":
-        items = _conforming(spec["items"])
-        unique = spec.get("uniqueItems", False)
-        return st.lists(items, min_size=spec["minItems"], max_size=min(spec["maxItems"], 5), unique=unique)
-    if spec["type"] == "string":
-        text = st.from_regex(spec["pattern"], fullmatch=True) if "pattern" in spec else st.text(max_size=8)
-        return text.filter(lambda v: spec.get("minLength", 0) <= len(v) <= spec.get("maxLength", 10**9))
-    if spec["type"] == "integer":
-        step = spec.get("multipleOf", 1)
-        return st.integers(-(-spec["minimum"] // step), spec["maximum"] // step).map(lambda k: k * step)
-    low = spec.get("minimum", spec.get("exclusiveMinimum"))
-    return st.floats(low, spec.get("maximum"), exclude_min="exclusiveMinimum" in spec, allow_infinity=False)
-
-
 _PROPERTIES = _CREATE["properties"]
 _BODY = st.builds(
     lambda valid, wild: {**valid, **wild},
     st.fixed_dictionaries(
-        {"prompt": _conforming(_PROPERTIES["prompt"])},
-        optional={name: _conforming(spec) for name, spec in _PROPERTIES.items() if name != "prompt"},
+        {"prompt": conforming(_PROPERTIES["prompt"])},
+        optional={name: conforming(spec) for name, spec in _PROPERTIES.items() if name != "prompt"},
     ),
     st.one_of(st.just({}), st.dictionaries(st.sampled_from(_FIELDS), _VALUE, max_size=2)),
 )

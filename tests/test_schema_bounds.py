@@ -26,6 +26,7 @@ from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.request_cache import CacheLimits
 from srserve.serving.ingress import IngressCore
+from tests.schema_strategies import conforming
 
 FEW = [1000, 750, 500, 250]
 # The brief's bounded pair: euler only, 1..8 steps, no explicit lists, shift 3..8, no CFG.
@@ -238,31 +239,11 @@ _CACHES = ["mag", "render=mag", "sketch=none,render=mag:0.1", "first_block", "sk
 _SCHEDULE_SIDE = ["num_inference_steps", "guidance_scale", *SCHEDULE_FIELDS, "cache", "switch"]
 
 
-def _conforming(spec: dict[str, Any]) -> st.SearchStrategy:
-    """Values one property's schema allows (the cross-field rules aside), drawn from that schema."""
-    if "enum" in spec:
-        return st.sampled_from(spec["enum"])
-    if "anyOf" in spec:
-        return st.one_of([_conforming(branch) for branch in spec["anyOf"]])
-    if spec["type"] == "array":
-        items = _conforming(spec["items"])
-        unique = spec.get("uniqueItems", False)
-        return st.lists(items, min_size=spec["minItems"], max_size=min(spec["maxItems"], 8), unique=unique)
-    if spec["type"] == "string":
-        text = st.from_regex(spec["pattern"], fullmatch=True) if "pattern" in spec else st.text(max_size=8)
-        return text.filter(lambda v: spec.get("minLength", 0) <= len(v) <= spec.get("maxLength", 10**9))
-    if spec["type"] == "integer":
-        return st.integers(spec["minimum"], min(spec["maximum"], 2**31))
-    low = spec.get("minimum", spec.get("exclusiveMinimum"))
-    exclusive = "minimum" not in spec and "exclusiveMinimum" in spec
-    return st.floats(low, spec.get("maximum"), exclude_min=exclusive, allow_infinity=False)
-
-
 def _bodies(create: dict[str, Any]) -> st.SearchStrategy:
     """Bodies mostly valid by `create` (its schedule's properties drawn from it), with a few wild values for
     any field, the ones `create` leaves out included."""
     props = create["properties"]
-    optional = {name: _conforming(props[name]) for name in _SCHEDULE_SIDE if name in props}
+    optional = {name: conforming(props[name], 8) for name in _SCHEDULE_SIDE if name in props}
     optional["cache"] = st.one_of(optional["cache"], st.sampled_from(_CACHES))  # the kinds a schedule refuses
     fields = st.one_of(st.sampled_from(_SCHEDULE_SIDE), st.sampled_from(_FIELDS))
     wild = st.dictionaries(fields, _WILD, max_size=2)
