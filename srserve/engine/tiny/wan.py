@@ -40,22 +40,28 @@ class TinyWanSpec:
     seed: int = 0
 
 
+def transformer_fields(spec: TinyTransformerSpec, text_dim: int, in_channels: int = 16) -> dict[str, object]:
+    """The transformer arguments every tiny Wan model shares (Wan's layout at tiny widths); the I2V and VACE
+    writers add their own."""
+    return {
+        "patch_size": (1, 2, 2),
+        "num_attention_heads": spec.num_attention_heads,
+        "attention_head_dim": spec.attention_head_dim,
+        "in_channels": in_channels,
+        "out_channels": 16,
+        "text_dim": text_dim,
+        "freq_dim": 256,
+        "ffn_dim": spec.ffn_dim,
+        "num_layers": spec.num_layers,
+        "cross_attn_norm": True,
+        "qk_norm": "rms_norm_across_heads",
+        "eps": 1e-6,
+        "rope_max_seq_len": 1024,
+    }
+
+
 def _transformer(spec: TinyTransformerSpec, text_dim: int) -> WanTransformer3DModel:
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=spec.num_attention_heads,
-        attention_head_dim=spec.attention_head_dim,
-        in_channels=16,
-        out_channels=16,
-        text_dim=text_dim,
-        freq_dim=256,
-        ffn_dim=spec.ffn_dim,
-        num_layers=spec.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=1024,
-    )
+    return WanTransformer3DModel(**transformer_fields(spec, text_dim))
 
 
 def _scheduler() -> UniPCMultistepScheduler:

@@ -20,7 +20,7 @@ from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from srserve.engine.tiny.tokenizer import build_byte_tokenizer
-from srserve.engine.tiny.wan import TinyTransformerSpec, _scheduler
+from srserve.engine.tiny.wan import TinyTransformerSpec, _scheduler, transformer_fields
 from srserve.engine.tiny.wan22 import LOW_NOISE_SUBFOLDER, TinyWan22Spec, _encoder_and_vae
 
 if TYPE_CHECKING:
@@ -56,21 +56,9 @@ class TinyWanI2VSpec:
 
 def _transformer(spec: TinyTransformerSpec, image_dim: int | None) -> WanTransformer3DModel:
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=spec.num_attention_heads,
-        attention_head_dim=spec.attention_head_dim,
-        in_channels=I2V_IN_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        text_dim=TinyWan22Spec.text_dim,
-        freq_dim=256,
-        ffn_dim=spec.ffn_dim,
-        num_layers=spec.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
+        **transformer_fields(spec, TinyWan22Spec.text_dim, in_channels=I2V_IN_CHANNELS),
         image_dim=image_dim,
         added_kv_proj_dim=None if image_dim is None else spec.num_attention_heads * spec.attention_head_dim,
-        rope_max_seq_len=1024,
     ).eval()
 
 

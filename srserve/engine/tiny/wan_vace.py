@@ -24,7 +24,7 @@ import torch
 from diffusers import WanVACEPipeline, WanVACETransformer3DModel
 
 from srserve.engine.tiny.tokenizer import build_byte_tokenizer
-from srserve.engine.tiny.wan import TinyTransformerSpec, _scheduler
+from srserve.engine.tiny.wan import TinyTransformerSpec, _scheduler, transformer_fields
 from srserve.engine.tiny.wan22 import LOW_NOISE_SUBFOLDER, TinyWan22Spec, _encoder_and_vae
 
 SKETCH_DIR = "Wan2.1-VACE-14B"
@@ -53,19 +53,7 @@ class TinyWanVACESpec:
 def _transformer(model: TinyVACEModel) -> WanVACETransformer3DModel:
     spec = model.size
     return WanVACETransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=spec.num_attention_heads,
-        attention_head_dim=spec.attention_head_dim,
-        in_channels=LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        text_dim=TinyWan22Spec.text_dim,
-        freq_dim=256,
-        ffn_dim=spec.ffn_dim,
-        num_layers=spec.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=1024,
+        **transformer_fields(spec, TinyWan22Spec.text_dim, in_channels=LATENT_CHANNELS),
         vace_layers=list(model.vace_layers),
         vace_in_channels=VACE_IN_CHANNELS,
     ).eval()
