@@ -30,7 +30,7 @@ lint: install
 
 test: install
 	$(PY) -m ruff check srserve tests benchmarks
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=40
 
 bench: install
 	$(PY) benchmarks/engine_speedup.py --out benchmarks/results/engine_speedup_tiny.json
