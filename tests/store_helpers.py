@@ -1,7 +1,14 @@
-"""What the control-plane tests share: a clock they move by hand, a migrated store on a fresh database."""
+"""What the control-plane tests share: a clock they move by hand, a migrated store on a fresh database, and a
+way to freeze a real PostgreSQL server (every process stopped, sockets open: a hang, not an outage)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+
+import psutil
+
+from srserve.serving.control.database import EmbeddedPostgres
 from srserve.serving.control.jobs import PoolBacklog
 from srserve.serving.control.store import JobStore
 
@@ -26,3 +33,21 @@ async def migrated_store(dsn: str, clock: Clock | None = None, timeout_s: float 
     store = JobStore(dsn, timeout_s=timeout_s, clock=clock or Clock())
     await store.migrate()
     return store
+
+
+def processes(pg: EmbeddedPostgres) -> list[psutil.Process]:
+    """The postmaster and every backend it runs (each backend is its own process group)."""
+    postmaster = psutil.Process(int((pg.data / "postmaster.pid").read_text().split()[0]))
+    return [postmaster, *postmaster.children(recursive=True)]
+
+
+def freeze(pg: EmbeddedPostgres) -> None:
+    """SIGSTOP the server: it keeps its sockets and answers nothing until `thaw`."""
+    for process in processes(pg):
+        process.send_signal(signal.SIGSTOP)
+
+
+def thaw(pg: EmbeddedPostgres) -> None:
+    for process in processes(pg):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGCONT)

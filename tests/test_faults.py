@@ -26,6 +26,7 @@ import yaml
 
 from srserve.engine.video import read_mp4
 from tests.serving_helpers import TERMINAL, get, post, wait_done, wait_state
+from tests.store_helpers import freeze, thaw
 
 pytestmark = pytest.mark.slow
 APP = "faults"
@@ -192,7 +193,8 @@ def test_kill_a_replica_of_each_deployment(faults: str, deployment: str, tmp_pat
 
 
 def test_database_outage_under_load(serving, faults: str, embedded_db, tmp_path: Path) -> None:
-    """The store stops for ~5 s: new requests get 503 / UNAVAILABLE meanwhile; every accepted job completes."""
+    """The store stops for ~5 s, then hangs (frozen): new requests get 503 / UNAVAILABLE meanwhile, within
+    the store's bounds; every accepted job completes."""
     from srserve.client import SrserveClient
     from srserve.client.grpc_client import GenerationFailed, make_request
 
@@ -210,6 +212,18 @@ def test_database_outage_under_load(serving, faults: str, embedded_db, tmp_path:
         time.sleep(4.5)
     finally:
         embedded_db.ensure_running()
+    # A hang, not an outage: the server frozen with its sockets open. Each call still comes back (as a 503
+    # / UNAVAILABLE, within the store's bounds; `post` would time out at 30 s), and the jobs go on after.
+    wait_state(faults, jobs[-1]["id"], until=lambda j: j["srserve"]["state"] not in ("queued", "encoding"))
+    freeze(embedded_db)
+    try:
+        r = post(faults, "/v1/videos", json=BODY)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+        with SrserveClient(serving.grpc, application=APP) as client, pytest.raises(GenerationFailed) as err:
+            client.submit(make_request("while the store hangs", num_inference_steps=4))
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE and "unavailable" in err.value.details
+    finally:
+        thaw(embedded_db)
     for job in jobs:
         done = wait_done(faults, job["id"])
         assert done["status"] == "completed", done

@@ -46,7 +46,17 @@ class JobStoreConfig(BaseModel):
         None, pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="embedded server's database; None: from the app's name"
     )
     pool_size: int = Field(4, ge=1, le=64, description="connections each process keeps open")
-    timeout_s: float = Field(3.0, gt=0, description="an API call waits this long for the store before a 503")
+    timeout_s: float = Field(
+        3.0, gt=0, description="an API call waits this long for a store connection (also a new one) before a 503"
+    )
+    query_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "one transaction's bound: past it a store that does not answer (frozen, partitioned) has its "
+            "connection closed and the call answers 503; the server ends the statement a second later"
+        ),
+    )
     embedded_dsn: str | None = Field(None, description="set by srserve when it starts the embedded server")
 
 
@@ -222,7 +232,7 @@ def open_store(config: JobStoreConfig):
     from srserve.serving.control.store import JobStore
 
     dsn = resolve_dsn(config)
-    return JobStore(dsn, pool_size=config.pool_size, timeout_s=config.timeout_s)
+    return JobStore(dsn, pool_size=config.pool_size, timeout_s=config.timeout_s, query_timeout_s=config.query_timeout_s)
 
 
 def server_address(dsn: str) -> str:

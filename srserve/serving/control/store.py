@@ -44,6 +44,7 @@ from srserve.serving.control.jobs import (
     PoolBacklog,
 )
 from srserve.serving.control.state_machine import RESUMABLE_FROM, RESUME_STATE, can_move, next_stage
+from srserve.serving.control.store_connection import bounded, connection_check, connection_kwargs
 
 logger = logging.getLogger("ray.serve")
 
@@ -53,6 +54,7 @@ _MIGRATION_LOCK = 7_265_301  # pg_advisory_lock keys: schema migrations, admissi
 _ADMISSION_LOCK = 7_265_302
 _NOW = "extract(epoch from clock_timestamp())"
 _JSON_FIELDS = ("request", "attempts", "timeline", "replicas")
+MIGRATION_BOUND_S = 600.0  # a schema migration may rewrite a large table; API calls never wait on one
 _LIVE = "state NOT IN ('completed', 'failed', 'cancelled')"
 
 
@@ -163,19 +165,26 @@ class JobStore:
     """Async access to the srserve tables; open lazily inside the event loop that uses it."""
 
     def __init__(
-        self, dsn: str, pool_size: int = 4, timeout_s: float = 3.0, clock: Callable[[], float] = time.time
+        self,
+        dsn: str,
+        pool_size: int = 4,
+        timeout_s: float = 3.0,
+        clock: Callable[[], float] = time.time,
+        query_timeout_s: float = 5.0,
     ) -> None:
         self.dsn = dsn
         self.timeout_s = timeout_s
+        self.query_timeout_s = query_timeout_s
         self.clock = clock
+        self._connection = connection_kwargs(timeout_s, query_timeout_s)
         self._pool = AsyncConnectionPool(
             dsn,
             min_size=1,
             max_size=pool_size,
             open=False,
             timeout=timeout_s,
-            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": max(1, int(timeout_s))},
-            check=AsyncConnectionPool.check_connection,
+            kwargs={"autocommit": True, "row_factory": dict_row, **self._connection},
+            check=connection_check(timeout_s),
             reconnect_timeout=3600,
         )
         self._opened = False
@@ -198,11 +207,17 @@ class JobStore:
             self._opened = False
 
     @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[psycopg.AsyncConnection]:
-        """A connection in a transaction; connection trouble becomes StoreUnavailable."""
+    async def _tx(self, bound_s: float | None = None) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A connection in a transaction; connection trouble becomes StoreUnavailable. The wait for a
+        connection is bounded by `timeout_s`, the transaction by `bound_s` (default `query_timeout_s`),
+        also when the server hangs (store_connection.bounded)."""
         await self.open()
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with (
+                self._pool.connection() as conn,
+                bounded(conn, bound_s or self.query_timeout_s, "a transaction"),
+                conn.transaction(),
+            ):
                 yield conn
         except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise StoreUnavailable(f"job store unavailable: {str(exc).strip().splitlines()[0][:200]}") from None
@@ -210,7 +225,10 @@ class JobStore:
     # -- schema ---------------------------------------------------------------------------
     async def migrate(self) -> int:
         """Apply the migrations not applied yet (one process at a time); returns the schema version."""
-        async with self._tx() as conn:
+        async with self._tx(MIGRATION_BOUND_S) as conn:
+            # The connections' server-side limits are for API calls; a migration gets its own bound.
+            await conn.execute("SET LOCAL statement_timeout = 0")
+            await conn.execute("SET LOCAL lock_timeout = 0")
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS srserve_schema (version integer PRIMARY KEY, applied_at timestamptz "
@@ -674,7 +692,7 @@ class JobStore:
         """
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=3)
+                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, **self._connection)
             except psycopg.OperationalError:
                 await asyncio.sleep(0.5)
                 continue
