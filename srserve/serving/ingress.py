@@ -8,7 +8,6 @@ comes here: the sketch replica writes the handoff to artifact storage, the rende
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -281,7 +280,7 @@ class IngressCore:
         layout = self.layout
         load = load_snapshot(
             jobs,
-            time.time(),
+            self.store.clock(),
             *layout.replica_floors(),
             pools=(layout.phases["sketch"], layout.phases["render"]),
             text_pool=layout.encoder is not None,

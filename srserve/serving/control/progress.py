@@ -188,6 +188,11 @@ class AttemptReporter:
         self.replica = (stage, replica_id)
         self.reason: StopReason | None = None
 
+    def now(self) -> float:
+        """The time of a stage stamp: the job store's clock (the database server's), the one every
+        process's stamps are compared on."""
+        return self.channel.store.clock()
+
     def report(
         self,
         state: JobState | None = None,

@@ -9,8 +9,9 @@ announced with NOTIFY: `srserve_events` (payload: job id) wakes progress streams
 A write the store refuses comes back as a StopReason (srserve.serving.control.attempts), never as an
 exception: the worker stops, the orchestrator decides what the job needs next.
 
-Wall-clock times (creation, deadlines, progress, completion) come from `clock`, which tests control;
-leases run on the database server's clock, one clock for every process that heartbeats or claims.
+Every time the store writes or compares (creation, deadlines, progress, completion, retention, leases) is
+on the database server's clock: leases in SQL, the rest through `clock`, a DatabaseClock that follows the
+server's from any machine (tests drive a clock by hand instead).
 
 When the server cannot be reached, calls raise StoreUnavailable (HTTP 503, gRPC UNAVAILABLE)
 within `timeout_s`, so clients get a clear answer and nothing is half-accepted.
@@ -33,6 +34,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from srserve.serving.control.attempts import StopReason
+from srserve.serving.control.database_clock import DatabaseClock
 from srserve.serving.control.errors import Overloaded, StoreUnavailable
 from srserve.serving.control.jobs import (
     PHASE_STATES,
@@ -169,13 +171,14 @@ class JobStore:
         dsn: str,
         pool_size: int = 4,
         timeout_s: float = 3.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         query_timeout_s: float = 5.0,
     ) -> None:
         self.dsn = dsn
         self.timeout_s = timeout_s
         self.query_timeout_s = query_timeout_s
-        self.clock = clock
+        # The database server's clock unless a test drives one by hand (see database_clock).
+        self.clock: Callable[[], float] = clock if clock is not None else DatabaseClock()
         self._connection = connection_kwargs(timeout_s, query_timeout_s)
         self._pool = AsyncConnectionPool(
             dsn,
@@ -216,9 +219,11 @@ class JobStore:
             async with (
                 self._pool.connection() as conn,
                 bounded(conn, bound_s or self.query_timeout_s, "a transaction"),
-                conn.transaction(),
             ):
-                yield conn
+                if isinstance(self.clock, DatabaseClock) and self.clock.stale():
+                    await self.clock.sync(conn)
+                async with conn.transaction():
+                    yield conn
         except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise StoreUnavailable(f"job store unavailable: {str(exc).strip().splitlines()[0][:200]}") from None
 
@@ -316,9 +321,9 @@ class JobStore:
         `handoff` (key, bytes, switch step) admits an uploaded handoff straight to `handed_off`;
         `switch_choice` (cap, reason) is the load-aware switch's decision for it.
         """
-        created = self.clock()
         state = JobState.QUEUED if handoff is None else JobState.HANDED_OFF
         async with self._tx() as conn:
+            created = self.clock()  # in the transaction: its connection has synced the clock
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADMISSION_LOCK,))
             cur = await conn.execute(f"SELECT state, count(*) AS n FROM srserve_jobs WHERE {_LIVE} GROUP BY state")
             counts = {r["state"]: r["n"] for r in await cur.fetchall()}
@@ -650,9 +655,9 @@ class JobStore:
 
     async def sweep(self, stall_timeout_s: float) -> list[Job]:
         """Fail live jobs past their deadline, and running ones with no progress for `stall_timeout_s`."""
-        now = self.clock()
         ended = []
         async with self._tx() as conn:
+            now = self.clock()  # read in the transaction: its connection has synced the clock
             cur = await conn.execute(
                 f"SELECT * FROM srserve_jobs WHERE {_LIVE} AND ((deadline IS NOT NULL AND deadline < %s) OR "
                 "(state IN ('encoding', 'sketching', 'rendering', 'decoding') AND last_progress < %s)) "
@@ -674,8 +679,8 @@ class JobStore:
 
         Returns the deleted jobs, whose artifacts (video, handoff) the caller deletes.
         """
-        cutoff = self.clock() - retain_age_s if retain_age_s is not None else None
         async with self._tx() as conn:
+            cutoff = self.clock() - retain_age_s if retain_age_s is not None else None
             cur = await conn.execute(
                 "DELETE FROM srserve_jobs WHERE id IN (SELECT id FROM (SELECT id, completed_at, row_number() OVER "
                 f"(ORDER BY seq DESC) AS rank FROM srserve_jobs WHERE NOT ({_LIVE})) f WHERE rank > %s OR "

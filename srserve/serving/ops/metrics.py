@@ -249,7 +249,7 @@ async def export_store_gauges(store: Any, layout: PoolLayout, interval_s: float 
         try:
             current = await store.jobs_for_work()
             counts = await store.counts()
-            now = time.time()
+            now = store.clock()  # the stamps' clock (the database server's)
             times = measure_stage_times(current, now)
             text = layout.encoder is not None
             pools = [

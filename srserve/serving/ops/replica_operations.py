@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -41,7 +40,7 @@ class ReplicaOperations:
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         jobs = await self.store.jobs_for_work()
-        return estimate_pool_work(jobs, self.pool_name, time.time(), Role.TEXT in self.engine.roles).as_metrics()
+        return estimate_pool_work(jobs, self.pool_name, self.store.clock(), Role.TEXT in self.engine.roles).as_metrics()
 
     async def gpu_telemetry(self) -> dict[str, Any]:
         """The replica's telemetry state and last sample (diagnostics, tests)."""

@@ -12,7 +12,6 @@ a completed job, and an uploaded handoff's render stage to `render`.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from ray import serve
@@ -47,7 +46,7 @@ class ColocatedWorker(RendersHandoffs):
             state = stages.sketch(self.engine, reporter, request, encoded, image)
             if state is None:
                 return None
-            now = time.time()
+            now = reporter.now()
             n = state.num_steps
             reporter.report(
                 JobState.HANDED_OFF,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from ray import serve
@@ -49,7 +48,7 @@ class SketchWorker(PoolWorker):
                 return None
             blob = timed_handoff("serialize", state.to_bytes)
             reporter.report(JobState.SKETCHING, state.switch_step, state.switch_step, handoff_bytes=len(blob))
-            return state, blob, time.time()
+            return state, blob, reporter.now()
 
         out = await self.compute(reporter.job_id, run)
         if out is None:

@@ -7,7 +7,6 @@ was stopped at a step boundary (the reporter's `reason` says why).
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable
 
 import torch
@@ -22,9 +21,9 @@ from srserve.serving.control.progress import AttemptReporter
 
 
 def encode(engine: SRDiffusionEngine, reporter: AttemptReporter, request: ResolvedRequest) -> EncodedPrompt:
-    reporter.report(JobState.ENCODING, 0, 1, stamps={"encode_start": time.time()})
+    reporter.report(JobState.ENCODING, 0, 1, stamps={"encode_start": reporter.now()})
     encoded = engine.encode(request)
-    reporter.report(stamps={"encode_end": time.time()})
+    reporter.report(stamps={"encode_end": reporter.now()})
     return encoded
 
 
@@ -59,7 +58,7 @@ def sketch_steps(
 ) -> HandoffState | None:
     """The large model's steps from the embeddings; `cancelled` replaces the reporter's own check
     (a multi-device replica's collective one, srserve.serving.pools.ranks)."""
-    reporter.report(JobState.SKETCHING, 0, 0, stamps={"sketch_start": time.time()})
+    reporter.report(JobState.SKETCHING, 0, 0, stamps={"sketch_start": reporter.now()})
     try:
         return engine.sketch(
             request,
@@ -95,7 +94,7 @@ def render_steps(
     cancelled: Callable[[], bool] | None = None,
 ) -> torch.Tensor | None:
     """The small model's steps (final latents), or None when stopped; `cancelled` as in sketch_steps."""
-    reporter.report(JobState.RENDERING, state.switch_step, state.num_steps, stamps={"render_start": time.time()})
+    reporter.report(JobState.RENDERING, state.switch_step, state.num_steps, stamps={"render_start": reporter.now()})
     try:
         return engine.render(
             state, on_step=reporter.on_step(JobState.RENDERING), cancelled=cancelled or reporter.cancelled
@@ -110,6 +109,6 @@ def decode(
     """The VAE decode and the mp4 of the final latents: (video, latents digest, stamps)."""
     n = state.num_steps
     digest = latents_digest(latents)
-    reporter.report(JobState.DECODING, n, n, stamps={"decode_start": time.time()}, latents_sha256=digest)
+    reporter.report(JobState.DECODING, n, n, stamps={"decode_start": reporter.now()}, latents_sha256=digest)
     video = engine.export(engine.decode(latents), state.request.fps)
-    return video, digest, {"render_end": time.time()}
+    return video, digest, {"render_end": reporter.now()}
