@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
@@ -26,6 +27,7 @@ from srserve.serving.api.http import app as http_app
 from srserve.serving.api.tls_gateway import GrpcTlsGateway
 from srserve.serving.config import PoolConfig, PoolLayout, ServingConfig
 from srserve.serving.config.layout import PoolName
+from srserve.serving.config.single_node import check_cluster, check_replica_node
 from srserve.serving.control.database import migrate_store
 from srserve.serving.ingress import IngressCore
 from srserve.serving.ops.job_logging import install_job_log_filter
@@ -46,6 +48,7 @@ class Ingress(GrpcApi, IngressCore):
     """HTTP (/v1/videos) and gRPC (srserve.v1) entry point; its orchestrator drives jobs through the pools."""
 
     def __init__(self, config: ServingConfig, pools: dict[str, DeploymentHandle], tls_gateway=None) -> None:
+        check_replica_node(config.job_store, config.artifacts, ray.get_runtime_context().get_node_id())
         pair = config.model_pair(write_tiny=False)
         IngressCore.__init__(self, config, pair.defaults, pair.name, pair.family, pools, replica_id(), pair)
         install_job_log_filter()
@@ -60,7 +63,10 @@ class Ingress(GrpcApi, IngressCore):
 
 
 def build_app(config: ServingConfig) -> Application:
-    config = config.resolved()  # the embedded database started, paths made absolute
+    nodes, here = _ray_nodes()
+    # On a cluster of several nodes the single-node defaults are refused before the embedded database starts.
+    check_cluster(config.job_store, config.artifacts, nodes)
+    config = config.resolved(here)  # the embedded database started, paths absolute, this node their home
     migrate_store(config.job_store)  # the schema is current before any replica uses it
     pair = config.model_pair()
     if all(Path(p).exists() for p in (pair.sketch_path, pair.render_path)):
@@ -81,6 +87,14 @@ def build_app(config: ServingConfig) -> Application:
     )
     tls_gateway = GrpcTlsGateway.bind(config.grpc_tls) if config.grpc_tls is not None else None
     return ingress.bind(config, pools, tls_gateway)
+
+
+def _ray_nodes() -> tuple[int, str | None]:
+    """(alive nodes, this node's id) of the Ray cluster building the app; (1, None) outside one (a config
+    file's app graph built to check it)."""
+    if not ray.is_initialized():
+        return 1, None
+    return sum(1 for node in ray.nodes() if node["Alive"]), ray.get_runtime_context().get_node_id()
 
 
 def _pool_app(

@@ -114,16 +114,21 @@ class ServingConfig(BaseModel):
             return PoolLayout.colocated(self.colocated_pool, text)
         return PoolLayout.disaggregated(self.sketch_pool, self.render_pool, text)
 
-    def resolved(self) -> ServingConfig:
+    def resolved(self, node_id: str | None = None) -> ServingConfig:
         """The config the replicas get: the embedded server started and its DSN filled in (no DSN is
-        ever copied from `dsn_env` into the config), the local artifact folder made absolute."""
+        ever copied from `dsn_env` into the config), the local artifact folder made absolute, and, given
+        the Ray node this runs on (`node_id`), that node recorded as the home of each single-node default
+        (srserve.serving.config.single_node: replicas elsewhere refuse to start)."""
         updates: dict[str, Any] = {}
-        if not self.job_store.dsn_env and not self.job_store.embedded_dsn:
-            dsn = resolve_dsn(self.job_store, self.app_name)
-            updates["job_store"] = self.job_store.model_copy(update={"embedded_dsn": dsn})
+        if not self.job_store.dsn_env:
+            store: dict[str, Any] = {"home_node": node_id}
+            if not self.job_store.embedded_dsn:
+                store["embedded_dsn"] = resolve_dsn(self.job_store, self.app_name)
+            updates["job_store"] = self.job_store.model_copy(update=store)
         if self.artifacts.kind == "local":
             path = Path(self.artifacts.path) if self.artifacts.path else srserve_home() / "artifacts"
-            updates["artifacts"] = self.artifacts.model_copy(update={"path": str(path.absolute())})
+            home = None if self.artifacts.shared else node_id
+            updates["artifacts"] = self.artifacts.model_copy(update={"path": str(path.absolute()), "home_node": home})
         return self.model_copy(update=updates)
 
     @property

@@ -54,6 +54,10 @@ class ArtifactStoreConfig(BaseModel):
     secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"
     # obstore refuses plain-HTTP endpoints unless told otherwise.
     allow_http: bool = False
+    # local: a folder every node mounts at `path` (NFS, a shared volume), so a multi-node cluster may use it.
+    shared: bool = False
+    # Set by srserve for a local folder that is not shared: the Ray node it lives on (replicas must run there).
+    home_node: str | None = None
 
     @field_validator("bucket")
     @classmethod
@@ -82,8 +86,8 @@ class ArtifactStoreConfig(BaseModel):
             if stray:
                 raise ValueError(f"{', '.join(stray)} only apply to kind 's3' (kind is 'local'); set kind: s3")
         else:
-            if self.path is not None:
-                raise ValueError("path only applies to kind 'local' (kind is 's3')")
+            if self.path is not None or self.shared:
+                raise ValueError("path and shared only apply to kind 'local' (kind is 's3')")
             if self.endpoint_url and self.endpoint_url.startswith("http://") and not self.allow_http:
                 raise ValueError(f"endpoint_url {self.endpoint_url!r} is plain HTTP: set allow_http: true")
         return self

@@ -58,6 +58,9 @@ class JobStoreConfig(BaseModel):
         ),
     )
     embedded_dsn: str | None = Field(None, description="set by srserve when it starts the embedded server")
+    home_node: str | None = Field(
+        None, description="set by srserve: the Ray node of the embedded server (its replicas must run there)"
+    )
 
 
 class DatabaseUnconfigured(RuntimeError):

@@ -36,6 +36,7 @@ from srserve.engine import ModelPairConfig, Role, SRDiffusionEngine
 from srserve.engine.image import load_image
 from srserve.engine.parallel import ParallelSpec
 from srserve.engine.request import ResolvedRequest
+from srserve.serving.config.single_node import check_replica_node
 from srserve.serving.control.artifacts import ArtifactStore, ArtifactStoreConfig
 from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import JobStoreConfig, open_store
@@ -80,6 +81,7 @@ class PoolWorker(ReplicaOperations):
         roles: frozenset[Role],
         parallel: ParallelSpec | None = None,
     ) -> None:
+        check_replica_node(job_store, artifacts, ray.get_runtime_context().get_node_id())
         # A multi-device replica is rank 0 of its group; its RankGroup runs each stage on every rank.
         self.ranks: RankGroup | None = None
         if parallel is not None and parallel.enabled:
