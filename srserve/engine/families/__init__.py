@@ -66,7 +66,7 @@ def check_input_image(family: str, request: GenerationRequest, image: Image.Imag
         if image is not None:
             raise ValueError("input_reference: an image was given; the request describes none")
         return
-    if request.video is not None:
+    if request.video is not None and edits_video(family):
         raise ValueError(
             f"input_reference: on the {family} pair the input image is the first frame of the conditioning video "
             "it stands for; the request gives a video too (put the image in the video and mark it kept in its mask)"
