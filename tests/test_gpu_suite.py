@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 GPU = REPO / "benchmarks" / "gpu"
 SUITE = GPU / "run_suite.py"
-FAST_PARTS = "device,steps,vae_decode,srdiffusion,handoff,text_encoder,backends"
+FAST_PARTS = "device,steps,vae_decode,srdiffusion,handoff,vace_steps,text_encoder,backends"
 
 
 def _run(out: Path, *args: str, timeout: float = 600) -> dict:
@@ -83,6 +83,13 @@ def test_smoke_suite_runs_every_part(tmp_path: Path) -> None:
     assert handoff["state_from"] == "the SRDiffusion part's sketch"
     assert handoff["tensors"]["latents"]["shape"] == [1, 16, 2, 4, 4]
 
+    vace = parts["vace_steps"]  # the smoke preset's models with a VACE block at every other layer
+    assert [(e["model"], e["status"], e["vace_layers"]) for e in vace["entries"]] == [
+        ("small", "ok", [0]),
+        ("large", "ok", [0]),
+    ]
+    assert all(e["output_finite"] and e["flop_ratio"] > 1 and e["t2v_step_s"] > 0 for e in vace["entries"])
+
     device = parts["device"]
     assert device["attention_backends"]["native"] == "available"
     assert device["attention_backends"]["flash"].startswith("unavailable")
@@ -92,7 +99,7 @@ def test_smoke_suite_runs_every_part(tmp_path: Path) -> None:
     telemetry = json.loads((out / "telemetry.json").read_text())
     assert telemetry["available"] is False and telemetry["reason"]  # no NVML on a CPU machine: said why
     summary = (out / "summary.md").read_text()
-    for heading in ("## Per-step cost", "## SRDiffusion on the device", "## Handoff", "## Parts"):
+    for heading in ("## Per-step cost", "## SRDiffusion on the device", "## Handoff", "## VACE step", "## Parts"):
         assert heading in summary
     assert "done in" in (out / "suite.log").read_text()
 

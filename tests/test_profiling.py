@@ -8,9 +8,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from srserve.planner.profile import Profile
 from srserve.planner.simulator import ClusterLayout, PoolSpec, simulate
-from srserve.profiling.flops import device_peak_tflops, transformer_forward_flops, umt5_encoder_flops
+from srserve.profiling.flops import (
+    device_peak_tflops,
+    transformer_forward_flops,
+    umt5_encoder_flops,
+    vace_extra_flops,
+)
 from srserve.profiling.gpu_stages import build_text_encoder, build_transformer, latent_shape, run_gpu_profile
-from srserve.profiling.wan_sizes import TINY, WAN21
+from srserve.profiling.wan_sizes import TINY, WAN21, WAN21_VACE
 from srserve.workload.arrivals import PoissonArrivals
 from srserve.workload.mix import RequestMix
 from srserve.workload.stats import summarize
@@ -65,6 +70,33 @@ def test_real_size_configs_and_flops() -> None:
     assert device_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert device_peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert device_peak_tflops("Some CPU") is None
+
+
+def test_real_size_vace_flops() -> None:
+    """Wan2.1-VACE-14B / 1.3B on the meta device: the T2V forward plus the VACE blocks' FLOPs (vace_extra_flops)
+    against torch's counter with a VACE context, and the VACE blocks' share of the parameters."""
+    from diffusers import WanVACETransformer3DModel
+
+    s480 = WAN21.shapes[0]
+    for role, blocks, params in (("large", 8, 17.3e9), ("small", 15, 2.15e9)):
+        config = WAN21_VACE[role]
+        assert len(config["vace_layers"]) == blocks
+        with torch.device("meta"):
+            model = WanVACETransformer3DModel(**config)
+            x, ctx = torch.randn(latent_shape(s480)), torch.randn(1, 512, 4096)
+            vace = torch.randn(1, 96, *latent_shape(s480)[2:])
+        assert sum(p.numel() for p in model.parameters()) == pytest.approx(params, rel=0.05)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(
+                hidden_states=x,
+                timestep=torch.tensor([500.0], device="meta"),
+                encoder_hidden_states=ctx,
+                control_hidden_states=vace,
+                return_dict=False,
+            )
+        shape = (s480.width, s480.height, s480.num_frames, 512)
+        analytic = transformer_forward_flops(config, *shape) + vace_extra_flops(config, *shape)
+        assert analytic == pytest.approx(counter.get_total_flops(), rel=0.01)
 
 
 def test_profiler_runs_on_cpu_and_feeds_the_planner() -> None:

@@ -1,5 +1,6 @@
 """The CLI's video editing end to end: make-tiny --family wan2.1-vace, generate with a video, mask and reference
-image into a real mp4 (by folders and by the embedded pair's name), and refusals naming the field."""
+image, or with an image as the first frame, into a real mp4 (by folders and by the embedded pair's name), and
+refusals naming the field."""
 
 from __future__ import annotations
 
@@ -141,6 +142,22 @@ def test_generate_refuses_bad_editing_inputs(home: Path, inputs, flags: tuple[st
     args = [str(inputs[a]) if a in inputs else a for a in flags]
     run = _srserve("generate", "--prompt", "a fox", "--model-pair", "tiny-wan2.1-vace", *args, *SHORT, home=home)
     assert run.returncode == 2 and needle in run.stderr, run.stderr
+
+
+def test_embedded_pair_with_an_image_as_first_frame(tmp_path: Path, home: Path, inputs) -> None:
+    """--image on a VACE pair: the first frame to keep, resized to the output's size (here 40x24 to 48x32)."""
+    out = tmp_path / "first-frame.mp4"
+    size = ("--frames", str(FRAMES), "--height", str(HEIGHT), "--width", str(WIDTH))
+    args = ("--model-pair", "tiny-wan2.1-vace", "--image", str(inputs["reference"]), *size, *SHORT)
+    run = _srserve("generate", "--prompt", "a fox", *args, "--out", str(out), home=home)
+    assert run.returncode == 0, run.stderr
+    assert read_mp4(out).shape == (FRAMES, HEIGHT, WIDTH, 3)
+
+
+def test_image_with_a_video_is_refused(home: Path, inputs) -> None:
+    args = ("--model-pair", "tiny-wan2.1-vace", "--image", str(inputs["reference"]), "--video", str(inputs["video"]))
+    run = _srserve("generate", "--prompt", "a fox", *args, *SHORT, home=home)
+    assert run.returncode == 2 and "input_reference: on the wan2.1-vace pair" in run.stderr, run.stderr
 
 
 def test_text_to_video_pair_refuses_a_video(home: Path, inputs) -> None:

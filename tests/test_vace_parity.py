@@ -1,7 +1,7 @@
 """Video editing (VACE) on the tiny folders: bit-for-bit parity with diffusers' WanVACEPipeline (large only,
 small only, a fixed switch) for reference images only, an inpainting video with its mask, a control video
-without one, and a conditioning scale other than 1; the handoff through bytes into freshly loaded models,
-older handoff versions, and requests refused for their editing inputs."""
+without one, a conditioning scale other than 1, and a first frame (`input_reference`); the handoff through
+bytes into freshly loaded models, older handoff versions, and requests refused for their editing inputs."""
 
 from __future__ import annotations
 
@@ -223,6 +223,74 @@ def test_vace_equals_pipeline(engine, pipe, cases, case: str, which: str) -> Non
         frames = _run(two, "np", **c["pipe"])[0]
         assert result.frames.shape == (FRAMES, SIDE, SIDE, 3)
         assert np.array_equal(result.frames, frames)
+
+
+# -- input_reference: a first-frame condition ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def first_frame_bytes() -> bytes:
+    """An 80x48 image (of another size than the output: the recipe resizes it to the output's)."""
+    y, x = np.mgrid[0:48, 0:80]
+    return _png(np.stack([x * 3 % 256, y * 5 % 256, (x + y) % 256], axis=-1).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def first_frame(first_frame_bytes: bytes) -> Image.Image:
+    return load_image(first_frame_bytes, max_bytes=1 << 20, max_pixels=1 << 16)
+
+
+def _documented_first_frame(image: Image.Image) -> tuple[list[Image.Image], list[Image.Image]]:
+    """diffusers' documented WanVACEPipeline image-to-video inputs, written out here as the docs write them."""
+    image = image.resize((SIDE, SIDE))
+    frames = [image, *[Image.new("RGB", (SIDE, SIDE), (128, 128, 128))] * (FRAMES - 1)]
+    mask_black, mask_white = Image.new("L", (SIDE, SIDE), 0), Image.new("L", (SIDE, SIDE), 255)
+    return frames, [mask_black, *[mask_white] * (FRAMES - 1)]
+
+
+@pytest.mark.parametrize("which", sorted(SWITCHES))
+@pytest.mark.parametrize("with_reference", [False, True])
+def test_first_frame_equals_pipeline(
+    engine, pipe, first_frame, first_frame_bytes, references, reference_bytes, which: str, with_reference: bool
+) -> None:
+    """`input_reference` (with `image=`) is bit for bit the pipeline given the documented video and mask lists."""
+    k = SWITCHES[which]
+    fields: dict = {"input_reference": describe_image(first_frame_bytes)}
+    edit, call = EditInputs(), {}
+    if with_reference:
+        fields["reference_images"] = [describe_image(reference_bytes[1])]
+        edit, call = EditInputs(reference_images=references[1:]), {"reference_images": references[1:]}
+    result = engine.generate(_request(k, **fields), image=first_frame, edit=edit)
+    assert result.switch_step == k
+    video, mask = _documented_first_frame(first_frame)
+    two = _two(pipe, engine.render_model, _boundary(pipe, k))
+    latents = _run(two, "latent", video=video, mask=mask, **call)
+    assert torch.equal(result.latents, latents[:, :, int(with_reference) :])
+    if which == "fixed" and not with_reference:
+        assert np.array_equal(result.frames, _run(two, "np", video=video, mask=mask)[0])
+
+
+def test_first_frame_sketch_takes_the_image_as_image_to_video_does(engine, first_frame, first_frame_bytes) -> None:
+    """The serving layer's interface: `sketch(request, encoded, image=)`; the handoff carries the context only."""
+    request = engine.resolve(_request(2, input_reference=describe_image(first_frame_bytes)))
+    state = engine.sketch(request, engine.encode(request), image=first_frame)
+    assert state.vace_context is not None and state.reference_frames == 0 and state.image_condition is None
+    plain = engine.resolve(_request(2))
+    assert not torch.equal(state.vace_context, engine.sketch(plain, engine.encode(plain)).vace_context)
+    with pytest.raises(ValueError, match=r"input_reference: the wan2\.1-vace sketch needs the decoded image"):
+        engine.sketch(request, engine.encode(request))
+
+
+def test_first_frame_refusals_name_input_reference(engine, cases, first_frame, first_frame_bytes, video) -> None:
+    described = describe_image(first_frame_bytes)
+    with pytest.raises(ValueError, match=r"input_reference: on the wan2\.1-vace pair .* the request gives a video"):
+        engine.generate(_request(1, input_reference=described, **cases["control"]["fields"]), image=first_frame)
+    with pytest.raises(ValueError, match="input_reference: an image was given; the request describes none"):
+        engine.generate(_request(1), image=first_frame)
+    with pytest.raises(ValueError, match="input_reference: the image is 64x64, the request describes 80x48"):
+        engine.generate(_request(1, input_reference=described), image=video[0])
+    with pytest.raises(ValueError, match="input_reference: a first-frame condition builds the video and mask"):
+        EditInputs(video=video).with_first_frame(first_frame, SIDE, SIDE, FRAMES)
 
 
 def test_each_input_conditions_the_video(engine, cases, video, mask) -> None:
@@ -447,15 +515,15 @@ def test_engine_refuses_decoded_inputs_unlike_the_request(engine, cases, video, 
         engine.generate(_request(1, **cases["control"]["fields"]), edit=EditInputs(video=video, mask=mask))
 
 
-def test_other_pairs_refuse_editing_inputs(tiny_config, engine, cases, video, reference_bytes) -> None:
+def test_other_pairs_refuse_editing_inputs(tiny_config, cases, video, reference_bytes) -> None:
     t2v = SRDiffusionEngine(tiny_config)
     needle = r"video: the wan2\.1 pair does not edit video \(a VACE pair does: wan2\.1-vace, wan2\.2-vace\)"
     with pytest.raises(ValueError, match=needle):
         t2v.generate(_request(1, **cases["control"]["fields"]), edit=EditInputs(video=video))
     with pytest.raises(ValueError, match=r"conditioning_scale: the wan2\.1 pair does not edit video"):
         t2v.generate(_request(1, conditioning_scale=0.5))
-    with pytest.raises(ValueError, match=r"input_reference: the wan2\.1-vace pair takes reference_images"):
-        engine.generate(_request(1, input_reference=describe_image(reference_bytes[0])))
+    with pytest.raises(ValueError, match=r"input_reference: the wan2\.1 pair is text-to-video"):
+        t2v.generate(_request(1, input_reference=describe_image(reference_bytes[0])))
 
 
 def test_video_loader_refuses_bad_files(video_bytes: bytes, reference_bytes: list[bytes]) -> None:

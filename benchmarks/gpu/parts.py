@@ -28,12 +28,13 @@ from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Rol
 from srserve.engine.attention import AttentionBackendUnavailable, apply_attention_backend, check_attention_backend
 from srserve.engine.families import EncodedPrompt, get_family
 from srserve.engine.request import RequestDefaults
-from srserve.profiling.flops import device_peak_tflops, transformer_forward_flops, video_tokens
+from srserve.profiling.flops import device_peak_tflops, transformer_forward_flops, vace_extra_flops, video_tokens
 from srserve.profiling.gpu_stages import (
     GIB,
     Timer,
     build_text_encoder,
     build_transformer,
+    build_vace_transformer,
     build_vae,
     latent_shape,
     param_gib,
@@ -41,7 +42,7 @@ from srserve.profiling.gpu_stages import (
     profile_text_encode,
     profile_vae_decode,
 )
-from srserve.profiling.wan_sizes import ArchPreset, OutputShape
+from srserve.profiling.wan_sizes import VACE_IN_CHANNELS, WAN21, WAN21_VACE_LAYERS, ArchPreset, OutputShape
 
 GUIDANCE_SCALE = 5.0  # GenerationRequest's default: CFG on, two forwards per step
 # The paper's adaptive switch lands around step 8-10 of 50 on the real checkpoints (docs/engine.md);
@@ -703,6 +704,91 @@ def part_handoff(ctx: SuiteContext) -> dict[str, Any]:
     return out
 
 
+def vace_config(ctx: SuiteContext, role: str) -> dict[str, Any]:
+    """The role's model as a VACE model: Wan2.1-VACE-14B / 1.3B's layers at real size, every other layer on the
+    smoke preset."""
+    config = ctx.config(role)
+    layers = WAN21_VACE_LAYERS[role] if ctx.preset == WAN21 else list(range(0, config["num_layers"], 2))
+    return {**config, "vace_layers": layers, "vace_in_channels": VACE_IN_CHANNELS}
+
+
+def vace_step_entry(ctx: SuiteContext, role: str) -> dict[str, Any]:
+    """One CFG step of the role's VACE model (`WanVACEFamily.predict`, a random VACE context), built for this
+    entry and freed after it; against the T2V step of the `steps` part and the FLOP model's ratio."""
+    config = vace_config(ctx, role)
+    s = ctx.shape
+    shape = (s.width, s.height, s.num_frames, ctx.preset.text_tokens)
+    forward = transformer_forward_flops(config, *shape)
+    vace_forward = forward + vace_extra_flops(config, *shape)
+    entry: dict[str, Any] = {"model": role, "vace_layers": config["vace_layers"], "flop_ratio": vace_forward / forward}
+    warmup, iters = ctx.warmup[role], ctx.iters[role]
+    step = ctx.step_estimate(role)
+    estimate = None if step is None else step * entry["flop_ratio"] * (warmup + iters + 2) + ctx.build_s.get(role, 0.0)
+    if not ctx.budget.allows(estimate):
+        return entry | {"status": "skipped", "reason": ctx.budget.reason(estimate)}
+    model = None
+    try:
+        torch.manual_seed(4 if role == "large" else 5)
+        start = time.perf_counter()
+        model = apply_attention_backend(build_vace_transformer(config, ctx.device, ctx.dtype), "native")
+        sync(ctx.device)
+        entry["build_s"] = time.perf_counter() - start
+        latents, t, encoded = ctx.step_inputs(role)
+        g = torch.Generator().manual_seed(11)
+        context = torch.randn(1, VACE_IN_CHANNELS, *latents.shape[2:], generator=g).to(ctx.device, ctx.dtype)
+        encoded = EncodedPrompt(
+            encoded.prompt_embeds, encoded.negative_prompt_embeds, vace_context=context, conditioning_scale=1.0
+        )
+        family = get_family("wan2.1-vace")
+        last: dict[str, torch.Tensor] = {}
+
+        def fn() -> None:
+            last["out"] = family.predict(model, latents, t, encoded, GUIDANCE_SCALE)
+
+        base = allocated_gib(ctx.device)
+        m = Timer(ctx.device, warmup, iters).measure(fn)
+        tflops = 2 * vace_forward / m["mean_s"] / 1e12
+        t2v = ctx.step_s.get((role, "native", "eager"))
+        entry.update(
+            status="ok",
+            step_s=m["mean_s"],
+            min_s=m["min_s"],
+            warmup=warmup,
+            iters=iters,
+            tflops=tflops,
+            mfu=tflops / ctx.peak_tflops if ctx.peak_tflops else None,
+            peak_memory_gib=m["peak_memory_gib"],
+            activation_peak_gib=(m["peak_memory_gib"] - base) if base is not None else None,
+            params_gib=param_gib(model),
+            t2v_step_s=t2v,
+            measured_ratio_over_t2v=m["mean_s"] / t2v if t2v else None,
+            output_finite=bool(torch.isfinite(last["out"]).all()),
+        )
+        ctx.log(
+            f"  VACE {role}: {m['mean_s']:.3f} s/step ({len(config['vace_layers'])} VACE blocks), "
+            f"{tflops:.1f} TFLOP/s; FLOP ratio over T2V {entry['flop_ratio']:.3f}"
+            + (f", measured {entry['measured_ratio_over_t2v']:.3f}" if t2v else "")
+        )
+        return entry
+    except Exception as exc:
+        ctx.log(f"  VACE {role}: error {exc!r}")
+        return entry | {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000]}
+    finally:
+        model = None  # the VACE model's memory goes back before the next entry builds its own
+        free_memory()
+
+
+def part_vace_steps(ctx: SuiteContext) -> dict[str, Any]:
+    """Per-step cost of Wan2.1-VACE-1.3B and -14B (random weights, random context), native attention, eager:
+    what the derived VACE profile (benchmarks/derive_vace_profile.py) takes as T2V step x FLOP ratio."""
+    entries = [vace_step_entry(ctx, role) for role in ROLES]
+    steps = {e["model"]: e.get("step_s") for e in entries}
+    return {
+        "entries": entries,
+        "ratio_small_to_large": steps["small"] / steps["large"] if steps["small"] and steps["large"] else None,
+    }
+
+
 def cleanup(ctx: SuiteContext) -> None:
     components.clear()
     shutil.rmtree(ctx.workdir, ignore_errors=True)
@@ -714,6 +800,7 @@ PARTS: list[tuple[str, Callable[[SuiteContext], dict[str, Any]]]] = [
     ("vae_decode", part_vae_decode),
     ("srdiffusion", part_srdiffusion),
     ("handoff", part_handoff),
+    ("vace_steps", part_vace_steps),
     ("text_encoder", part_text_encoder),
     ("compiled", part_compiled),
     ("backends", part_backends),

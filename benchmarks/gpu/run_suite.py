@@ -146,6 +146,19 @@ def render_summary(results: dict[str, Any]) -> str:
         lines += _sr_lines(parts["srdiffusion"])
     if parts.get("handoff", {}).get("status") == "ok":
         lines += _handoff_lines(parts["handoff"])
+    vace = parts.get("vace_steps", {})
+    if vace.get("status") == "ok":
+        lines += ["## VACE step (Wan2.1-VACE, random context)", ""]
+        for e in vace["entries"]:
+            if e.get("status") != "ok":
+                lines.append(f"- {e['model']}: {e.get('status')} {e.get('reason', e.get('error', ''))}")
+                continue
+            lines.append(
+                f"- {e['model']} ({len(e['vace_layers'])} VACE blocks): {e['step_s']:.3f} s/step, "
+                f"{e['tflops']:.1f} TFLOP/s; over the T2V step {_fmt(e['measured_ratio_over_t2v'])} "
+                f"(FLOP model {e['flop_ratio']:.3f})"
+            )
+        lines.append("")
     vae, te = parts.get("vae_decode", {}), parts.get("text_encoder", {})
     if vae.get("status") == "ok":
         peak = _fmt(vae["vae_decode_peak_memory_gib"], ".1f")

@@ -33,7 +33,8 @@ def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
         default="tiny",
         help="tiny (embedded Wan2.1, default), tiny-wan2.2 (embedded Wan2.2 A14B), tiny-cogvideox (embedded "
         "CogVideoX), tiny-wan2.1-i2v, tiny-wan2.2-i2v (embedded image-to-video pairs: give --image), "
-        "tiny-wan2.1-vace (embedded video-editing pair: --video, --mask, --reference-image), or a family: "
+        "tiny-wan2.1-vace (embedded video-editing pair: --video, --mask, --reference-image, or --image as the "
+        "first frame), or a family: "
         "wan2.1, wan2.2, cogvideox, wan2.1-i2v, wan2.2-i2v, wan2.1-vace",
     )
     parser.add_argument("--sketch-model", help="local Diffusers folder of the large (sketch) model")
@@ -117,7 +118,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate one video in this process (no Ray)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--image", default=None, help="image-to-video pairs: the input image (PNG, JPEG or WebP)")
+    p.add_argument(
+        "--image",
+        default=None,
+        help="image-to-video pairs: the input image (PNG, JPEG or WebP); video-editing pairs: the first frame to "
+        "keep (the rest generated; not with --video)",
+    )
     p.add_argument(
         "--video",
         default=None,

@@ -3,11 +3,15 @@
 The request carries descriptions only (`video`, `mask`, `reference_images`: hashes, sizes, frame counts),
 so it stays small enough to validate, log, store and hand off as JSON; the frames travel beside it to the
 sketch stage, which builds the VACE context from them once.
+
+A request may instead give one image (`input_reference`, OpenAI's field) as the first frame to keep: the
+conditioning video and mask are then built from it as diffusers documents WanVACEPipeline's image-to-video
+(the image resized to the output size, then mid-gray frames; a black "keep" mask frame, then white ones).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
@@ -37,6 +41,20 @@ class EditInputs:
                     f"reference_images[{i}]: the image is {image.size[0]}x{image.size[1]}, the request describes "
                     f"{ref.width}x{ref.height}"
                 )
+
+    def with_first_frame(self, image: Image.Image, width: int, height: int, num_frames: int) -> EditInputs:
+        """These inputs with the video and mask of a first-frame condition (diffusers' documented VACE
+        image-to-video recipe): frame 0 the image resized to width x height, kept (mask black); every other
+        frame gray (128, the recipe's stand-in for the original code's 127.5 on PIL images), regenerated (white)."""
+        if self.video is not None or self.mask is not None:
+            raise ValueError("input_reference: a first-frame condition builds the video and mask; a video was given")
+        gray = Image.new("RGB", (width, height), (128, 128, 128))
+        keep, regenerate = Image.new("L", (width, height), 0), Image.new("L", (width, height), 255)
+        return replace(
+            self,
+            video=[image.resize((width, height)), *[gray] * (num_frames - 1)],
+            mask=[keep, *[regenerate] * (num_frames - 1)],
+        )
 
 
 def _check_rgb(field: str, image: Image.Image) -> None:

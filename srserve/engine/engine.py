@@ -269,15 +269,17 @@ class SRDiffusionEngine:
         srserve.engine.image.load_image); it is encoded here, once, and its conditioning crosses in the handoff.
         Video-editing (VACE) pairs take the decoded video, mask and reference images (`edit`; see
         srserve.engine.video_input.load_video), which the request describes; None: the request gives none, and
-        the VACE context is the pipeline's for no video (black frames, all regenerated).
+        the VACE context is the pipeline's for no video (black frames, all regenerated). Their `image`, where
+        the request gives `input_reference` and no video, is the first frame to keep
+        (srserve.engine.edit_inputs.EditInputs.with_first_frame).
         """
         self.check_image(request, image)
         self.check_edit(request, edit)
-        if self.family.takes_image and image is None:
+        if request.input_reference is not None and image is None:
             raise ValueError(f"input_reference: the {self.family.name} sketch needs the decoded image (image=)")
-        if image is not None:
-            if image.mode != "RGB":
-                raise ValueError(f"input_reference: the image must be RGB (load_image converts it), not {image.mode}")
+        if image is not None and image.mode != "RGB":
+            raise ValueError(f"input_reference: the image must be RGB (load_image converts it), not {image.mode}")
+        if image is not None and self.family.takes_image:
             self._need(Role.SKETCH)
             assert self.vae is not None
             condition, image_embeds = self.family.encode_image(
@@ -287,6 +289,8 @@ class SRDiffusionEngine:
         if self.family.edits_video:
             inputs = edit if edit is not None else EditInputs()
             inputs.check(request)  # a described video, mask or reference image needs its pixels, named if missing
+            if image is not None:  # check_image allowed it: the request gives no video
+                inputs = inputs.with_first_frame(image, request.width, request.height, request.num_frames)
             self._need(Role.SKETCH)
             assert self.vae is not None and self.sketch_model is not None
             encoded = self.family.condition_edit(encoded, inputs, request, self.vae, self.sketch_model, self.device)

@@ -17,6 +17,30 @@ def video_tokens(config: dict[str, Any], width: int, height: int, num_frames: in
     return (t // pt) * (height // vae_stride[1] // ph) * (width // vae_stride[2] // pw)
 
 
+def block_flops(d: int, f: int, lv: int, lt: int) -> int:
+    """One transformer block over `lv` video tokens: self-attention, cross-attention to `lt` text tokens, FFN."""
+    self_attn = 8 * lv * d * d + 4 * lv * lv * d
+    cross_attn = 4 * lv * d * d + 4 * lt * d * d + 4 * lv * lt * d
+    ffn = 4 * lv * d * f
+    return self_attn + cross_attn + ffn
+
+
+def vace_extra_flops(config: dict[str, Any], width: int, height: int, num_frames: int, text_tokens: int) -> float:
+    """What a WanVACETransformer3DModel adds to the forward of its WanTransformer3DModel (no reference frames).
+
+    diffusers' model patch-embeds the VACE context (`vace_in_channels`) to as many tokens as the video, then
+    runs one block per `vace_layers` entry over them: a full transformer block (self-attention, cross-attention
+    to the text, FFN) plus its output projection (d x d), the first also an input projection (d x d). The
+    hints it adds to the main blocks' outputs are elementwise (not counted, as norms are not).
+    """
+    d = config["num_attention_heads"] * config["attention_head_dim"]
+    lv = video_tokens(config, width, height, num_frames)
+    pt, ph, pw = config["patch_size"]
+    per_vace_block = block_flops(d, config["ffn_dim"], lv, text_tokens) + 2 * lv * d * d
+    embed = 2 * lv * config["vace_in_channels"] * pt * ph * pw * d + 2 * lv * d * d
+    return float(len(config["vace_layers"]) * per_vace_block + embed)
+
+
 def transformer_forward_flops(
     config: dict[str, Any], width: int, height: int, num_frames: int, text_tokens: int, batch: int = 1
 ) -> float:
@@ -27,10 +51,7 @@ def transformer_forward_flops(
     lt = text_tokens
     pt, ph, pw = config["patch_size"]
     patch_in = config["in_channels"] * pt * ph * pw
-    self_attn = 8 * lv * d * d + 4 * lv * lv * d
-    cross_attn = 4 * lv * d * d + 4 * lt * d * d + 4 * lv * lt * d
-    ffn = 4 * lv * d * f
-    per_block = self_attn + cross_attn + ffn
+    per_block = block_flops(d, f, lv, lt)
     patch_out = config["out_channels"] * pt * ph * pw
     embed = 2 * lv * patch_in * d + 2 * lt * (config["text_dim"] * d + d * d) + 2 * lv * d * patch_out
     return float(batch * (n_layers * per_block + embed))

@@ -95,6 +95,13 @@ def build_transformer(config: dict[str, Any], device: torch.device, dtype: torch
     return _build(lambda: WanTransformer3DModel(**config), device, dtype)
 
 
+def build_vace_transformer(config: dict[str, Any], device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """A WanVACETransformer3DModel: the config of a WanTransformer3DModel plus `vace_layers`, `vace_in_channels`."""
+    from diffusers import WanVACETransformer3DModel
+
+    return _build(lambda: WanVACETransformer3DModel(**config), device, dtype)
+
+
 def build_vae(config: dict[str, Any], device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     from diffusers import AutoencoderKLWan
 

@@ -77,6 +77,16 @@ WAN21 = ArchPreset(
     ),
 )
 
+# Wan2.1-VACE-14B and -1.3B: the T2V transformers plus VACE blocks (diffusers' conversion of the public
+# checkpoints: the 14B's at every 5th layer, 8 of them; the 1.3B's at every 2nd, 15), reading a 96-channel
+# context (2 x 16 latent channels + the 8 x 8 folded mask).
+WAN21_VACE_LAYERS = {"large": list(range(0, 40, 5)), "small": list(range(0, 30, 2))}
+VACE_IN_CHANNELS = 96
+WAN21_VACE = {
+    role: {**getattr(WAN21, role), "vace_layers": layers, "vace_in_channels": VACE_IN_CHANNELS}
+    for role, layers in WAN21_VACE_LAYERS.items()
+}
+
 # The same structure scaled down so a CPU runs it in seconds (tests, dry runs of the profiler).
 TINY = ArchPreset(
     name="tiny",

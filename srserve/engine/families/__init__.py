@@ -41,25 +41,41 @@ def takes_image(family: str) -> bool:
     return get_family(family).takes_image
 
 
+def accepts_image(family: str) -> bool:
+    """Whether the family's requests may give an input image (`input_reference`): image-to-video pairs need
+    one; video-editing (VACE) pairs take one as a first-frame condition, instead of a video."""
+    f = get_family(family)
+    return f.takes_image or f.first_frame_image
+
+
 def check_input_image(family: str, request: GenerationRequest, image: Image.Image | None = None) -> None:
-    """ValueError naming `input_reference` unless the request has an input image exactly when the family takes one.
+    """ValueError naming `input_reference` unless the request has an input image exactly when the family takes
+    one: always for image-to-video, optionally for video editing (the first frame; then no `video`).
 
     With `image` None only the request's description is checked: what an ingress can run before reading the
-    bytes. With an image, its size must be the one the request describes.
+    bytes. With an image, the request must describe one, of the image's size.
     """
-    if takes_image(family):
-        ref = request.input_reference
-        if ref is None:
-            raise ValueError(f"input_reference: the {family} pair generates from an image; the request has none")
-        if image is not None and image.size != (ref.width, ref.height):
-            raise ValueError(
-                f"input_reference: the image is {image.size[0]}x{image.size[1]}, the request describes "
-                f"{ref.width}x{ref.height}"
-            )
-    elif request.input_reference is not None or image is not None:
-        if edits_video(family):
-            raise ValueError(f"input_reference: the {family} pair takes reference_images, not an input image")
-        raise ValueError(f"input_reference: the {family} pair is text-to-video and takes no input image")
+    ref = request.input_reference
+    if takes_image(family) and ref is None:
+        raise ValueError(f"input_reference: the {family} pair generates from an image; the request has none")
+    if not accepts_image(family):
+        if ref is not None or image is not None:
+            raise ValueError(f"input_reference: the {family} pair is text-to-video and takes no input image")
+        return
+    if ref is None:
+        if image is not None:
+            raise ValueError("input_reference: an image was given; the request describes none")
+        return
+    if request.video is not None and edits_video(family):
+        raise ValueError(
+            f"input_reference: on the {family} pair the input image is the first frame of the conditioning video "
+            "it stands for; the request gives a video too (put the image in the video and mark it kept in its mask)"
+        )
+    if image is not None and image.size != (ref.width, ref.height):
+        raise ValueError(
+            f"input_reference: the image is {image.size[0]}x{image.size[1]}, the request describes "
+            f"{ref.width}x{ref.height}"
+        )
 
 
 def edits_video(family: str) -> bool:
@@ -121,6 +137,7 @@ __all__ = [
     "EncodedPrompt",
     "IncompatiblePairError",
     "ModelFamily",
+    "accepts_image",
     "check_edit_inputs",
     "check_input_image",
     "check_pair",

@@ -77,6 +77,9 @@ class ModelFamily(ABC):
     takes_image: bool = False
     # Video editing (VACE): requests may give a video, its mask and reference images, encoded on the sketch side.
     edits_video: bool = False
+    # Video editing: a request may give an input image (`input_reference`) instead of a video, as the first
+    # frame to keep (the family builds the conditioning video and mask from it).
+    first_frame_image: bool = False
     # Schedulers a request may name (srserve.engine.schedule); empty: the folder's schedule only.
     schedulers: frozenset[str] = frozenset()
 

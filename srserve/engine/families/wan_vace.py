@@ -85,6 +85,7 @@ class _VACEConditioned:
     """What both Wan VACE families add to their text-to-video parents: the context, its frames, its checks."""
 
     edits_video = True
+    first_frame_image = True  # input_reference: the first frame to keep (EditInputs.with_first_frame)
     # Not yet checked here: LoRA on VACE blocks (WanVACEPipeline's loader; a pair with adapters is refused, no
     # loader), and step caches, whose skipped blocks would meet the VACE hints the transformer adds between them.
     lora_pipeline = None
