@@ -1,12 +1,14 @@
 """The published create schema within a deployment's pair: what `ModelPairConfig.schedule` bounds let a request
-set, and a family without flow-matching schedules (CogVideoX), stated by `/openapi.json` exactly as the ingress
-decides it. Random bodies are valid by the deployment's schema exactly when the ingress accepts them: the real
+set, a family without flow-matching schedules (CogVideoX), and the operator's request limits (`ingress.limits`:
+sizes or a pixel budget, frames, steps, guidance), stated by `/openapi.json` exactly as the ingress decides it.
+Random bodies are valid by the deployment's schema exactly when the ingress accepts them: the real
 `create_request` and `IngressCore.decide` (the pair's defaults applied, `check_schedule`, the pools' caches),
 without a cluster (the store is never opened, no pool is called). The unbounded tiny deployment's exactness:
 tests/test_api_contract.py."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,11 @@ from srserve.engine.schedule import SCHEDULE_FIELDS, ScheduleBounds
 from srserve.serving.api import schemas
 from srserve.serving.api.http import openapi_document, served_document
 from srserve.serving.api.schemas import create_request, form_values
-from srserve.serving.config import PoolConfig, ServingConfig
+from srserve.serving.config import IngressConfig, PoolConfig, ServingConfig
 from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.request_cache import CacheLimits
+from srserve.serving.control.request_limits import RequestLimits
 from srserve.serving.ingress import IngressCore
 from tests.schema_strategies import conforming
 
@@ -38,6 +41,13 @@ BOUNDED = ScheduleBounds(
 DISTILLED = ScheduleBounds(schedulers=["euler"], min_steps=2, max_steps=6, max_shift=12.0, max_guidance_scale=1.0)
 DISTILLED_DEFAULTS = {"num_inference_steps": 4, "scheduler": "euler", "timesteps": FEW, "shift": 5.0}
 NEVER = JobStoreConfig(embedded_dsn="postgresql://127.0.0.1:1/never_opened")
+# Operator limits around the tiny pair's defaults (64x64, 17 frames, 20 steps, guidance 5): a list of sizes, and
+# a pixel budget (96x64 fits, 80x80 does not) whose frames leave `seconds` only "1" (17 frames at 16 fps).
+LIMITED = RequestLimits(
+    sizes=["64x64", "128x64", "64x128"], max_frames=33, max_steps=24, max_guidance_scale=6.0, max_gpu_s=100.0
+)
+BUDGET = RequestLimits(max_pixels=96 * 64, max_frames=17, max_steps=20)
+SMALLEST = RequestLimits(sizes=["64x64"], max_frames=9, max_steps=5)  # no `seconds` fits 9 frames
 
 
 # Pools whose requests may ask for step caches, `mag` on the render pool (its own, calibrated: the file is
@@ -47,8 +57,11 @@ SKETCH_POOL = PoolConfig(cache_limits=_KINDS)
 RENDER_POOL = PoolConfig(cache=CachePolicy(kind="mag", ratios_file="calibrated.json"), cache_limits=_KINDS)
 
 
-def _core(pair: ModelPairConfig) -> IngressCore:
-    config = ServingConfig(model=pair, job_store=NEVER, sketch_pool=SKETCH_POOL, render_pool=RENDER_POOL)
+def _core(pair: ModelPairConfig, limits: RequestLimits | None = None) -> IngressCore:
+    ingress = IngressConfig(limits=limits or RequestLimits())
+    config = ServingConfig(
+        model=pair, job_store=NEVER, sketch_pool=SKETCH_POOL, render_pool=RENDER_POOL, ingress=ingress
+    )
     return IngressCore(config, pair.defaults, pair.name, pair.family, {}, pair=pair)
 
 
@@ -69,6 +82,9 @@ def cores(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         "distilled": _core(_pair(tiny_root, DISTILLED, **DISTILLED_DEFAULTS)),
         "cogvideox": _core(ModelPairConfig.tiny_cogvideox(cog_root)),
         "cogvideox-bounded": _core(ModelPairConfig.tiny_cogvideox(cog_root, write=False, schedule=cog_bounds)),
+        "limited": _core(ModelPairConfig.tiny(tiny_root, write=False), LIMITED),
+        "budget": _core(ModelPairConfig.tiny(tiny_root, write=False), BUDGET),
+        "distilled-limited": _core(_pair(tiny_root, DISTILLED, **DISTILLED_DEFAULTS, num_frames=9), SMALLEST),
     }
 
 
@@ -94,7 +110,7 @@ def _valid(core: IngressCore, body: dict[str, Any]) -> bool:
 def accepts(core: IngressCore, body: dict[str, Any]) -> bool:
     """What POST /v1/videos does with a JSON body for this deployment, short of storing the job."""
     try:
-        request, _ = create_request(body, core.model_name, core.defaults.num_inference_steps)
+        request, _ = create_request(body, core.model_name, core.defaults.num_inference_steps, _size_only(core))
         core.decide(request)
     except InvalidRequest:
         return False
@@ -103,9 +119,14 @@ def accepts(core: IngressCore, body: dict[str, Any]) -> bool:
 
 def _refusal(core: IngressCore, body: dict[str, Any]) -> InvalidRequest:
     with pytest.raises(InvalidRequest) as err:
-        request, _ = create_request(body, core.model_name, core.defaults.num_inference_steps)
+        request, _ = create_request(body, core.model_name, core.defaults.num_inference_steps, _size_only(core))
         core.decide(request)
     return err.value
+
+
+def _size_only(core: IngressCore) -> bool:
+    """As POST /v1/videos reads a body: its size as `size` only where the deployment limits the size."""
+    return core.config.ingress.limits.limits_size
 
 
 # -- what each deployment publishes ---------------------------------------------------------------------
@@ -139,6 +160,28 @@ def test_cogvideox_publishes_no_schedule_field(cores: dict[str, IngressCore]) ->
     props = _create(cores["cogvideox-bounded"])["properties"]
     assert (props["num_inference_steps"]["minimum"], props["num_inference_steps"]["maximum"]) == (2, 30)
     assert props["guidance_scale"]["maximum"] == 6.0
+
+
+def test_request_limits_are_published(cores: dict[str, IngressCore]) -> None:
+    """A limited size is `size` only (no `width`/`height`); frames, steps and guidance narrow their maxima; the
+    GPU-seconds limit is described, not stated; a deployment without limits publishes no trace of them."""
+    limited = _create(cores["limited"])
+    props = limited["properties"]
+    assert "width" not in props and "height" not in props
+    assert props["size"]["enum"] == LIMITED.sizes
+    assert max(props["num_frames"]["enum"]) == props["num_frames"]["maximum"] == 33
+    assert props["num_inference_steps"]["maximum"] == 24 and props["guidance_scale"]["maximum"] == 6.0
+    assert limited["x-srserve-max-gpu-s"] == 100.0 and "GPU-seconds" in limited["description"]
+    (seconds_rule,) = [r for r in limited["allOf"] if any("seconds" in b.get("properties", {}) for b in r["anyOf"])]
+    assert seconds_rule["anyOf"][2]["properties"]["seconds"]["enum"] == ["1", "2"]  # 17 and 33 frames at 16 fps
+    budget = _create(cores["budget"])["properties"]
+    assert "width" not in budget and "enum" not in budget["size"]
+    assert all(re.fullmatch(budget["size"]["pattern"], s) for s in ("64x64", "96x64", "64x96", "16x384"))
+    assert not any(re.fullmatch(budget["size"]["pattern"], s) for s in ("80x80", "16x400", "64x65", "0x64"))
+    distilled = _create(cores["distilled-limited"])["properties"]
+    assert distilled["timesteps"]["anyOf"][0]["maxItems"] == 5 and distilled["num_inference_steps"]["maximum"] == 5
+    for name in ("plain", "bounded", "distilled"):
+        assert "x-srserve-max-gpu-s" not in _create(cores[name]) and "width" in _create(cores[name])["properties"]
 
 
 def test_every_body_variant_and_example_keeps_to_the_pair(cores: dict[str, IngressCore]) -> None:
@@ -193,6 +236,27 @@ def test_every_body_variant_and_example_keeps_to_the_pair(cores: dict[str, Ingre
         ("cogvideox", {"timesteps": FEW}, "timesteps"),
         ("cogvideox-bounded", {"num_inference_steps": 31}, "num_inference_steps"),
         ("cogvideox-bounded", {"guidance_scale": 6.5}, "guidance_scale"),
+        # the operator's limits: refused naming the field, accepted at the limit
+        ("limited", {"size": "128x64", "num_frames": 33, "num_inference_steps": 24, "guidance_scale": 6}, None),
+        ("limited", {"size": "128x128"}, "size"),
+        ("limited", {"width": 64}, "width"),  # a limited size is given as `size`
+        ("limited", {"height": 64, "size": "64x64"}, "height"),
+        ("limited", {"num_frames": 37}, "num_frames"),
+        ("limited", {"seconds": "3"}, "num_frames"),  # 49 frames at 16 fps
+        ("limited", {"seconds": "3", "num_frames": 33}, None),  # num_frames takes precedence
+        ("limited", {"num_inference_steps": 25}, "num_inference_steps"),
+        ("limited", {"timesteps": list(range(1000, 0, -40))}, "num_inference_steps"),  # 25 steps
+        ("limited", {"guidance_scale": 6.01}, "guidance_scale"),
+        ("budget", {"size": "96x64", "seconds": "1"}, None),
+        ("budget", {"size": "80x80"}, "size"),
+        ("budget", {"size": "16x384"}, None),
+        ("budget", {"seconds": "2"}, "num_frames"),
+        ("budget", {"num_inference_steps": 21}, "num_inference_steps"),
+        ("distilled-limited", {"timesteps": [1000, 800, 600, 400, 200]}, None),
+        ("distilled-limited", {"num_inference_steps": 6}, "num_inference_steps"),
+        ("distilled-limited", {"sigmas": [1.0, 0.8, 0.6, 0.4, 0.2, 0.1]}, "num_inference_steps"),
+        ("distilled-limited", {"seconds": "1"}, "num_frames"),  # no `seconds` fits 9 frames
+        ("distilled-limited", {"seconds": "1", "num_frames": 9}, None),
     ],
 )
 def test_examples(cores: dict[str, IngressCore], pair: str, body: dict[str, Any], param: str | None) -> None:
@@ -220,13 +284,17 @@ def test_a_form_is_refused_as_its_json_body(cores: dict[str, IngressCore]) -> No
 _TIMESTEP_LISTS = st.lists(st.integers(-1, 1001), max_size=9)
 _SIGMA_LISTS = st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1]), max_size=9)
 _EDGES = [0, 0.5, 0.99, 1, 1.01, 1.5, 2, 2.99, 3, 4, 5, 6, 7, 8, 8.01, 9, 12, 12.5, 30, 31, 50, 100, 100.5, 200, 201]
+_SIZES = ["64x64", "128x64", "64x128", "128x128", "96x64", "80x80", "16x384", "16x400", "32x32"]
+_LIMIT_EDGES = [6.01, 13, 17, 20, 21, 24, 25, 33, 37, 64, 80, 96, 128, "1", "2", "3"]  # the limits' edges
 _WILD = st.one_of(
     st.sampled_from(_EDGES),
+    st.sampled_from(_LIMIT_EDGES),
     st.integers(-2, 210),
     st.floats(-1, 101, allow_nan=False),
     st.sampled_from(["euler", "unipc", "ddim", "", "none", "first_block", "taylorseer:2", "sketch=none"]),
     st.sampled_from(["sketch=first_block,render=none", "render=taylorseer", "mag", "render=mag:0.2", "fixed:3"]),
     st.sampled_from(["adaptive", "load", "sketch=none,render=mag"]),
+    st.sampled_from(_SIZES),
     st.sampled_from([FEW, [1000, 500], [250, 1000], [500, 500], [1.0, 0.5], [0.5], [], [True]]),
     _TIMESTEP_LISTS,
     _SIGMA_LISTS,
@@ -237,15 +305,17 @@ _WILD = st.one_of(
 _FIELDS = [*schemas.FIELD_TYPES]
 _CACHES = ["mag", "render=mag", "sketch=none,render=mag:0.1", "first_block", "sketch=taylorseer:3", "none"]
 _SCHEDULE_SIDE = ["num_inference_steps", "guidance_scale", *SCHEDULE_FIELDS, "cache", "switch"]
+_SIZE_SIDE = ["size", "width", "height", "num_frames", "seconds", "fps"]  # what the request limits narrow
 
 
 def _bodies(create: dict[str, Any]) -> st.SearchStrategy:
     """Bodies mostly valid by `create` (its schedule's properties drawn from it), with a few wild values for
     any field, the ones `create` leaves out included."""
     props = create["properties"]
-    optional = {name: conforming(props[name], 8) for name in _SCHEDULE_SIDE if name in props}
+    optional = {name: conforming(props[name], 8) for name in [*_SCHEDULE_SIDE, *_SIZE_SIDE] if name in props}
     optional["cache"] = st.one_of(optional["cache"], st.sampled_from(_CACHES))  # the kinds a schedule refuses
-    fields = st.one_of(st.sampled_from(_SCHEDULE_SIDE), st.sampled_from(_FIELDS))
+    optional["size"] = st.one_of(optional["size"], st.sampled_from(_SIZES))  # the sizes a limit refuses
+    fields = st.one_of(st.sampled_from(_SCHEDULE_SIDE), st.sampled_from(_SIZE_SIDE), st.sampled_from(_FIELDS))
     wild = st.dictionaries(fields, _WILD, max_size=2)
     return st.builds(
         lambda valid, extra: {**valid, **extra},
@@ -274,6 +344,9 @@ test_bounded_schema_is_exact = _exactness("bounded")
 test_distilled_schema_is_exact = _exactness("distilled")
 test_cogvideox_schema_is_exact = _exactness("cogvideox")
 test_bounded_cogvideox_schema_is_exact = _exactness("cogvideox-bounded")
+test_limited_schema_is_exact = _exactness("limited")
+test_budget_schema_is_exact = _exactness("budget")
+test_limited_distilled_schema_is_exact = _exactness("distilled-limited")
 
 
 def test_schemathesis_can_generate_every_published_create_body(cores: dict[str, IngressCore]) -> None:

@@ -44,6 +44,7 @@ from srserve.serving.control.jobs import Job, JobEvent, JobState, Phase, handoff
 from srserve.serving.control.load_switch import SwitchChoice, choose_switch, load_snapshot
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
 from srserve.serving.control.request_cache import CacheRefused, cache_pattern, fit_schedule, resolve_cache
+from srserve.serving.control.request_limits import check_cost, check_request
 from srserve.serving.ops.job_logging import bind_job, log_job_finished
 from srserve.serving.ops.metrics import record_job_finished, record_switch_choice
 
@@ -209,6 +210,9 @@ class IngressCore:
         within the pools' limits (a pool's default that the schedule cannot run with left off), then for a
         `load` switch the cap chosen from the pools' queued work."""
         resolved = self.decide(request)
+        limits = self.config.ingress.limits
+        if limits.max_gpu_s is not None:  # priced with the store's measured step times
+            check_cost(limits, resolved, await self.store.jobs_for_work(), time.time(), self.layout.devices())
         if resolved.switch.kind != "load":
             return resolved, None
         choice = await self._choose_switch(resolved, deadline_s)
@@ -224,7 +228,9 @@ class IngressCore:
         updates: dict[str, Any] = {"cache": self._caches(request.cache, schedule=schedule)}
         if self._boundary_switch is not None and "switch" not in request.model_fields_set:
             updates["switch"] = self._boundary_switch(schedule.num_inference_steps, schedule)
-        return self._resolved(request, **updates)
+        resolved = self._resolved(request, **updates)
+        check_request(self.config.ingress.limits, resolved)  # the operator's limits (ingress.limits)
+        return resolved
 
     def _resolved(self, request: GenerationRequest, **updates: Any) -> ResolvedRequest:
         try:
@@ -315,6 +321,7 @@ class IngressCore:
             except IncompatiblePairError as exc:
                 raise InvalidRequest(f"handoff: {exc}", param="handoff") from None
         self._check_schedule(state.request, where="handoff")
+        check_request(self.config.ingress.limits, state.request, where="handoff")
         caches = self._caches(state.request.cache, render_only=True, schedule=state.request)
         refused = cache_refusal("render", caches.render if caches else None, state.request)
         if refused is not None:

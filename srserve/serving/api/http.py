@@ -51,10 +51,12 @@ from srserve.serving.api.schemas import (
     VideoList,
     create_request,
     form_values,
+    narrow_limits,
     narrow_schedule,
 )
 from srserve.serving.control.artifacts import RangeNotSatisfiable, parse_range_header
 from srserve.serving.control.jobs import Job, JobState
+from srserve.serving.control.request_limits import RequestLimits
 from srserve.serving.ingress import IngressCore
 
 POLL_AFTER_MS = "250"
@@ -348,7 +350,8 @@ async def create_video(request: Request, response: Response) -> dict[str, Any]:
     """Queue a video; poll it (GET), follow its events (SSE) or wait for it, then download the mp4."""
     core = _core()
     body, image = await _read_create_body(request, core)
-    generation, deadline_s = create_request(body, core.model_name, core.defaults.num_inference_steps)
+    size_only = core.config.ingress.limits.limits_size
+    generation, deadline_s = create_request(body, core.model_name, core.defaults.num_inference_steps, size_only)
     job = await core.submit(generation, deadline_s, image)
     response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     return video_object(job, core.model_name)
@@ -624,12 +627,14 @@ def openapi_document(
     takes_image: bool = False,
     lora_pattern: str | None = None,
     schedule: ScheduleLimits | None = None,
+    limits: RequestLimits | None = None,
 ) -> dict[str, Any]:
     """The whole API as OpenAPI 3.1: routes, bodies, every status; the deployment's model, auth, the
     cache kinds its pools allow requests (`cache_pattern`), its pair's LoRA adapters (`lora_pattern`;
     None: the pair has none, and `lora` is left out, so the schema refuses it as the server does), what
-    its pair lets a request set of the schedule (`schedule`, `narrow_schedule`; None: the engine's limits)
-    and, for an image-to-video pair (`takes_image`), the create body as the one form that can carry the image."""
+    its pair lets a request set of the schedule (`schedule`, `narrow_schedule`; None: the engine's limits),
+    the operator's limits on a request (`limits`, `narrow_limits`) and, for an image-to-video pair
+    (`takes_image`), the create body as the one form that can carry the image."""
     doc = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes, servers=app.servers
     )
@@ -652,6 +657,8 @@ def openapi_document(
         components["VideoCreateParams"]["properties"]["lora"]["pattern"] = lora_pattern
     if schedule is not None:
         narrow_schedule(components["VideoCreateParams"], schedule)
+    if limits is not None:
+        narrow_limits(components["VideoCreateParams"], limits)
     if takes_image:
         _image_form(doc)
     if auth:
@@ -697,6 +704,7 @@ def served_document(core: IngressCore) -> dict[str, Any]:
         core.takes_image,
         core.lora_pattern(),
         core.schedule_limits(),
+        core.config.ingress.limits,
     )
 
 

@@ -48,6 +48,7 @@ from srserve.engine.schedule import (
 )
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.jobs import JobState
+from srserve.serving.control.request_limits import RequestLimits
 
 
 def engine_limits(name: str) -> dict[str, Any]:
@@ -137,6 +138,8 @@ def _fits(spec: dict[str, Any] | None, value: Any) -> bool:
         return value in spec["enum"]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return spec.get("minimum", value) <= value <= spec.get("maximum", value)
+    if isinstance(value, str) and "pattern" in spec:
+        return re.search(spec["pattern"], value) is not None
     return True
 
 
@@ -191,6 +194,78 @@ def narrow_schedule(create: dict[str, Any], limits: ScheduleLimits) -> None:
         rules.append({"anyOf": [{**other_steps, "required": ["num_inference_steps"]}, no_cache]})
     if limits.default_schedule:
         rules.append({"properties": {"cache": {"pattern": NO_MAG_PATTERN}}})
+
+
+def _sizes_pattern(limits: RequestLimits) -> str:
+    """`size`'s exact pattern within a pixel budget: per set of allowed heights, the widths that have it."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for width in SIDES:
+        heights = tuple(h for h in SIDES if limits.size_allowed(width, h))
+        if heights:
+            groups.setdefault(heights, []).append(width)
+    alternatives = ["(?:{})x(?:{})".format("|".join(map(str, ws)), "|".join(map(str, hs))) for hs, ws in groups.items()]
+    return "^(?:{})$".format("|".join(alternatives))
+
+
+def narrow_limits(create: dict[str, Any], limits: RequestLimits) -> None:
+    """The create body's schema (in place) within the operator's limits on a request (`ingress.limits`, checked
+    by the ingress on the resolved request; the pair's defaults lie within them). A limited size is taken as
+    `size` only: `width` and `height` are left out (a list of sizes or a pixel budget over two fields is a
+    cross-field rule too large for schema tools), `size` lists the allowed sizes or spells the budget. A frame
+    limit narrows `num_frames` and, where `seconds` counts the frames (no `num_frames`), `seconds` within the
+    existing `seconds` rule's one `anyOf`. Steps (a list's length too) and guidance narrow their maxima. The
+    GPU-seconds limit depends on measured step times: it is described (`x-srserve-max-gpu-s`), not stated."""
+    props = create["properties"]
+    if limits.limits_size:
+        for side in ("width", "height"):
+            props.pop(side, None)
+        size = props["size"]
+        if limits.sizes is not None:
+            size["enum"] = list(limits.sizes)
+            size["description"] = f"WIDTHxHEIGHT: one of {', '.join(limits.sizes)} (this deployment's sizes)"
+        else:
+            size["pattern"] = _sizes_pattern(limits)
+            size["description"] = (
+                f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE}, width x height at most {limits.max_pixels}"
+            )
+    seconds_fit = SECONDS
+    if limits.max_frames is not None:
+        frames = props["num_frames"]
+        frames["enum"] = [f for f in frames["enum"] if f <= limits.max_frames]
+        frames["maximum"] = frames["enum"][-1]
+        seconds_fit = [s for s in SECONDS if frames_for_seconds(int(s), DEFAULT_FPS) <= limits.max_frames]
+        branches = [_absent("seconds"), {"required": ["num_frames"]}]
+        if seconds_fit:  # (the seconds rule's `fps` branch, now with the seconds that fit)
+            branches.append({"properties": {"fps": False, "seconds": {"enum": seconds_fit}}})
+        rules = create["allOf"]
+        rules[rules.index(_seconds_rule())] = {"anyOf": branches}
+    if limits.max_steps is not None:
+        steps = props["num_inference_steps"]
+        steps["maximum"] = min(steps["maximum"], limits.max_steps)
+        for name in SCHEDULE_LISTS:
+            if name in props:
+                array = props[name]["anyOf"][0]
+                array["maxItems"] = min(array["maxItems"], limits.max_steps)
+    if limits.max_guidance_scale is not None:
+        scale = props["guidance_scale"]
+        scale["maximum"] = min(scale["maximum"], limits.max_guidance_scale)
+    if limits.max_gpu_s is not None:
+        create["x-srserve-max-gpu-s"] = limits.max_gpu_s
+        create["description"] += (
+            f"\n\nThis deployment refuses a request whose predicted cost is above {limits.max_gpu_s:g} GPU-seconds "
+            "(400 naming max_gpu_s): its steps priced with the pools' measured step times per megapixel-frame "
+            "(twice with guidance above 1), for the most sketch steps its switch allows. No JSON Schema can state "
+            "it: it moves with the measurements."
+        )
+
+    def fits(example: dict[str, Any]) -> bool:
+        counted = "seconds" in example and "num_frames" not in example
+        return all(_fits(props.get(k), v) for k, v in example.items()) and (
+            not counted or example["seconds"] in seconds_fit
+        )
+
+    kept = [e for e in create.get("examples", []) if fits(e)]
+    create["examples"] = kept or [{"prompt": "a red fox running through snow"}]  # the pair's defaults fit
 
 
 def _create_schema(schema: dict[str, Any]) -> None:
@@ -481,11 +556,15 @@ def engine_request(fields: dict[str, Any], default_steps: int) -> GenerationRequ
 
 
 def create_request(
-    body: dict[str, Any], served_model: str, default_steps: int
+    body: dict[str, Any], served_model: str, default_steps: int, size_only: bool = False
 ) -> tuple[GenerationRequest, float | None]:
-    """A create body (JSON types) as the engine's request and the job's deadline: HTTP's one conversion."""
+    """A create body (JSON types) as the engine's request and the job's deadline: HTTP's one conversion.
+    `size_only`: the deployment limits the size (`narrow_limits`), which a body then gives as `size`."""
     params = parse_create(body)
     check_model(params.model, served_model)
+    for side in ("width", "height"):
+        if size_only and side in params.model_fields_set:
+            raise InvalidRequest(f"{side}: this deployment takes the video's size as `size` (WIDTHxHEIGHT)", side)
     fields = params.model_dump(exclude_none=True, exclude={"model", "seconds", "size", "deadline_s"})
     if params.size is not None:
         width, height = (int(v) for v in params.size.split("x"))

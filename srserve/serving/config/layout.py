@@ -96,3 +96,7 @@ class PoolLayout:
     def replica_floors(self) -> tuple[int, int]:
         """(sketch, render): replicas each phase's pool has at least, for the load-aware switch."""
         return self.pool("sketch").replica_floor(), self.pool("render").replica_floor()
+
+    def devices(self) -> tuple[int, int]:
+        """(sketch, render): devices one replica of each phase's pool holds, for a request's GPU-seconds."""
+        return self.pool("sketch").parallel.world_size, self.pool("render").parallel.world_size

@@ -15,6 +15,7 @@ from srserve.serving.config.pools import PoolConfig
 from srserve.serving.control.artifacts import ArtifactStoreConfig
 from srserve.serving.control.database import JobStoreConfig, resolve_dsn
 from srserve.serving.control.load_switch import LoadSwitchConfig
+from srserve.serving.control.request_limits import RequestLimits, default_problems
 
 TinyPairName = Literal[tuple([*TINY_ALIASES, *TINY_PAIRS])]  # type: ignore[valid-type]
 # How the ingress picks the replica for a stage whose models switch the job's LoRA adapter per job.
@@ -53,6 +54,9 @@ class IngressConfig(BaseModel):
     )
     load_switch: LoadSwitchConfig = Field(
         LoadSwitchConfig(), description="the `load` switch policy's floor and SLO (docs/caching.md)"
+    )
+    limits: RequestLimits = Field(
+        RequestLimits(), description="what one request may ask for: sizes, frames, steps, guidance, GPU-seconds"
     )
     adapter_routing: AdapterRouting = Field(
         "multiplexed",
@@ -105,6 +109,16 @@ class ServingConfig(BaseModel):
                         f"{name}_pool.compile: adapters {', '.join(switched)} are switched per job, which changes "
                         "the compiled blocks' modules; fuse them (fuse: true) or leave compile off"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> ServingConfig:
+        """A request that sets nothing gets the pair's defaults: they must be what a request may ask for."""
+        limits = self.ingress.limits
+        if limits != RequestLimits():
+            problems = default_problems(limits, self.model_pair(write_tiny=False).defaults)
+            if problems:
+                raise ValueError(f"ingress.limits: {'; '.join(problems)}")
         return self
 
     def pool_layout(self) -> PoolLayout:

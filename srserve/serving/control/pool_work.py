@@ -13,7 +13,7 @@ a 50-step 81-frame job and a 4-step preview are not the same load. Plain Python,
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -64,8 +64,27 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def measure_stage_times(jobs: Iterable[Job], now: float, recent: int = RECENT_SAMPLES) -> StageTimes:
-    """Median stage durations over the newest jobs; a job still in a stage counts by its progress."""
+def _step_samples(job: Job, t: Timeline, now: float, unit: float, sketch: list[float], render: list[float]) -> None:
+    """The job's time per sketch step and per render step (divided by `unit`), where it has shown them."""
+    if job.switch_step:  # handed off: the whole sketch is known
+        if (d := t.span("sketch")) is not None:
+            sketch.append(d / job.switch_step / unit)
+    elif job.state == JobState.SKETCHING and job.step > 0 and "sketch_start" in t.marks:
+        sketch.append(max(0.0, now - t.marks["sketch_start"]) / job.step / unit)
+    if job.switch_step is not None and job.num_steps > job.switch_step:
+        if (d := t.span("render")) is not None:
+            render.append(d / (job.num_steps - job.switch_step) / unit)
+        elif job.state == JobState.RENDERING and job.step > job.switch_step and "render_start" in t.marks:
+            render.append(max(0.0, now - t.marks["render_start"]) / (job.step - job.switch_step) / unit)
+
+
+def measure_stage_times(
+    jobs: Iterable[Job], now: float, recent: int = RECENT_SAMPLES, per: Callable[[Job], float | None] | None = None
+) -> StageTimes:
+    """Median stage durations over the newest jobs; a job still in a stage counts by its progress.
+
+    `per`: each job's step times divided by `per(job)` (its size: jobs of different sizes then price one
+    unit of work alike); a job it gives None for leaves its steps unmeasured."""
     encode: list[float] = []
     sketch: list[float] = []
     render: list[float] = []
@@ -78,16 +97,9 @@ def measure_stage_times(jobs: Iterable[Job], now: float, recent: int = RECENT_SA
         t = Timeline.of(job.timeline)
         if (d := t.span("encode")) is not None:
             encode.append(d)
-        if job.switch_step:  # handed off: the whole sketch is known
-            if (d := t.span("sketch")) is not None:
-                sketch.append(d / job.switch_step)
-        elif job.state == JobState.SKETCHING and job.step > 0 and "sketch_start" in t.marks:
-            sketch.append(max(0.0, now - t.marks["sketch_start"]) / job.step)
-        if job.switch_step is not None and job.num_steps > job.switch_step:
-            if (d := t.span("render")) is not None:
-                render.append(d / (job.num_steps - job.switch_step))
-            elif job.state == JobState.RENDERING and job.step > job.switch_step and "render_start" in t.marks:
-                render.append(max(0.0, now - t.marks["render_start"]) / (job.step - job.switch_step))
+        unit = 1.0 if per is None else per(job)
+        if unit is not None:
+            _step_samples(job, t, now, unit, sketch, render)
         if job.switch_step is not None and job.num_steps and stored_switch(job.request).kind == "adaptive":
             switch_fraction.append(job.switch_step / job.num_steps)
         if (d := t.span("decode")) is not None:
