@@ -30,6 +30,8 @@ GAUGES = {
     "ray_srserve_pool_step_seconds",
     "ray_srserve_ingress_backlog_jobs",
     "ray_srserve_gpu_telemetry_available",
+    "ray_srserve_tenant_jobs",
+    "ray_srserve_tenant_queue_gpu_seconds",
 }
 
 
@@ -129,6 +131,10 @@ def test_metrics_logs_telemetry_and_autoscaling_on_a_running_deployment(serving,
         assert value(m, "ray_srserve_step_seconds_count", pool="render") == 2
         # Gauges: per-state jobs, each pool's queue (empty again), the ingress backlog, GPU telemetry.
         assert value(m, "ray_srserve_jobs", state="completed") == 2
+        # The open deployment's one tenant holds every job, and all of each pool's queued work.
+        assert value(m, "ray_srserve_tenant_jobs", tenant="default", state="completed") == 2
+        for pool in ("sketch", "render"):
+            assert value(m, "ray_srserve_tenant_queue_gpu_seconds", tenant="default", pool=pool) >= 0
         for pool in ("sketch", "render"):
             assert any(lab["pool"] == pool for lab, _ in m["ray_srserve_pool_queue_jobs"]), pool
             assert value(m, "ray_srserve_pool_queue_gpu_seconds", pool=pool) >= 0

@@ -52,7 +52,8 @@ class GenerationFailed(Exception):
 def make_request(prompt: str, **fields: Any) -> video_pb2.GenerateRequest:
     """Build a GenerateRequest; unset (None) fields take the server's defaults. `input_reference`: an
     image-to-video pair's input image, a PNG, JPEG or WebP file's bytes; `lora`: an adapter the server
-    configures, "NAME" or "NAME:SCALE"; `scheduler`, `timesteps` or `sigmas` (lists), `shift`: the schedule."""
+    configures, "NAME" or "NAME:SCALE"; `scheduler`, `timesteps` or `sigmas` (lists), `shift`: the schedule;
+    `priority`: up to the caller's tenant's max_priority."""
     msg = video_pb2.GenerateRequest(
         prompt=prompt,
         negative_prompt=fields.pop("negative_prompt", "") or "",
@@ -62,6 +63,7 @@ def make_request(prompt: str, **fields: Any) -> video_pb2.GenerateRequest:
         scheduler=fields.pop("scheduler", "") or "",
         timesteps=fields.pop("timesteps", None) or [],
         sigmas=fields.pop("sigmas", None) or [],
+        priority=fields.pop("priority", 0) or 0,
     )
     for name in _OPTIONAL:
         value = fields.pop(name, None)
@@ -136,9 +138,9 @@ class SrserveClient:
     def get_video(self, job_id: str) -> video_pb2.Video:
         return self._call(self.stub.GetVideo, video_pb2.JobRef(id=job_id))
 
-    def render_handoff(self, handoff: bytes, deadline_s: float | None = None) -> video_pb2.Job:
+    def render_handoff(self, handoff: bytes, deadline_s: float | None = None, priority: int = 0) -> video_pb2.Job:
         """Render a handoff state sketched elsewhere (`srserve generate --handoff-out`)."""
-        msg = video_pb2.HandoffUpload(handoff=handoff)
+        msg = video_pb2.HandoffUpload(handoff=handoff, priority=priority)
         if deadline_s is not None:
             msg.deadline_s = deadline_s
         return self._call(self.stub.RenderHandoff, msg)

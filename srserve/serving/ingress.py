@@ -8,6 +8,7 @@ comes here: the sketch replica writes the handoff to artifact storage, the rende
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -38,15 +39,25 @@ from srserve.serving.config import AdapterRouting, ServingConfig
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore
 from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import open_store
-from srserve.serving.control.errors import InvalidRequest, JobNotFound, NotReady, RequestTooLarge, Unauthenticated
+from srserve.serving.control.errors import (
+    InvalidRequest,
+    JobNotFound,
+    NotReady,
+    QuotaExceeded,
+    RequestTooLarge,
+    Unauthenticated,
+)
 from srserve.serving.control.events import EventHub
 from srserve.serving.control.jobs import Job, JobEvent, JobState, Phase, handoff_key, input_image_key
 from srserve.serving.control.load_switch import SwitchChoice, choose_switch, load_snapshot
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
 from srserve.serving.control.request_cache import CacheRefused, cache_pattern, fit_schedule, resolve_cache
 from srserve.serving.control.request_limits import check_cost, check_request
+from srserve.serving.control.tenants import Tenant
 from srserve.serving.ops.job_logging import bind_job, log_job_finished
-from srserve.serving.ops.metrics import record_job_finished, record_switch_choice
+from srserve.serving.ops.metrics import record_job_finished, record_quota_refusal, record_switch_choice
+
+logger = logging.getLogger("ray.serve")
 
 # What a caller sees when the replica running its request dies (Serve does not retry these).
 REPLICA_LOST = (
@@ -100,7 +111,13 @@ class IngressCore:
         self.model_name = model_name
         self.family = family
         self.pools = dict(pools)  # one handle per pool of the layout
-        self.auth = config.auth.resolve()
+        self.tokens = config.tenant_tokens()  # who each bearer token names (open: everyone is the default tenant)
+        unpriced = [t.name for t in self.tokens.tenants if t.max_queued_gpu_s is not None]
+        if unpriced:
+            logger.warning(
+                "tenants %s: max_queued_gpu_s is accepted but not enforced yet (jobs carry no predicted cost)",
+                ", ".join(unpriced),
+            )
         self.pair = pair
         self._family = None
         # The pair's LoRA adapters: a request's `lora` names one of them (never a file on the server).
@@ -152,14 +169,34 @@ class IngressCore:
         return await call.remote(ticket)
 
     # -- admission -----------------------------------------------------------------------
-    def authorize(self, authorization: str | None) -> None:
-        if self.auth is not None and not self.auth.check(authorization):
+    def authorize(self, authorization: str | None) -> Tenant:
+        """The tenant the `Authorization` header names (every configured token compared, in constant time)."""
+        tenant = self.tokens.identify(authorization)
+        if tenant is None:
             raise Unauthenticated("missing or invalid bearer token")
+        return tenant
+
+    @staticmethod
+    def check_priority(tenant: Tenant, priority: int) -> None:
+        """InvalidRequest naming `priority` and the tenant's maximum unless the priority is within it."""
+        if not 0 <= priority <= tenant.max_priority:
+            record_quota_refusal(tenant.name, "max_priority")
+            raise InvalidRequest(
+                f"priority: must be between 0 and {tenant.max_priority} (this tenant's max_priority), got {priority}",
+                param="priority",
+            )
 
     async def submit(
-        self, request: GenerationRequest, deadline_s: float | None = None, image: bytes | None = None
+        self,
+        request: GenerationRequest,
+        deadline_s: float | None = None,
+        image: bytes | None = None,
+        *,
+        tenant: Tenant,
+        priority: int = 0,
     ) -> Job:
-        """Admit a prompt (and for an image-to-video pair its input image, `image`'s bytes)."""
+        """Admit a prompt (and for an image-to-video pair its input image, `image`'s bytes) for `tenant`."""
+        self.check_priority(tenant, priority)
         if image is not None:
             request = request.model_copy(update={"input_reference": await self.check_image(image)})
         try:
@@ -173,6 +210,8 @@ class IngressCore:
             deadline_s,
             switch_choice=None if choice is None else (choice.cap, choice.reason),
             image=image,
+            tenant=tenant,
+            priority=priority,
         )
         record_switch_choice(job)
         return job
@@ -212,7 +251,7 @@ class IngressCore:
         resolved = self.decide(request)
         limits = self.config.ingress.limits
         if limits.max_gpu_s is not None:  # priced with the store's measured step times
-            check_cost(limits, resolved, await self.store.jobs_for_work(), time.time(), self.layout.devices())
+            check_cost(limits, resolved, await self.store.jobs_for_work(), self.store.clock(), self.layout.devices())
         if resolved.switch.kind != "load":
             return resolved, None
         choice = await self._choose_switch(resolved, deadline_s)
@@ -296,8 +335,11 @@ class IngressCore:
             slo = deadline_s if deadline_s is not None else cfg.ingress.default_deadline_s
         return choose_switch(request.switch, request.num_inference_steps, load, cfg.ingress.load_switch, slo)
 
-    async def submit_handoff(self, blob: bytes, deadline_s: float | None = None) -> Job:
-        """Accept a client's handoff state and render it; the blob is parsed safely and checked first."""
+    async def submit_handoff(
+        self, blob: bytes, deadline_s: float | None = None, *, tenant: Tenant, priority: int = 0
+    ) -> Job:
+        """Accept a client's handoff state and render it for `tenant`; the blob is parsed safely and checked first."""
+        self.check_priority(tenant, priority)
         limit = self.config.ingress.max_handoff_bytes
         if len(blob) > limit:
             raise RequestTooLarge(f"handoff of {len(blob)} bytes exceeds the {limit}-byte limit")
@@ -331,7 +373,14 @@ class IngressCore:
             # The render runs what this server allows and has, never a client's file.
             state.request = state.request.model_copy(update={"cache": caches, "lora": lora})
             blob = state.to_bytes()
-        return await self._admit_job(state.request.model_dump(mode="json"), n, deadline_s, (blob, state.switch_step))
+        return await self._admit_job(
+            state.request.model_dump(mode="json"),
+            n,
+            deadline_s,
+            (blob, state.switch_step),
+            tenant=tenant,
+            priority=priority,
+        )
 
     def _handoff_lora(self, lora: ResolvedLora | None) -> ResolvedLora | None:
         """An uploaded handoff's adapter, by its name and scale against this server's adapters: whether the
@@ -354,6 +403,9 @@ class IngressCore:
         handoff: tuple[bytes, int] | None = None,
         switch_choice: tuple[int, str] | None = None,
         image: bytes | None = None,
+        *,
+        tenant: Tenant,
+        priority: int = 0,
     ) -> Job:
         """One admission path for prompts and uploaded handoffs: store the input image (or the handoff)
         under the job's id, then the job, then drive it. A job is never accepted without its bytes."""
@@ -383,8 +435,12 @@ class IngressCore:
                 self.layout.backlogs(),
                 stored,
                 switch_choice,
+                tenant=tenant,
+                priority=priority,
             )
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, QuotaExceeded):
+                record_quota_refusal(tenant.name, exc.quota)
             for key in written:
                 await self.artifacts.delete_async(key)
             raise
@@ -392,14 +448,15 @@ class IngressCore:
         return job
 
     # -- queries -------------------------------------------------------------------------
-    async def get(self, job_id: str) -> Job:
+    # Every query is a tenant's: another tenant's job is answered exactly as a job that does not exist.
+    async def get(self, job_id: str, *, tenant: Tenant) -> Job:
         job = await self.store.get(job_id)
-        if job is None:
+        if job is None or job.tenant != tenant.name:
             raise JobNotFound(f"no job with id {job_id!r}", param="id")
         return job
 
-    async def cancel(self, job_id: str) -> Job:
-        before = await self.get(job_id)
+    async def cancel(self, job_id: str, *, tenant: Tenant) -> Job:
+        before = await self.get(job_id, tenant=tenant)
         job = await self.store.cancel(job_id)
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}", param="id")
@@ -407,38 +464,45 @@ class IngressCore:
             _job_ended(job)
         return job
 
-    async def delete(self, job_id: str) -> None:
+    async def delete(self, job_id: str, *, tenant: Tenant) -> None:
+        await self.get(job_id, tenant=tenant)  # a job's tenant never changes: checked once, then forgotten
         if await self.store.forget(job_id) is None:
             raise JobNotFound(f"no job with id {job_id!r}", param="id")
         await self.orchestrator.delete_artifacts(job_id)
 
-    async def list(self, limit: int = 20, after: str | None = None, order: str = "desc") -> tuple[list[Job], bool]:
+    async def list(
+        self, limit: int = 20, after: str | None = None, order: str = "desc", *, tenant: Tenant
+    ) -> tuple[list[Job], bool]:
         if not 1 <= limit <= 1000:
             raise InvalidRequest("limit: must be between 1 and 1000", param="limit")
         if order not in ("asc", "desc"):
             raise InvalidRequest("order: must be 'asc' or 'desc'", param="order")
-        return await self.store.list_jobs(limit, after, order)
+        return await self.store.list_jobs(limit, after, order, tenant=tenant.name)
 
-    async def events(self, job_id: str, after_seq: int, timeout_s: float = 10.0) -> tuple[list[JobEvent], Job]:
-        out = await self.events_hub.wait(job_id, after_seq, timeout_s)
+    async def events(
+        self, job_id: str, after_seq: int, timeout_s: float = 10.0, *, tenant: Tenant
+    ) -> tuple[list[JobEvent], Job]:
+        out = await self.events_hub.wait(job_id, after_seq, timeout_s, tenant=tenant.name)
         if out is None:
             raise JobNotFound(f"no job with id {job_id!r}", param="id")
         return out
 
-    async def stream_events(self, job_id: str, after_seq: int = 0) -> AsyncIterator[tuple[list[JobEvent], Job]]:
+    async def stream_events(
+        self, job_id: str, after_seq: int = 0, *, tenant: Tenant
+    ) -> AsyncIterator[tuple[list[JobEvent], Job]]:
         """Batches of new events until the job ends (the last batch carries the final job)."""
         seq = after_seq
         while True:
-            events, job = await self.events(job_id, seq, 10.0)
+            events, job = await self.events(job_id, seq, 10.0, tenant=tenant)
             if events:
                 seq = events[-1].seq
             yield events, job
             if job.terminal:
                 return
 
-    async def video(self, job_id: str) -> tuple[Job, int]:
+    async def video(self, job_id: str, *, tenant: Tenant) -> tuple[Job, int]:
         """The completed job and its video's size; the bytes stream from storage (`video_stream`)."""
-        job = await self.get(job_id)
+        job = await self.get(job_id, tenant=tenant)
         if job.state != JobState.COMPLETED:
             raise NotReady(f"job {job_id} is {job.state.value}, not completed; no video yet")
         if job.video_key is None:
@@ -453,22 +517,22 @@ class IngressCore:
         assert job.video_key is not None
         return self.artifacts.stream(job.video_key, start, end)
 
-    async def content(self, job_id: str) -> bytes:
+    async def content(self, job_id: str, *, tenant: Tenant) -> bytes:
         """The whole video (gRPC sends it in one message)."""
-        job, _ = await self.video(job_id)
+        job, _ = await self.video(job_id, tenant=tenant)
         assert job.video_key is not None
         try:
             return await self.artifacts.get_async(job.video_key)
         except ArtifactNotFound:
             raise JobNotFound(f"video of job {job_id} is no longer retained", param="id") from None
 
-    async def wait(self, job_id: str, timeout_s: float) -> Job:
+    async def wait(self, job_id: str, timeout_s: float, *, tenant: Tenant) -> Job:
         """Block until the job is terminal or `timeout_s` passes; returns it."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
         seq = 0
         while True:
-            events, job = await self.events(job_id, seq, min(10.0, max(0.0, end - loop.time())))
+            events, job = await self.events(job_id, seq, min(10.0, max(0.0, end - loop.time())), tenant=tenant)
             if events:
                 seq = events[-1].seq
             if job.terminal or loop.time() >= end:

@@ -24,6 +24,7 @@ from srserve.engine.request import GenerationRequest
 from srserve.serving.api.errors import InvalidRequest, JobNotFound, RequestTooLarge, ServingError, grpc_status
 from srserve.serving.api.schemas import VIDEO_ID_PATTERN, check_model, engine_request
 from srserve.serving.control.jobs import ErrorCode, Job, JobState
+from srserve.serving.control.tenants import Tenant
 from srserve.serving.proto import video_pb2
 
 _OPTIONAL_FIELDS = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "fps", "shift")
@@ -92,6 +93,7 @@ def job_message(job: Job | dict[str, Any]) -> video_pb2.Job:
         switch_reason=job.get("switch_reason") or "",
         lora=_lora_message(job["request"].get("lora")),
         schedule=_schedule_message(job["request"]),
+        priority=job.get("priority", 0),
     )
 
 
@@ -158,16 +160,19 @@ def _known_id(job_id: str) -> str:
 class GrpcApi:
     """Mixed into the ingress; relies on IngressCore's submit/get/cancel/list/events/content."""
 
-    def _admit(self, context: RayServegRPCContext | None, kind: type[M], request: bytes | M, limit: int = 0) -> M:
-        """Authentication, the message-size limit, then decoding, before anything else looks at the request."""
+    def _admit(
+        self, context: RayServegRPCContext | None, kind: type[M], request: bytes | M, limit: int = 0
+    ) -> tuple[Tenant, M]:
+        """Authentication (the caller's tenant: every job it names is that tenant's), the message-size limit,
+        then decoding, before anything else looks at the request."""
         try:
-            self.authorize(_authorization(context))
+            tenant = self.authorize(_authorization(context))
         except ServingError as exc:
             raise _serving_fail(context, exc) from None
         _check_size(context, request, limit or self.config.ingress.max_request_bytes)
-        return _decode(context, kind, request)
+        return tenant, _decode(context, kind, request)
 
-    async def _submit_message(self, msg: video_pb2.GenerateRequest) -> Job:
+    async def _submit_message(self, msg: video_pb2.GenerateRequest, tenant: Tenant) -> Job:
         limit = self.config.ingress.max_request_bytes
         size = msg.ByteSize() - len(msg.input_reference)  # the image has its own limit, checked with it
         if size > limit:
@@ -176,7 +181,7 @@ class GrpcApi:
         image = msg.input_reference if msg.HasField("input_reference") else None
         if image is not None and not image:
             raise InvalidRequest("input_reference: the image is empty", param="input_reference")
-        return await self.submit(request, deadline, image)
+        return await self.submit(request, deadline, image, tenant=tenant, priority=msg.priority)
 
     def _generate_limit(self) -> int:
         """A GenerateRequest may carry an input image on top of the request's own limit (the transport's
@@ -185,23 +190,25 @@ class GrpcApi:
         return ingress.max_request_bytes + ingress.max_image_bytes
 
     async def Submit(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.Job:
-        msg = self._admit(grpc_context, video_pb2.GenerateRequest, request, self._generate_limit())
+        tenant, msg = self._admit(grpc_context, video_pb2.GenerateRequest, request, self._generate_limit())
         try:
-            return job_message(await self._submit_message(msg))
+            return job_message(await self._submit_message(msg, tenant))
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
 
     async def Generate(
         self, request: bytes, grpc_context: RayServegRPCContext = None
     ) -> AsyncIterator[video_pb2.GenerateEvent]:
-        msg = self._admit(grpc_context, video_pb2.GenerateRequest, request, self._generate_limit())
+        tenant, msg = self._admit(grpc_context, video_pb2.GenerateRequest, request, self._generate_limit())
         try:
-            job = await self._submit_message(msg)
+            job = await self._submit_message(msg, tenant)
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
         try:
             final = job
-            async for events, latest in self.stream_events(job.id):  # pushed by the store's notifications
+            async for events, latest in self.stream_events(
+                job.id, tenant=tenant
+            ):  # pushed by the store's notifications
                 final = latest
                 for ev in events:
                     yield video_pb2.GenerateEvent(
@@ -217,50 +224,51 @@ class GrpcApi:
             status = _terminal_status(final.summary())
             if status is not None:
                 raise _fail(grpc_context, *status)
-            video = await self.content(final.id)
+            video = await self.content(final.id, tenant=tenant)
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
         yield video_pb2.GenerateEvent(video=video_pb2.Video(job_id=final.id, mp4=video, job=job_message(final)))
 
     async def GetJob(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.Job:
-        msg = self._admit(grpc_context, video_pb2.JobRef, request)
+        tenant, msg = self._admit(grpc_context, video_pb2.JobRef, request)
         try:
-            return job_message(await self.get(_known_id(msg.id)))
+            return job_message(await self.get(_known_id(msg.id), tenant=tenant))
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
 
     async def Cancel(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.Job:
-        msg = self._admit(grpc_context, video_pb2.JobRef, request)
+        tenant, msg = self._admit(grpc_context, video_pb2.JobRef, request)
         try:
-            return job_message(await self.cancel(_known_id(msg.id)))
+            return job_message(await self.cancel(_known_id(msg.id), tenant=tenant))
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
 
     async def ListJobs(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.ListJobsResponse:
-        msg = self._admit(grpc_context, video_pb2.ListJobsRequest, request)
+        tenant, msg = self._admit(grpc_context, video_pb2.ListJobsRequest, request)
         if msg.after and not _VIDEO_ID.fullmatch(msg.after):  # no such job: nothing after it
             return video_pb2.ListJobsResponse(jobs=[], has_more=False)
         try:
-            jobs, has_more = await self.list(msg.limit or 20, msg.after or None, msg.order or "desc")
+            jobs, has_more = await self.list(msg.limit or 20, msg.after or None, msg.order or "desc", tenant=tenant)
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
         return video_pb2.ListJobsResponse(jobs=[job_message(j) for j in jobs], has_more=has_more)
 
     async def GetVideo(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.Video:
-        msg = self._admit(grpc_context, video_pb2.JobRef, request)
+        tenant, msg = self._admit(grpc_context, video_pb2.JobRef, request)
         try:
-            job = await self.get(_known_id(msg.id))
-            return video_pb2.Video(job_id=msg.id, mp4=await self.content(msg.id), job=job_message(job))
+            job = await self.get(_known_id(msg.id), tenant=tenant)
+            mp4 = await self.content(msg.id, tenant=tenant)
+            return video_pb2.Video(job_id=msg.id, mp4=mp4, job=job_message(job))
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
 
     async def RenderHandoff(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.Job:
-        msg = self._admit(grpc_context, video_pb2.HandoffUpload, request, self.config.ingress.max_handoff_bytes)
+        tenant, msg = self._admit(grpc_context, video_pb2.HandoffUpload, request, self.config.ingress.max_handoff_bytes)
         try:
             deadline = msg.deadline_s if msg.HasField("deadline_s") else None
             if deadline is not None and deadline <= 0:
                 raise InvalidRequest("deadline_s: must be positive", param="deadline_s")
-            return job_message(await self.submit_handoff(msg.handoff, deadline))
+            return job_message(await self.submit_handoff(msg.handoff, deadline, tenant=tenant, priority=msg.priority))
         except ServingError as exc:
             raise _serving_fail(grpc_context, exc) from None
 

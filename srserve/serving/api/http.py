@@ -17,7 +17,7 @@ from dataclasses import asdict
 from importlib import metadata
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -49,6 +49,7 @@ from srserve.serving.api.schemas import (
     VideoCreateParams,
     VideoDeleted,
     VideoList,
+    create_priority,
     create_request,
     form_values,
     narrow_limits,
@@ -57,6 +58,7 @@ from srserve.serving.api.schemas import (
 from srserve.serving.control.artifacts import RangeNotSatisfiable, parse_range_header
 from srserve.serving.control.jobs import Job, JobState
 from srserve.serving.control.request_limits import RequestLimits
+from srserve.serving.control.tenants import PRIORITY_LIMIT, Tenant
 from srserve.serving.ingress import IngressCore
 
 POLL_AFTER_MS = "250"
@@ -107,7 +109,7 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
         "unauthenticated: missing or wrong bearer token (only when the deployment sets `auth`)",
         {"WWW-Authenticate": {"description": "always `Bearer`", "required": True, "schema": {"type": "string"}}},
     ),
-    404: ("not_found: no video with this id (or its video is no longer retained)", {}),
+    404: ("not_found: no video with this id for the caller's tenant (or its video is no longer retained)", {}),
     409: ("failed_precondition: the video is not completed (yet)", {}),
     413: ("request_too_large: the body exceeds the ingress's size limit", {}),
     415: ("unsupported_media_type: send application/json, multipart/form-data or a urlencoded form", {}),
@@ -116,7 +118,11 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
         "video: it starts at or past the video's end, or ends before it starts",
         {"Content-Range": {"description": "`bytes */SIZE`", "required": True, "schema": {"type": "string"}}},
     ),
-    429: ("resource_exhausted: a pool's backlog is full; nothing was created, retry later", _RETRY_AFTER),
+    429: (
+        "resource_exhausted: a pool's backlog is full, or the caller's tenant has used up a quota (`param` names "
+        "it: max_live_jobs); nothing was created, retry later",
+        _RETRY_AFTER,
+    ),
     503: ("unavailable: the job store cannot be reached; retry later", _RETRY_AFTER),
 }
 
@@ -171,13 +177,22 @@ def _route_methods(route: Any, request: Request) -> set[str]:
 
 @app.middleware("http")
 async def _authenticate(request: Request, call_next):
-    """Every route but the health check needs the bearer token when auth is configured."""
+    """Every route but the health check needs the bearer token when auth or tenants are configured; the
+    tenant it names is the request's (`CallerTenant`)."""
     if not request.scope["path"].endswith("/health"):
         try:
-            _core().authorize(request.headers.get("authorization"))
+            request.state.tenant = _core().authorize(request.headers.get("authorization"))
         except ServingError as exc:
             return _error(exc)
     return await call_next(request)
+
+
+def _tenant(request: Request) -> Tenant:
+    return request.state.tenant
+
+
+# The tenant the request's bearer token names (the middleware identified it): every job route is its.
+CallerTenant = Annotated[Tenant, Depends(_tenant)]
 
 
 @app.exception_handler(RequestValidationError)
@@ -233,6 +248,7 @@ def video_object(job: Job | dict[str, Any], model: str) -> dict[str, Any]:
             "schedule": {name: req.get(name) for name in SCHEDULE_FIELDS},
             "input_reference": _image_summary(req.get("input_reference")),
             "lora": req.get("lora"),
+            "priority": job.get("priority", 0),
         },
     }
 
@@ -346,13 +362,13 @@ VideoId = Annotated[
     responses={200: {"headers": _POLL, "links": _LINKS}, **_errors(400, 401, 413, 415, 429, 503)},
     openapi_extra={"requestBody": _CREATE_BODY},
 )
-async def create_video(request: Request, response: Response) -> dict[str, Any]:
+async def create_video(request: Request, response: Response, tenant: CallerTenant) -> dict[str, Any]:
     """Queue a video; poll it (GET), follow its events (SSE) or wait for it, then download the mp4."""
     core = _core()
     body, image = await _read_create_body(request, core)
     size_only = core.config.ingress.limits.limits_size
     generation, deadline_s = create_request(body, core.model_name, core.defaults.num_inference_steps, size_only)
-    job = await core.submit(generation, deadline_s, image)
+    job = await core.submit(generation, deadline_s, image, tenant=tenant, priority=create_priority(body))
     response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     return video_object(job, core.model_name)
 
@@ -377,7 +393,11 @@ _NOT_A_HANDOFF = (
 async def render_handoff(
     request: Request,
     response: Response,
+    tenant: CallerTenant,
     deadline_s: Annotated[float | None, Query(gt=0, description="seconds until the job fails")] = None,
+    priority: Annotated[
+        int, Query(ge=0, le=PRIORITY_LIMIT, description="as the create body's: up to the tenant's max_priority")
+    ] = 0,
 ) -> dict[str, Any]:
     """srserve extension: render an uploaded handoff state (body: the handoff bytes)."""
     core = _core()
@@ -385,13 +405,14 @@ async def render_handoff(
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise RequestTooLarge(f"handoff of {length} bytes exceeds the {limit}-byte limit")
-    job = await core.submit_handoff(await request.body(), deadline_s)
+    job = await core.submit_handoff(await request.body(), deadline_s, tenant=tenant, priority=priority)
     response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     return video_object(job, core.model_name)
 
 
 @app.get("/v1/videos", operation_id="listVideos", response_model=VideoList, responses=_errors(400, 401, 503))
 async def list_videos(
+    tenant: CallerTenant,
     limit: Annotated[int, Query(ge=1, le=1000, description="videos per page")] = 20,
     after: Annotated[str | None, Query(description="the last video id of the previous page")] = None,
     order: Annotated[Literal["asc", "desc"], Query(description="by creation")] = "desc",
@@ -400,7 +421,7 @@ async def list_videos(
     if after is not None and not _VIDEO_ID.fullmatch(after):  # no such video: nothing after it
         jobs, has_more = [], False
     else:
-        jobs, has_more = await core.list(limit, after, order)
+        jobs, has_more = await core.list(limit, after, order, tenant=tenant)
     data = [video_object(j, core.model_name) for j in jobs]
     return {
         "object": "list",
@@ -417,9 +438,9 @@ async def list_videos(
     response_model=Video,
     responses={200: {"headers": _POLL}, **_errors(401, 404, 503)},
 )
-async def retrieve_video(video_id: VideoId, response: Response) -> dict[str, Any]:
+async def retrieve_video(video_id: VideoId, response: Response, tenant: CallerTenant) -> dict[str, Any]:
     core = _core()
-    job = await core.get(_known_id(video_id))
+    job = await core.get(_known_id(video_id), tenant=tenant)
     response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     return video_object(job, core.model_name)
 
@@ -430,10 +451,10 @@ async def retrieve_video(video_id: VideoId, response: Response) -> dict[str, Any
     response_model=Video,
     responses=_errors(401, 404, 503),
 )
-async def cancel_video(video_id: VideoId) -> dict[str, Any]:
+async def cancel_video(video_id: VideoId, tenant: CallerTenant) -> dict[str, Any]:
     """Stops the job at its next step boundary; a finished job is returned as it is."""
     core = _core()
-    return video_object(await core.cancel(_known_id(video_id)), core.model_name)
+    return video_object(await core.cancel(_known_id(video_id), tenant=tenant), core.model_name)
 
 
 @app.delete(
@@ -442,9 +463,9 @@ async def cancel_video(video_id: VideoId) -> dict[str, Any]:
     response_model=VideoDeleted,
     responses=_errors(401, 404, 503),
 )
-async def delete_video(video_id: VideoId) -> dict[str, Any]:
+async def delete_video(video_id: VideoId, tenant: CallerTenant) -> dict[str, Any]:
     """Cancels the job if it still runs, then forgets it and its video."""
-    await _core().delete(_known_id(video_id))
+    await _core().delete(_known_id(video_id), tenant=tenant)
     return {"id": video_id, "object": "video.deleted", "deleted": True}
 
 
@@ -479,6 +500,7 @@ _MP4_HEADERS = {
 )
 async def download_video(
     video_id: VideoId,
+    tenant: CallerTenant,
     variant: Annotated[Literal["video"], Query(description="only the mp4 is available")] = "video",
     range: Annotated[
         str | None,
@@ -493,7 +515,7 @@ async def download_video(
             param="range",
         )
     core = _core()
-    job, size = await core.video(_known_id(video_id))
+    job, size = await core.video(_known_id(video_id), tenant=tenant)
     headers = {"content-disposition": f'attachment; filename="{video_id}.mp4"', "accept-ranges": "bytes"}
     try:
         span = parse_range_header(range if range and range.strip(" \t") else None, size)
@@ -554,6 +576,7 @@ _SSE = (
 )
 async def video_events(
     video_id: VideoId,
+    tenant: CallerTenant,
     after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="resume after this event seq")] = 0,
     last_event_id: Annotated[str | None, Header(description="as `after`, when it is a number")] = None,
 ) -> Response:
@@ -566,7 +589,7 @@ async def video_events(
     core = _core()
     if last_event_id is not None and last_event_id.isdigit() and int(last_event_id) <= MAX_SEQ:
         after = int(last_event_id)
-    first = await core.events(_known_id(video_id), after, 0.0)  # a 404 before the stream starts
+    first = await core.events(_known_id(video_id), after, 0.0, tenant=tenant)  # a 404 before the stream starts
 
     async def stream():
         batch, seq = first, after
@@ -580,7 +603,7 @@ async def video_events(
                 return
             if not events:
                 yield ": keep-alive\n\n"
-            batch = await core.events(video_id, seq, 10.0)
+            batch = await core.events(video_id, seq, 10.0, tenant=tenant)
 
     return EventStreamResponse(stream(), headers={"cache-control": "no-cache"})
 
@@ -628,13 +651,15 @@ def openapi_document(
     lora_pattern: str | None = None,
     schedule: ScheduleLimits | None = None,
     limits: RequestLimits | None = None,
+    max_priority: int | None = None,
 ) -> dict[str, Any]:
     """The whole API as OpenAPI 3.1: routes, bodies, every status; the deployment's model, auth, the
     cache kinds its pools allow requests (`cache_pattern`), its pair's LoRA adapters (`lora_pattern`;
     None: the pair has none, and `lora` is left out, so the schema refuses it as the server does), what
     its pair lets a request set of the schedule (`schedule`, `narrow_schedule`; None: the engine's limits),
-    the operator's limits on a request (`limits`, `narrow_limits`) and, for an image-to-video pair
-    (`takes_image`), the create body as the one form that can carry the image."""
+    the operator's limits on a request (`limits`, `narrow_limits`),
+    the highest `priority` any of its tenants may ask for (`max_priority`; None: the schema's own limit)
+    and, for an image-to-video pair (`takes_image`), the create body as the one form that can carry the image."""
     doc = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes, servers=app.servers
     )
@@ -659,6 +684,8 @@ def openapi_document(
         narrow_schedule(components["VideoCreateParams"], schedule)
     if limits is not None:
         narrow_limits(components["VideoCreateParams"], limits)
+    if max_priority is not None:
+        _priority_bound(doc, max_priority)
     if takes_image:
         _image_form(doc)
     if auth:
@@ -672,6 +699,15 @@ def openapi_document(
             if auth and not path.endswith("/health"):
                 operation["security"] = [{"bearer": []}]
     return doc
+
+
+def _priority_bound(doc: dict[str, Any], max_priority: int) -> None:
+    """`priority`'s maximum where it is given (the create body, the handoff's query): the deployment's highest
+    tenant bound, exact with one tenant (a tenant with a lower bound is refused above its own, 400)."""
+    doc["components"]["schemas"]["VideoCreateParams"]["properties"]["priority"]["maximum"] = max_priority
+    for parameter in doc["paths"]["/v1/handoffs"]["post"].get("parameters", []):
+        if parameter["name"] == "priority":
+            parameter["schema"]["maximum"] = max_priority
 
 
 def _image_form(doc: dict[str, Any]) -> None:
@@ -696,15 +732,17 @@ def _image_form(doc: dict[str, Any]) -> None:
 
 
 def served_document(core: IngressCore) -> dict[str, Any]:
-    """`openapi_document` for the deployment `core` serves: its model, auth, caches, adapters and schedule."""
+    """`openapi_document` for the deployment `core` serves: its model, auth, caches, adapters, schedule and
+    its tenants' priority bound."""
     return openapi_document(
         core.model_name,
-        core.auth is not None,
+        not core.tokens.open,
         core.cache_pattern(),
         core.takes_image,
         core.lora_pattern(),
         core.schedule_limits(),
         core.config.ingress.limits,
+        core.tokens.max_priority(),
     )
 
 

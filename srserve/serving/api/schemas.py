@@ -31,7 +31,7 @@ import re
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from srserve.engine.adapter_spec import LORA
 from srserve.engine.cache import CACHE, CACHE_KINDS
@@ -49,6 +49,7 @@ from srserve.engine.schedule import (
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.jobs import JobState
 from srserve.serving.control.request_limits import RequestLimits
+from srserve.serving.control.tenants import PRIORITY_LIMIT
 
 
 def engine_limits(name: str) -> dict[str, Any]:
@@ -383,6 +384,13 @@ class VideoCreateParams(BaseModel):
     deadline_s: Annotated[float, Field(gt=0)] | None = Field(
         None, description="seconds from submission after which the job fails with deadline_exceeded"
     )
+    priority: Annotated[int, Field(ge=0, le=PRIORITY_LIMIT)] | None = Field(
+        None,
+        description=(
+            "0 (the default) or more, up to the caller's tenant's max_priority; stored with the job (queue "
+            "ordering by it comes with the store-side queue)"
+        ),
+    )
 
     @field_validator(*SCHEDULE_LISTS, mode="before")
     @classmethod
@@ -565,7 +573,7 @@ def create_request(
     for side in ("width", "height"):
         if size_only and side in params.model_fields_set:
             raise InvalidRequest(f"{side}: this deployment takes the video's size as `size` (WIDTHxHEIGHT)", side)
-    fields = params.model_dump(exclude_none=True, exclude={"model", "seconds", "size", "deadline_s"})
+    fields = params.model_dump(exclude_none=True, exclude={"model", "seconds", "size", "deadline_s", "priority"})
     if params.size is not None:
         width, height = (int(v) for v in params.size.split("x"))
         fields.setdefault("width", width)
@@ -573,6 +581,18 @@ def create_request(
     if params.seconds is not None and params.num_frames is None:
         fields["num_frames"] = frames_for_seconds(int(params.seconds), DEFAULT_FPS)
     return engine_request(fields, default_steps), params.deadline_s
+
+
+_PRIORITY = TypeAdapter(Annotated[int, Field(strict=True, ge=0, le=PRIORITY_LIMIT)])
+
+
+def create_priority(body: dict[str, Any]) -> int:
+    """The create body's `priority` (0 when left out) as its published schema bounds it; the tenant's own
+    bound is the ingress's (`IngressCore.check_priority`)."""
+    try:
+        return _PRIORITY.validate_python(_json_integer(body.get("priority", 0)))
+    except ValidationError as exc:
+        raise InvalidRequest(f"priority: {exc.errors()[0]['msg']}", param="priority") from None
 
 
 # -- responses ------------------------------------------------------------------------------------
@@ -648,6 +668,7 @@ class SrserveDetails(BaseModel):
         description="the input image of an image-to-video job (as the server received it); null for text-to-video"
     )
     lora: LoraSummary | None = Field(description="the job's LoRA adapter and which models apply it; null for none")
+    priority: int = Field(ge=0, description="the priority the job was created with")
 
 
 class Video(BaseModel):

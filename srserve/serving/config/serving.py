@@ -1,4 +1,5 @@
-"""The srserve application's config: the model pair, its pools, the ingress, auth, the job store, artifacts."""
+"""The srserve application's config: the model pair, its pools, the ingress, auth or tenants, the job store,
+artifacts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from srserve.serving.config.auth import AuthConfig
 from srserve.serving.config.grpc_tls import GrpcTlsConfig
 from srserve.serving.config.layout import PoolLayout
 from srserve.serving.config.pools import PoolConfig
+from srserve.serving.config.tenants import TenantConfig, TenantName, TenantTokens, resolve_tokens
 from srserve.serving.control.artifacts import ArtifactStoreConfig
 from srserve.serving.control.database import JobStoreConfig, resolve_dsn
 from srserve.serving.control.load_switch import LoadSwitchConfig
@@ -86,9 +88,24 @@ class ServingConfig(BaseModel):
     colocated_pool: PoolConfig = PoolConfig()
     ingress: IngressConfig = IngressConfig()
     auth: AuthConfig = AuthConfig()
+    # Tenants by name (srserve.serving.config.tenants); `auth` is the one-tenant case, not set with them.
+    tenants: dict[TenantName, TenantConfig] = Field(default_factory=dict)
     grpc_tls: GrpcTlsConfig | None = None
     job_store: JobStoreConfig = JobStoreConfig()
     artifacts: ArtifactStoreConfig = ArtifactStoreConfig()
+
+    @model_validator(mode="after")
+    def _auth_or_tenants(self) -> ServingConfig:
+        if self.tenants and self.auth.configured:
+            raise ValueError(
+                "auth and tenants: set one, not both (`auth` is one token for one tenant; with `tenants`, give "
+                "that token its own tenant)"
+            )
+        return self
+
+    def tenant_tokens(self) -> TenantTokens:
+        """Who each bearer token names, read from this process's environment (the ingress replica's)."""
+        return resolve_tokens(self.auth, self.tenants)
 
     @model_validator(mode="after")
     def _parallel_on_stage_pools_only(self) -> ServingConfig:

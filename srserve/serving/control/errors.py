@@ -28,6 +28,14 @@ class Overloaded(ServingError):
     code = "resource_exhausted"
 
 
+class QuotaExceeded(Overloaded):
+    """A tenant's quota is used up; `quota` (also the error's `param`) names it, e.g. `max_live_jobs`."""
+
+    def __init__(self, quota: str, message: str) -> None:
+        super().__init__(message, param=quota)
+        self.quota = quota
+
+
 class JobNotFound(ServingError):
     code = "not_found"
 

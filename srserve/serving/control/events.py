@@ -34,8 +34,11 @@ class EventHub:
             for event in list(targets):
                 event.set()
 
-    async def wait(self, job_id: str, after_seq: int, timeout_s: float) -> tuple[list[JobEvent], Job] | None:
-        """Events of the job newer than `after_seq`, waiting up to `timeout_s` for one; None: no such job."""
+    async def wait(
+        self, job_id: str, after_seq: int, timeout_s: float, tenant: str | None = None
+    ) -> tuple[list[JobEvent], Job] | None:
+        """Events of the job newer than `after_seq`, waiting up to `timeout_s` for one; None: no such job, or
+        (`tenant` given) another tenant's, answered at once as for a missing one, without waiting."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
         wake = asyncio.Event()
@@ -44,7 +47,7 @@ class EventHub:
             while True:
                 wake.clear()
                 events, job = await self.store.events_and_job(job_id, after_seq)
-                if job is None:
+                if job is None or (tenant is not None and job.tenant != tenant):
                     return None
                 remaining = end - loop.time()
                 if events or job.terminal or remaining <= 0:

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
+from srserve.serving.control.tenants import DEFAULT_TENANT
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -92,6 +94,10 @@ class Job:
     # The load-aware switch's cap on the sketch steps and its reason (srserve.serving.control.load_switch).
     switch_cap: int | None = None
     switch_reason: str | None = None
+    # Who created it (srserve.serving.control.tenants), the priority it asked for, its predicted GPU-seconds.
+    tenant: str = DEFAULT_TENANT
+    priority: int = 0
+    cost_gpu_s: float | None = None
 
     @property
     def terminal(self) -> bool:

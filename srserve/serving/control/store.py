@@ -35,7 +35,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from srserve.serving.control.attempts import StopReason
 from srserve.serving.control.database_clock import DatabaseClock
-from srserve.serving.control.errors import Overloaded, StoreUnavailable
+from srserve.serving.control.errors import Overloaded, QuotaExceeded, StoreUnavailable
 from srserve.serving.control.jobs import (
     PHASE_STATES,
     TERMINAL,
@@ -47,6 +47,7 @@ from srserve.serving.control.jobs import (
 )
 from srserve.serving.control.state_machine import RESUMABLE_FROM, RESUME_STATE, can_move, next_stage
 from srserve.serving.control.store_connection import bounded, connection_check, connection_kwargs
+from srserve.serving.control.tenants import DEFAULT, DEFAULT_TENANT, Tenant
 
 logger = logging.getLogger("ray.serve")
 
@@ -144,6 +145,9 @@ def _job(row: dict[str, Any]) -> Job:
         lease_owner=row["lease_owner"],
         switch_cap=row.get("switch_cap"),
         switch_reason=row.get("switch_reason"),
+        tenant=row.get("tenant", DEFAULT_TENANT),
+        priority=row.get("priority", 0),
+        cost_gpu_s=row.get("cost_gpu_s"),
     )
 
 
@@ -315,11 +319,17 @@ class JobStore:
         limits: Sequence[PoolBacklog],
         handoff: tuple[str, int, int] | None = None,
         switch_choice: tuple[int, str] | None = None,
+        *,
+        tenant: Tenant = DEFAULT,
+        priority: int = 0,
+        cost_gpu_s: float | None = None,
     ) -> Job:
-        """Admit a job under the global per-pool limits (counted here, across every ingress replica).
+        """Admit a job for `tenant` under its quota and the global per-pool limits (both counted here, across
+        every ingress replica).
 
         `handoff` (key, bytes, switch step) admits an uploaded handoff straight to `handed_off`;
-        `switch_choice` (cap, reason) is the load-aware switch's decision for it.
+        `switch_choice` (cap, reason) is the load-aware switch's decision for it; `priority` (within the
+        tenant's bound, checked by the caller) and `cost_gpu_s` (its predicted GPU-seconds) are stored with it.
         """
         state = JobState.QUEUED if handoff is None else JobState.HANDED_OFF
         async with self._tx() as conn:
@@ -327,6 +337,7 @@ class JobStore:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADMISSION_LOCK,))
             cur = await conn.execute(f"SELECT state, count(*) AS n FROM srserve_jobs WHERE {_LIVE} GROUP BY state")
             counts = {r["state"]: r["n"] for r in await cur.fetchall()}
+            await self._check_quota(conn, tenant)
             for backlog in limits:
                 phases = backlog.phases - {"sketch"} if handoff is not None else backlog.phases
                 if not phases:  # an uploaded handoff needs no room in a sketch-only pool
@@ -347,11 +358,13 @@ class JobStore:
                 job.handoff_key, job.handoff_bytes, job.switch_step = handoff
             if switch_choice is not None:
                 job.switch_cap, job.switch_reason = switch_choice
+            job.tenant, job.priority, job.cost_gpu_s = tenant.name, priority, cost_gpu_s
             await conn.execute(
                 "INSERT INTO srserve_jobs (id, request, state, created_at, updated_at, last_progress, deadline, "
                 "num_steps, switch_step, handoff_key, handoff_bytes, timeline, switch_cap, switch_reason, "
+                "tenant, priority, cost_gpu_s, "
                 f"lease_owner, lease_expires) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                f"{_NOW} + %s)",
+                f"%s, %s, %s, {_NOW} + %s)",
                 (
                     job_id,
                     json.dumps(request),
@@ -367,6 +380,9 @@ class JobStore:
                     json.dumps(job.timeline),
                     job.switch_cap,
                     job.switch_reason,
+                    tenant.name,
+                    priority,
+                    cost_gpu_s,
                     owner,
                     lease_ttl_s,
                 ),
@@ -375,23 +391,48 @@ class JobStore:
             job.lease_owner = owner
             return job
 
+    @staticmethod
+    async def _check_quota(conn: psycopg.AsyncConnection, tenant: Tenant) -> None:
+        """QuotaExceeded naming the quota when `tenant` has used it up (under the admission lock)."""
+        if tenant.max_live_jobs is None:
+            return
+        cur = await conn.execute(
+            f"SELECT count(*) AS n FROM srserve_jobs WHERE tenant = %s AND {_LIVE}", (tenant.name,)
+        )
+        live = (await cur.fetchone())["n"]
+        if live >= tenant.max_live_jobs:
+            raise QuotaExceeded(
+                "max_live_jobs",
+                f"max_live_jobs: tenant {tenant.name} has {live} unfinished jobs, its limit of "
+                f"{tenant.max_live_jobs}; retry when one finishes",
+            )
+
     # -- reads ----------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job | None:
         async with self._tx() as conn:
             row = await (await conn.execute("SELECT * FROM srserve_jobs WHERE id = %s", (job_id,))).fetchone()
             return None if row is None else _job(row)
 
-    async def list_jobs(self, limit: int = 20, after: str | None = None, order: str = "desc") -> tuple[list[Job], bool]:
+    async def list_jobs(
+        self, limit: int = 20, after: str | None = None, order: str = "desc", tenant: str | None = None
+    ) -> tuple[list[Job], bool]:
+        """A page of jobs by creation order, `tenant`'s only (None: every tenant's). `after` is a job of the
+        same tenant: another tenant's id is as unknown as a missing one (an empty page), never a cursor."""
         op, direction = ("<", "DESC") if order == "desc" else (">", "ASC")
+        mine = "TRUE" if tenant is None else "tenant = %(tenant)s"
+        args = {"after": after, "limit": limit + 1, "tenant": tenant}
         async with self._tx() as conn:
             if after is not None:
                 cur = await conn.execute(
-                    f"SELECT * FROM srserve_jobs WHERE seq {op} (SELECT seq FROM srserve_jobs WHERE id = %s) "
-                    f"ORDER BY seq {direction} LIMIT %s",
-                    (after, limit + 1),
+                    f"SELECT * FROM srserve_jobs WHERE {mine} AND seq {op} "
+                    f"(SELECT seq FROM srserve_jobs WHERE id = %(after)s AND {mine}) "
+                    f"ORDER BY seq {direction} LIMIT %(limit)s",
+                    args,
                 )
             else:
-                cur = await conn.execute(f"SELECT * FROM srserve_jobs ORDER BY seq {direction} LIMIT %s", (limit + 1,))
+                cur = await conn.execute(
+                    f"SELECT * FROM srserve_jobs WHERE {mine} ORDER BY seq {direction} LIMIT %(limit)s", args
+                )
             rows = await cur.fetchall()
         return [_job(r) for r in rows[:limit]], len(rows) > limit
 
@@ -420,6 +461,15 @@ class JobStore:
             cur = await conn.execute("SELECT state, count(*) AS n FROM srserve_jobs GROUP BY state")
             for row in await cur.fetchall():
                 out[row["state"]] = row["n"]
+        return out
+
+    async def tenant_counts(self) -> dict[str, dict[str, int]]:
+        """Jobs per state of each tenant that has any (the per-tenant gauges)."""
+        out: dict[str, dict[str, int]] = {}
+        async with self._tx() as conn:
+            cur = await conn.execute("SELECT tenant, state, count(*) AS n FROM srserve_jobs GROUP BY tenant, state")
+            for row in await cur.fetchall():
+                out.setdefault(row["tenant"], {s.value: 0 for s in JobState})[row["state"]] = row["n"]
         return out
 
     async def jobs_for_work(self, recent: int = 32) -> list[Job]:

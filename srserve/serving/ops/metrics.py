@@ -6,11 +6,12 @@ histogram `srserve_stage_seconds` is scraped as `ray_srserve_stage_seconds_bucke
 Inside a replica, `ray.serve.metrics` adds `deployment`, `replica` and `application` tags.
 
 Where each metric is recorded:
-- ingress, at admission: the load-aware switch's cap and reason per job;
+- ingress, at admission: the load-aware switch's cap and reason per job, refusals by tenant and quota;
 - where a job ends (the render replica that completes it, the ingress that fails or cancels it):
   stage latencies, step times, switch step, handoff bytes and latency, jobs by final state;
 - ingress (from the job store): jobs per state, each pool's queue depth and queued GPU-seconds, the
-  admission backlog per pool (every ingress replica exports the same store-wide figures);
+  admission backlog per pool, each tenant's jobs per state and queued GPU-seconds per pool (every
+  ingress replica exports the same store-wide figures);
 - workers: handoff serialize/deserialize time, GPU telemetry (srserve.serving.ops.gpu_telemetry), LoRA
   adapter loads, hits and evictions, and whether an adapter's stage was routed to a replica holding it.
 Without Ray (unit tests) the metric objects accept records and export nothing.
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from srserve.serving.control.jobs import PHASE_STATES, Job, JobState, PoolBacklog
-from srserve.serving.control.pool_work import PoolWork, estimate_pool_work, measure_stage_times
+from srserve.serving.control.pool_work import PoolWork, StageTimes, estimate_pool_work, measure_stage_times
 from srserve.workload.timeline import Timeline
 
 if TYPE_CHECKING:
@@ -134,6 +135,21 @@ def _metrics() -> dict[str, Any]:
             "srserve_ingress_backlog_jobs",
             description="Jobs admitted to each pool's phase and not yet past it, store-wide (admission control).",
             tag_keys=("pool",),
+        ),
+        "tenant_jobs": Gauge(
+            "srserve_tenant_jobs",
+            description="Jobs currently in the job store, by tenant and state.",
+            tag_keys=("tenant", "state"),
+        ),
+        "tenant_work": Gauge(
+            "srserve_tenant_queue_gpu_seconds",
+            description="A tenant's queued work in each pool, in expected GPU-seconds (as the pool's own gauge).",
+            tag_keys=("tenant", "pool"),
+        ),
+        "quota_refusals": Counter(
+            "srserve_quota_refusals_total",
+            description="Requests refused by a tenant limit (max_live_jobs, max_priority), by tenant and quota.",
+            tag_keys=("tenant", "quota"),
         ),
         **{
             f"adapter_{event}": Counter(
@@ -239,12 +255,42 @@ def record_board(counts: Mapping[str, int], pools: Iterable[PoolWork], backlogs:
         m["pool_step"].set(work.step_s, tags={"pool": work.pool})
 
 
+def record_quota_refusal(tenant: str, quota: str) -> None:
+    """A request `tenant` sent was refused by its `quota` (where refused: the ingress)."""
+    _metrics()["quota_refusals"].inc(1, tags={"tenant": tenant, "quota": quota})
+
+
+def record_tenants(counts: Mapping[str, Mapping[str, int]], work: Mapping[str, Iterable[PoolWork]]) -> None:
+    """Gauges of each tenant's share of the store: its jobs per state, its queued work per pool."""
+    m = _metrics()
+    for tenant, states in counts.items():
+        for state in JobState:
+            m["tenant_jobs"].set(states.get(state.value, 0), tags={"tenant": tenant, "state": state.value})
+    for tenant, pools in work.items():
+        for pool in pools:
+            m["tenant_work"].set(pool.work_s, tags={"tenant": tenant, "pool": pool.pool})
+
+
+def tenant_work(
+    jobs: Iterable[Job], layout: PoolLayout, now: float, times: StageTimes, tenants: Iterable[str]
+) -> dict[str, list[PoolWork]]:
+    """Each tenant's queued work in each pool of `layout`, priced as the pools' own (the same step times)."""
+    mine: dict[str, list[Job]] = {tenant: [] for tenant in tenants}
+    for job in jobs:
+        mine.setdefault(job.tenant, []).append(job)
+    text = layout.encoder is not None
+    return {
+        tenant: [estimate_pool_work(owned, pool, now, include_encode=not text, times=times) for pool in layout.pools]
+        for tenant, owned in mine.items()
+    }
+
+
 BOARD_GAUGE_INTERVAL_S = 2.0
 
 
 async def export_store_gauges(store: Any, layout: PoolLayout, interval_s: float = BOARD_GAUGE_INTERVAL_S) -> None:
     """The ingress's gauge loop, from the job store: jobs per state, each pool of `layout`'s queue and
-    admission backlog, every `interval_s`."""
+    admission backlog, each tenant's jobs and queued work, every `interval_s`."""
     while True:
         try:
             current = await store.jobs_for_work()
@@ -256,6 +302,8 @@ async def export_store_gauges(store: Any, layout: PoolLayout, interval_s: float 
                 estimate_pool_work(current, pool, now, include_encode=not text, times=times) for pool in layout.pools
             ]
             record_board(counts, pools, layout.backlogs())
+            by_tenant = await store.tenant_counts()
+            record_tenants(by_tenant, tenant_work(current, layout, now, times, by_tenant))
         except Exception as exc:  # metrics must never stop the ingress; say why they are missing
             logger.warning("srserve store gauges skipped: %s", exc)
         await asyncio.sleep(interval_s)

@@ -7,15 +7,17 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class HandoffUpload(_message.Message):
-    __slots__ = ("handoff", "deadline_s")
+    __slots__ = ("handoff", "deadline_s", "priority")
     HANDOFF_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     handoff: bytes
     deadline_s: float
-    def __init__(self, handoff: _Optional[bytes] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+    priority: int
+    def __init__(self, handoff: _Optional[bytes] = ..., deadline_s: _Optional[float] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "switch", "fps", "deadline_s", "model", "cache", "input_reference", "lora", "scheduler", "timesteps", "sigmas", "shift")
+    __slots__ = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "switch", "fps", "deadline_s", "model", "cache", "input_reference", "lora", "scheduler", "timesteps", "sigmas", "shift", "priority")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +37,7 @@ class GenerateRequest(_message.Message):
     TIMESTEPS_FIELD_NUMBER: _ClassVar[int]
     SIGMAS_FIELD_NUMBER: _ClassVar[int]
     SHIFT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     height: int
@@ -54,7 +57,8 @@ class GenerateRequest(_message.Message):
     timesteps: _containers.RepeatedScalarFieldContainer[int]
     sigmas: _containers.RepeatedScalarFieldContainer[float]
     shift: float
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., switch: _Optional[str] = ..., fps: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model: _Optional[str] = ..., cache: _Optional[str] = ..., input_reference: _Optional[bytes] = ..., lora: _Optional[str] = ..., scheduler: _Optional[str] = ..., timesteps: _Optional[_Iterable[int]] = ..., sigmas: _Optional[_Iterable[float]] = ..., shift: _Optional[float] = ...) -> None: ...
+    priority: int
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., switch: _Optional[str] = ..., fps: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model: _Optional[str] = ..., cache: _Optional[str] = ..., input_reference: _Optional[bytes] = ..., lora: _Optional[str] = ..., scheduler: _Optional[str] = ..., timesteps: _Optional[_Iterable[int]] = ..., sigmas: _Optional[_Iterable[float]] = ..., shift: _Optional[float] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("id",)
@@ -63,7 +67,7 @@ class JobRef(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "progress", "step", "total", "switch_step", "num_steps", "error_code", "error", "created_at", "completed_at", "video_bytes", "handoff_bytes", "timeline", "replicas", "request_json", "latents_sha256", "switch_cap", "switch_reason", "lora", "schedule")
+    __slots__ = ("id", "state", "progress", "step", "total", "switch_step", "num_steps", "error_code", "error", "created_at", "completed_at", "video_bytes", "handoff_bytes", "timeline", "replicas", "request_json", "latents_sha256", "switch_cap", "switch_reason", "lora", "schedule", "priority")
     class TimelineEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +127,7 @@ class Job(_message.Message):
     SWITCH_REASON_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     progress: int
@@ -144,7 +149,8 @@ class Job(_message.Message):
     switch_reason: str
     lora: Job.Lora
     schedule: Job.Schedule
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., progress: _Optional[int] = ..., step: _Optional[int] = ..., total: _Optional[int] = ..., switch_step: _Optional[int] = ..., num_steps: _Optional[int] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., completed_at: _Optional[float] = ..., video_bytes: _Optional[int] = ..., handoff_bytes: _Optional[int] = ..., timeline: _Optional[_Mapping[str, float]] = ..., replicas: _Optional[_Mapping[str, str]] = ..., request_json: _Optional[str] = ..., latents_sha256: _Optional[str] = ..., switch_cap: _Optional[int] = ..., switch_reason: _Optional[str] = ..., lora: _Optional[_Union[Job.Lora, _Mapping]] = ..., schedule: _Optional[_Union[Job.Schedule, _Mapping]] = ...) -> None: ...
+    priority: int
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., progress: _Optional[int] = ..., step: _Optional[int] = ..., total: _Optional[int] = ..., switch_step: _Optional[int] = ..., num_steps: _Optional[int] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., completed_at: _Optional[float] = ..., video_bytes: _Optional[int] = ..., handoff_bytes: _Optional[int] = ..., timeline: _Optional[_Mapping[str, float]] = ..., replicas: _Optional[_Mapping[str, str]] = ..., request_json: _Optional[str] = ..., latents_sha256: _Optional[str] = ..., switch_cap: _Optional[int] = ..., switch_reason: _Optional[str] = ..., lora: _Optional[_Union[Job.Lora, _Mapping]] = ..., schedule: _Optional[_Union[Job.Schedule, _Mapping]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("job_id", "state", "step", "total", "progress", "time")

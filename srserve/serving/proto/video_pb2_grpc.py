@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class VideoGenerationStub:
-    """Status codes: every RPC can answer UNAUTHENTICATED (the deployment sets `auth` and the
+    """Status codes: every RPC can answer UNAUTHENTICATED (the deployment sets `auth` or `tenants` and the
     `authorization: Bearer <token>` metadata is missing or wrong), INVALID_ARGUMENT (the bytes are
     not a valid request message) and UNAVAILABLE (the job store cannot be reached; retry later).
     Besides those, each RPC lists its own below. Details name the field at fault.
@@ -76,7 +76,7 @@ class VideoGenerationStub:
 
 
 class VideoGenerationServicer:
-    """Status codes: every RPC can answer UNAUTHENTICATED (the deployment sets `auth` and the
+    """Status codes: every RPC can answer UNAUTHENTICATED (the deployment sets `auth` or `tenants` and the
     `authorization: Bearer <token>` metadata is missing or wrong), INVALID_ARGUMENT (the bytes are
     not a valid request message) and UNAVAILABLE (the job store cannot be reached; retry later).
     Besides those, each RPC lists its own below. Details name the field at fault.
@@ -85,8 +85,9 @@ class VideoGenerationServicer:
     def Generate(self, request, context):
         """Submit and stream progress events; the last message carries the video.
         INVALID_ARGUMENT (a field, named in the details), RESOURCE_EXHAUSTED (a pool's backlog is full,
-        or the message is over the size limit), and for a job that ends otherwise, after its progress
-        events: CANCELLED, DEADLINE_EXCEEDED, or INTERNAL (failed; the details say why).
+        the tenant's quota is used up (named in the details), or the message is over the size limit), and
+        for a job that ends otherwise, after its progress events: CANCELLED, DEADLINE_EXCEEDED, or INTERNAL
+        (failed; the details say why).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,14 +95,15 @@ class VideoGenerationServicer:
 
     def Submit(self, request, context):
         """Submit and return at once with the job; poll with GetJob, fetch with GetVideo.
-        INVALID_ARGUMENT (a field), RESOURCE_EXHAUSTED (backlog full, or message over the size limit).
+        INVALID_ARGUMENT (a field), RESOURCE_EXHAUSTED (backlog full, a tenant quota, or message over the size
+        limit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """NOT_FOUND (no such job).
+        """NOT_FOUND (no such job, or another tenant's: every RPC answers for those as for a missing job).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,7 +186,7 @@ def add_VideoGenerationServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class VideoGeneration:
-    """Status codes: every RPC can answer UNAUTHENTICATED (the deployment sets `auth` and the
+    """Status codes: every RPC can answer UNAUTHENTICATED (the deployment sets `auth` or `tenants` and the
     `authorization: Bearer <token>` metadata is missing or wrong), INVALID_ARGUMENT (the bytes are
     not a valid request message) and UNAVAILABLE (the job store cannot be reached; retry later).
     Besides those, each RPC lists its own below. Details name the field at fault.
