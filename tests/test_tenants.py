@@ -238,6 +238,35 @@ def test_max_live_jobs_is_counted_at_admission_and_named(store_dsn: str) -> None
     assert counts["b"][JobState.QUEUED.value] == 1
 
 
+def test_max_queued_gpu_s_counts_the_unfinished_jobs_predicted_cost(store_dsn: str) -> None:
+    """The tenant's unfinished jobs' predicted GPU-seconds plus the new one's, against its limit; unpriced
+    jobs (nothing measured yet) count nothing; finishing a job frees its share."""
+    budget = Tenant("budget", max_queued_gpu_s=10.0)
+
+    async def go():
+        store = await migrated_store(store_dsn)
+
+        async def create(job_id: str, cost: float | None):
+            return await store.create(job_id, REQUEST, 20, None, "o1", 30.0, LIMITS, tenant=budget, cost_gpu_s=cost)
+
+        await create("j1", 4.0)
+        await create("j2", 6.0)  # exactly at the limit
+        with pytest.raises(QuotaExceeded) as info:
+            await create("j3", 0.5)
+        await create("unpriced", None)
+        await store.create("other", REQUEST, 20, None, "o1", 30.0, LIMITS, tenant=B, cost_gpu_s=50.0)
+        await store.cancel("j1")
+        await create("j3", 4.0)
+        stored = await store.get("j3")
+        await store.close()
+        return info.value, stored
+
+    refused, stored = run(go())
+    assert refused.quota == refused.param == "max_queued_gpu_s" and http_status(refused) == 429
+    assert refused.message.startswith("max_queued_gpu_s: tenant budget's unfinished jobs are predicted to cost 10.0")
+    assert stored.cost_gpu_s == 4.0
+
+
 def test_migration_versions_are_unique() -> None:
     """Two branches each adding a migration with one number would skip one of them on an upgraded database."""
     versions = [v for v, _ in migrations()]

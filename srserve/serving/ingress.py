@@ -8,7 +8,6 @@ comes here: the sketch replica writes the handoff to artifact storage, the rende
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -52,12 +51,10 @@ from srserve.serving.control.jobs import Job, JobEvent, JobState, Phase, handoff
 from srserve.serving.control.load_switch import SwitchChoice, choose_switch, load_snapshot
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
 from srserve.serving.control.request_cache import CacheRefused, cache_pattern, fit_schedule, resolve_cache
-from srserve.serving.control.request_limits import check_cost, check_request
+from srserve.serving.control.request_limits import check_cost, check_request, predicted_gpu_s, unit_step_times
 from srserve.serving.control.tenants import Tenant
 from srserve.serving.ops.job_logging import bind_job, log_job_finished
 from srserve.serving.ops.metrics import record_job_finished, record_quota_refusal, record_switch_choice
-
-logger = logging.getLogger("ray.serve")
 
 # What a caller sees when the replica running its request dies (Serve does not retry these).
 REPLICA_LOST = (
@@ -112,12 +109,6 @@ class IngressCore:
         self.family = family
         self.pools = dict(pools)  # one handle per pool of the layout
         self.tokens = config.tenant_tokens()  # who each bearer token names (open: everyone is the default tenant)
-        unpriced = [t.name for t in self.tokens.tenants if t.max_queued_gpu_s is not None]
-        if unpriced:
-            logger.warning(
-                "tenants %s: max_queued_gpu_s is accepted but not enforced yet (jobs carry no predicted cost)",
-                ", ".join(unpriced),
-            )
         self.pair = pair
         self._family = None
         # The pair's LoRA adapters: a request's `lora` names one of them (never a file on the server).
@@ -203,7 +194,7 @@ class IngressCore:
             check_input_image(self.family, request)
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="input_reference") from None
-        resolved, choice = await self.resolve(request, deadline_s)
+        resolved, choice, cost = await self.resolve(request, deadline_s, tenant)
         job = await self._admit_job(
             resolved.model_dump(mode="json"),
             resolved.num_inference_steps,
@@ -212,6 +203,7 @@ class IngressCore:
             image=image,
             tenant=tenant,
             priority=priority,
+            cost_gpu_s=cost,
         )
         record_switch_choice(job)
         return job
@@ -241,21 +233,27 @@ class IngressCore:
             raise InvalidRequest(str(exc), param=exc.param) from None
 
     async def resolve(
-        self, request: GenerationRequest, deadline_s: float | None = None
-    ) -> tuple[ResolvedRequest, SwitchChoice | None]:
+        self, request: GenerationRequest, deadline_s: float | None = None, tenant: Tenant | None = None
+    ) -> tuple[ResolvedRequest, SwitchChoice | None, float | None]:
         """The request a job runs, decided here once: the model pair's defaults for unset sizes and the
         schedule (checked against the family and the pair's schedule bounds), the family's own switch
         (wan2.2's expert boundary, counted on that schedule) when the request names none, the step caches
         within the pools' limits (a pool's default that the schedule cannot run with left off), then for a
-        `load` switch the cap chosen from the pools' queued work."""
+        `load` switch the cap chosen from the pools' queued work. Also its predicted GPU-seconds where the
+        deployment's `max_gpu_s` or `tenant`'s `max_queued_gpu_s` needs them (else, or unmeasured, None)."""
         resolved = self.decide(request)
         limits = self.config.ingress.limits
-        if limits.max_gpu_s is not None:  # priced with the store's measured step times
-            check_cost(limits, resolved, await self.store.jobs_for_work(), self.store.clock(), self.layout.devices())
+        cost = None
+        queued_quota = tenant is not None and tenant.max_queued_gpu_s is not None
+        if limits.max_gpu_s is not None or queued_quota:  # priced with the store's measured step times
+            jobs, now, devices = await self.store.jobs_for_work(), self.store.clock(), self.layout.devices()
+            cost = check_cost(limits, resolved, jobs, now, devices)
+            if cost is None and queued_quota:
+                cost = predicted_gpu_s(resolved, unit_step_times(jobs, now), devices, limits.assumed_step_s)
         if resolved.switch.kind != "load":
-            return resolved, None
+            return resolved, None, cost
         choice = await self._choose_switch(resolved, deadline_s)
-        return resolved.model_copy(update={"switch": choice.policy}), choice
+        return resolved.model_copy(update={"switch": choice.policy}), choice, cost
 
     def decide(self, request: GenerationRequest) -> ResolvedRequest:
         """`resolve` short of the load switch's cap (which reads the store and refuses nothing): every refusal
@@ -406,9 +404,11 @@ class IngressCore:
         *,
         tenant: Tenant,
         priority: int = 0,
+        cost_gpu_s: float | None = None,
     ) -> Job:
         """One admission path for prompts and uploaded handoffs: store the input image (or the handoff)
-        under the job's id, then the job, then drive it. A job is never accepted without its bytes."""
+        under the job's id, then the job (with its predicted cost, `cost_gpu_s`, counted against its tenant's
+        queued GPU-seconds), then drive it. A job is never accepted without its bytes."""
         job_id = f"video_{uuid.uuid4().hex}"
         deadline = deadline_s if deadline_s is not None else self.config.ingress.default_deadline_s
         stored = None
@@ -437,6 +437,7 @@ class IngressCore:
                 switch_choice,
                 tenant=tenant,
                 priority=priority,
+                cost_gpu_s=cost_gpu_s,
             )
         except Exception as exc:
             if isinstance(exc, QuotaExceeded):

@@ -43,7 +43,7 @@ class TenantConfig(BaseModel):
     )
     max_live_jobs: int | None = Field(None, ge=1, description="jobs not yet finished; more are refused (429)")
     max_queued_gpu_s: float | None = Field(
-        None, gt=0, description="predicted GPU-seconds of its unfinished jobs (accepted; not enforced yet)"
+        None, gt=0, description="predicted GPU-seconds of its unfinished jobs, this one's included; past it: 429"
     )
     max_priority: int = Field(0, ge=0, le=PRIORITY_LIMIT, description="the highest `priority` its requests may set")
     weight: float = Field(1.0, gt=0, description="its share of the GPUs in fair-share ordering")

@@ -337,7 +337,7 @@ class JobStore:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADMISSION_LOCK,))
             cur = await conn.execute(f"SELECT state, count(*) AS n FROM srserve_jobs WHERE {_LIVE} GROUP BY state")
             counts = {r["state"]: r["n"] for r in await cur.fetchall()}
-            await self._check_quota(conn, tenant)
+            await self._check_quota(conn, tenant, cost_gpu_s)
             for backlog in limits:
                 phases = backlog.phases - {"sketch"} if handoff is not None else backlog.phases
                 if not phases:  # an uploaded handoff needs no room in a sketch-only pool
@@ -392,15 +392,27 @@ class JobStore:
             return job
 
     @staticmethod
-    async def _check_quota(conn: psycopg.AsyncConnection, tenant: Tenant) -> None:
-        """QuotaExceeded naming the quota when `tenant` has used it up (under the admission lock)."""
-        if tenant.max_live_jobs is None:
+    async def _check_quota(conn: psycopg.AsyncConnection, tenant: Tenant, cost_gpu_s: float | None) -> None:
+        """QuotaExceeded naming the quota when `tenant` has used it up (under the admission lock): its
+        unfinished jobs, or their predicted GPU-seconds with this job's (`cost_gpu_s`; unpriced jobs count 0)."""
+        if tenant.max_live_jobs is None and tenant.max_queued_gpu_s is None:
             return
         cur = await conn.execute(
-            f"SELECT count(*) AS n FROM srserve_jobs WHERE tenant = %s AND {_LIVE}", (tenant.name,)
+            f"SELECT count(*) AS n, coalesce(sum(cost_gpu_s), 0) AS gpu_s FROM srserve_jobs WHERE tenant = %s "
+            f"AND {_LIVE}",
+            (tenant.name,),
         )
-        live = (await cur.fetchone())["n"]
-        if live >= tenant.max_live_jobs:
+        row = await cur.fetchone()
+        live, queued = row["n"], float(row["gpu_s"])
+        limit = tenant.max_queued_gpu_s
+        if limit is not None and cost_gpu_s is not None and queued + cost_gpu_s > limit:
+            raise QuotaExceeded(
+                "max_queued_gpu_s",
+                f"max_queued_gpu_s: tenant {tenant.name}'s unfinished jobs are predicted to cost {queued:.1f} "
+                f"GPU-seconds; this one's {cost_gpu_s:.1f} more would pass its limit of {limit:g}; retry when "
+                "one finishes, or ask for less",
+            )
+        if tenant.max_live_jobs is not None and live >= tenant.max_live_jobs:
             raise QuotaExceeded(
                 "max_live_jobs",
                 f"max_live_jobs: tenant {tenant.name} has {live} unfinished jobs, its limit of "
