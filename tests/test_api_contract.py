@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from srserve.engine.config import TINY_DEFAULTS
+from srserve.engine.families import check_edit_inputs
 from srserve.engine.grammar import integer_range_pattern
 from srserve.engine.request import MAX_STEPS, GenerationRequest, SwitchPolicy, resolve_request
 from srserve.serving.api import schemas
@@ -235,7 +236,8 @@ def server_accepts(body: dict[str, Any]) -> bool:
     try:
         request, _ = create_request(body, MODEL, TINY_DEFAULTS.num_inference_steps)
         resolve_request(request, TINY_DEFAULTS)
-    except (InvalidRequest, ValidationError):
+        check_edit_inputs("wan2.1", request)  # the ingress's: a text-to-video pair takes no conditioning_scale
+    except (InvalidRequest, ValueError):  # a ValidationError is a ValueError
         return False
     return True
 

@@ -83,6 +83,7 @@ def test_grafana_dashboard_plots_metrics_that_exist() -> None:
 BY_ACCELERATOR = [
     ("rayservice-wan2.1.yaml", "wan2.1.yaml"),
     ("rayservice-wan2.1-i2v.yaml", "wan2.1-i2v.yaml"),
+    ("rayservice-wan2.1-vace.yaml", "wan2.1-vace.yaml"),
 ]
 # ... and the expert pools (the same GPU kind) apart by a custom resource each.
 BY_RESOURCE = [
@@ -107,6 +108,13 @@ def _pair_ids(pair: tuple[str, str]) -> str:
             "wan2.1-i2v",
             "Wan2.1-I2V-14B-480P-Diffusers",
             "Wan2.1-Fun-1.3B-InP-Diffusers",
+            ("H200", "L40S"),
+        ),
+        (
+            "wan2.1-vace.yaml",
+            "wan2.1-vace",
+            "Wan2.1-VACE-14B-diffusers",
+            "Wan2.1-VACE-1.3B-diffusers",
             ("H200", "L40S"),
         ),
     ],
@@ -288,3 +296,23 @@ def test_the_i2v_configs_set_the_image_limits_and_pass_the_start_up_model_check(
     assert pair.family.endswith("-i2v")
     if spec.serving.tiny:  # what `srserve serve` checks before Ray starts (the GPU folders are not here)
         check_model(spec.serving, path)
+
+
+EDIT_LIMITS = {"max_video_bytes", "max_video_frames", "max_video_pixels", "max_reference_images"}
+
+
+@pytest.mark.parametrize("name", ["tiny-vace.yaml", "wan2.1-vace.yaml"])
+def test_the_vace_configs_set_the_editing_limits_and_pass_the_start_up_model_check(name: str) -> None:
+    """Written out, not left to the defaults; an 81-frame 1280x720 video fits the GPU config's limits."""
+    path = ROOT / "deploy" / name
+    raw_ingress = yaml.safe_load(path.read_text())["applications"][0]["args"]["ingress"]
+    assert EDIT_LIMITS | {"max_image_bytes", "max_image_pixels"} <= set(raw_ingress)
+    spec = DeployFile.from_yaml(path)
+    assert spec.serving.model_pair(write_tiny=False).family == "wan2.1-vace"
+    ingress = spec.serving.ingress
+    if spec.serving.tiny:  # what `srserve serve` checks before Ray starts (the GPU folders are not here)
+        check_model(spec.serving, path)
+    else:
+        assert ingress.max_video_frames >= 81 and ingress.max_video_pixels >= 1280 * 720
+    for pool in (spec.serving.sketch_pool, spec.serving.render_pool):  # VACE runs no step caches yet
+        assert pool.cache.kind == "none"

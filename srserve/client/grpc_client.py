@@ -23,6 +23,9 @@ _OPTIONAL = (
     "shift",
     "deadline_s",
     "input_reference",
+    "video",
+    "mask",
+    "conditioning_scale",
 )
 
 
@@ -53,7 +56,8 @@ def make_request(prompt: str, **fields: Any) -> video_pb2.GenerateRequest:
     """Build a GenerateRequest; unset (None) fields take the server's defaults. `input_reference`: an
     image-to-video pair's input image, a PNG, JPEG or WebP file's bytes; `lora`: an adapter the server
     configures, "NAME" or "NAME:SCALE"; `scheduler`, `timesteps` or `sigmas` (lists), `shift`: the schedule;
-    `priority`: up to the caller's tenant's max_priority."""
+    `priority`: up to the caller's tenant's max_priority; `video`, `mask` (mp4 bytes), `reference_images`
+    (image files' bytes), `conditioning_scale`: a video-editing (VACE) pair's inputs."""
     msg = video_pb2.GenerateRequest(
         prompt=prompt,
         negative_prompt=fields.pop("negative_prompt", "") or "",
@@ -64,6 +68,7 @@ def make_request(prompt: str, **fields: Any) -> video_pb2.GenerateRequest:
         timesteps=fields.pop("timesteps", None) or [],
         sigmas=fields.pop("sigmas", None) or [],
         priority=fields.pop("priority", 0) or 0,
+        reference_images=fields.pop("reference_images", None) or [],
     )
     for name in _OPTIONAL:
         value = fields.pop(name, None)

@@ -1,6 +1,7 @@
 """The ingress core: admits jobs into the store, drives them through the pools, answers queries.
 
-It holds nothing a job needs: the store has the job, artifact storage its input image, handoff and video, and
+It holds nothing a job needs: the store has the job, artifact storage its inputs (an input image; a video,
+mask and reference images), handoff and video, and
 any ingress replica's orchestrator can take over a job another one was driving. The latent never
 comes here: the sketch replica writes the handoff to artifact storage, the render replica reads it.
 """
@@ -19,7 +20,14 @@ from ray.serve.handle import DeploymentHandle
 from srserve.engine.adapter_spec import AdapterConfig, LoraSpec, ResolvedLora, lora_pattern, resolve_lora
 from srserve.engine.cache import CacheSpec
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.families import check_input_image, check_schedule, get_family, takes_image
+from srserve.engine.families import (
+    check_edit_inputs,
+    check_input_image,
+    check_schedule,
+    edits_video,
+    get_family,
+    takes_image,
+)
 from srserve.engine.families.base import IncompatiblePairError
 from srserve.engine.handoff import HandoffFormatError, HandoffState
 from srserve.engine.image import ImageInputError, describe_image, load_image
@@ -38,6 +46,7 @@ from srserve.serving.config import AdapterRouting, ServingConfig
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore
 from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import open_store
+from srserve.serving.control.edit_uploads import EditUploads, decode_uploads
 from srserve.serving.control.errors import (
     InvalidRequest,
     JobNotFound,
@@ -47,7 +56,7 @@ from srserve.serving.control.errors import (
     Unauthenticated,
 )
 from srserve.serving.control.events import EventHub
-from srserve.serving.control.jobs import Job, JobEvent, JobState, Phase, handoff_key, input_image_key
+from srserve.serving.control.jobs import Job, JobEvent, JobState, Phase, edit_input_key, handoff_key, input_image_key
 from srserve.serving.control.load_switch import SwitchChoice, choose_switch, load_snapshot
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
 from srserve.serving.control.request_cache import CacheRefused, cache_pattern, fit_schedule, resolve_cache
@@ -182,14 +191,20 @@ class IngressCore:
         request: GenerationRequest,
         deadline_s: float | None = None,
         image: bytes | None = None,
+        edit: EditUploads | None = None,
         *,
         tenant: Tenant,
         priority: int = 0,
     ) -> Job:
-        """Admit a prompt (and for an image-to-video pair its input image, `image`'s bytes) for `tenant`."""
+        """Admit a prompt (and for an image-to-video pair its input image, `image`'s bytes; for a video-editing
+        pair its video, mask and reference images, `edit`'s) for `tenant`."""
         self.check_priority(tenant, priority)
+        if edit is not None and not edit.fields():
+            edit = None
         if image is not None:
             request = request.model_copy(update={"input_reference": await self.check_image(image)})
+        if edit is not None:
+            request = await self.check_edit(request, edit)
         try:
             check_input_image(self.family, request)
         except ValueError as exc:
@@ -204,6 +219,7 @@ class IngressCore:
             tenant=tenant,
             priority=priority,
             cost_gpu_s=cost,
+            edit=edit,
         )
         record_switch_choice(job)
         return job
@@ -213,10 +229,43 @@ class IngressCore:
         """Whether this deployment's pair generates from an input image (and from nothing else)."""
         return takes_image(self.family)
 
+    @property
+    def edits_video(self) -> bool:
+        """Whether this deployment's pair edits video (VACE: a video, mask and reference images)."""
+        return edits_video(self.family)
+
+    def not_editing(self, name: str) -> InvalidRequest:
+        """The refusal of an editing input (`name`) by a deployment whose pair does not edit video."""
+        return InvalidRequest(
+            f"{name}: the {self.model_name} pair ({self.family}) does not edit video; send {name} to a "
+            "video-editing (VACE) deployment",
+            param=name,
+        )
+
+    async def check_edit(self, request: GenerationRequest, uploads: EditUploads) -> GenerationRequest:
+        """The request with its editing inputs described, once their bytes decode within the limits (a thread)
+        and fit the request: a mask the video's shape, a video the request's frame count and size. Every
+        refusal is an InvalidRequest naming the field, before anything is stored or queued; a pair that
+        does not edit video refuses the files before any is decoded."""
+        if not self.edits_video:
+            raise self.not_editing(uploads.fields()[0])
+        inputs, described = await asyncio.to_thread(decode_uploads, uploads, self.config.ingress.edit_limits())
+        try:  # validated as a whole: a mask unlike its video, a video unlike the request, named
+            request = GenerationRequest.model_validate({**request.model_dump(exclude_unset=True), **described})
+        except ValidationError as exc:
+            raise InvalidRequest(describe_validation_error(exc), param=error_field(exc)) from None
+        try:
+            check_edit_inputs(self.family, request, inputs)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param=str(exc).split(":", 1)[0].split("[", 1)[0]) from None
+        return request
+
     async def check_image(self, image: bytes) -> InputImage:
         """The input image's description, once its bytes are known to decode within the limits (a thread:
-        decoding is CPU work); InvalidRequest names `input_reference` otherwise, before anything is queued."""
-        if not self.takes_image:
+        decoding is CPU work); InvalidRequest names `input_reference` otherwise, before anything is queued.
+        A video-editing pair's image (a first-frame condition) is checked as an image-to-video pair's; whether
+        the family takes it is `check_input_image`'s to say."""
+        if not self.takes_image and not self.edits_video:
             raise InvalidRequest(
                 f"input_reference: the {self.model_name} pair is text-to-video and takes no input image",
                 param="input_reference",
@@ -259,6 +308,10 @@ class IngressCore:
         """`resolve` short of the load switch's cap (which reads the store and refuses nothing): every refusal
         of a request's fields (InvalidRequest naming the field; the input image's aside), so the published
         schema can be checked against what the ingress accepts without a store."""
+        try:  # a pair that does not edit video refuses `conditioning_scale` (and any described input) here
+            check_edit_inputs(self.family, request)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param=str(exc).split(":", 1)[0]) from None
         # The schedule first (without the caches, which depend on it): what every later choice reads.
         schedule = self._resolved(request.model_copy(update={"cache": None}))
         self._check_schedule(schedule)
@@ -401,30 +454,34 @@ class IngressCore:
         handoff: tuple[bytes, int] | None = None,
         switch_choice: tuple[int, str] | None = None,
         image: bytes | None = None,
+        edit: EditUploads | None = None,
         *,
         tenant: Tenant,
         priority: int = 0,
         cost_gpu_s: float | None = None,
     ) -> Job:
-        """One admission path for prompts and uploaded handoffs: store the input image (or the handoff)
-        under the job's id, then the job (with its predicted cost, `cost_gpu_s`, counted against its tenant's
-        queued GPU-seconds), then drive it. A job is never accepted without its bytes."""
+        """One admission path for prompts and uploaded handoffs: store the inputs (image; video, mask and
+        reference images) or the handoff under the job's id, then the job (with its predicted cost,
+        `cost_gpu_s`, counted against its tenant's queued GPU-seconds), then drive it. A job is never
+        accepted without its bytes; what was written is deleted when the store refuses the job."""
         job_id = f"video_{uuid.uuid4().hex}"
         deadline = deadline_s if deadline_s is not None else self.config.ingress.default_deadline_s
         stored = None
         written: list[str] = []
-        if image is not None:
-            key = input_image_key(job_id)
-            await self.artifacts.put_async(key, bytes(image))
-            written.append(key)
-            request = {**request, "input_reference": {**request["input_reference"], "key": key}}
-        if handoff is not None:
-            blob, switch_step = handoff
-            key = handoff_key(job_id, 0)
-            await self.artifacts.put_async(key, bytes(blob))
-            written.append(key)
-            stored = (key, len(blob), switch_step)
         try:
+            if image is not None:
+                key = input_image_key(job_id)
+                await self.artifacts.put_async(key, bytes(image))
+                written.append(key)
+                request = {**request, "input_reference": {**request["input_reference"], "key": key}}
+            if edit is not None:
+                request = await self._store_edit(job_id, request, edit, written)
+            if handoff is not None:
+                blob, switch_step = handoff
+                key = handoff_key(job_id, 0)
+                await self.artifacts.put_async(key, bytes(blob))
+                written.append(key)
+                stored = (key, len(blob), switch_step)
             job = await self.store.create(
                 job_id,
                 request,
@@ -447,6 +504,25 @@ class IngressCore:
             raise
         self.orchestrator.drive(job_id)
         return job
+
+    async def _store_edit(
+        self, job_id: str, request: dict[str, Any], edit: EditUploads, written: list[str]
+    ) -> dict[str, Any]:
+        """Store a video-editing job's inputs under its id (each key appended to `written` once written);
+        the request (JSON) with each description's `key` set."""
+        request = dict(request)
+        refs = [dict(ref) for ref in request.get("reference_images") or []]
+        for name, data in edit.parts():
+            key = edit_input_key(job_id, name)
+            await self.artifacts.put_async(key, bytes(data))
+            written.append(key)
+            if name.startswith("reference_"):
+                refs[int(name.removeprefix("reference_"))]["key"] = key
+            else:
+                request[name] = {**request[name], "key": key}
+        if refs:
+            request["reference_images"] = refs
+        return request
 
     # -- queries -------------------------------------------------------------------------
     # Every query is a tenant's: another tenant's job is answered exactly as a job that does not exist.

@@ -23,11 +23,22 @@ from ray.serve.grpc_util import RayServegRPCContext
 from srserve.engine.request import GenerationRequest
 from srserve.serving.api.errors import InvalidRequest, JobNotFound, RequestTooLarge, ServingError, grpc_status
 from srserve.serving.api.schemas import VIDEO_ID_PATTERN, check_model, engine_request
+from srserve.serving.control.edit_uploads import EditUploads
 from srserve.serving.control.jobs import ErrorCode, Job, JobState
 from srserve.serving.control.tenants import Tenant
 from srserve.serving.proto import video_pb2
 
-_OPTIONAL_FIELDS = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "fps", "shift")
+_OPTIONAL_FIELDS = (
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "guidance_scale",
+    "seed",
+    "fps",
+    "shift",
+    "conditioning_scale",
+)
 _VIDEO_ID = re.compile(VIDEO_ID_PATTERN)
 
 
@@ -174,19 +185,28 @@ class GrpcApi:
 
     async def _submit_message(self, msg: video_pb2.GenerateRequest, tenant: Tenant) -> Job:
         limit = self.config.ingress.max_request_bytes
-        size = msg.ByteSize() - len(msg.input_reference)  # the image has its own limit, checked with it
+        files = len(msg.input_reference) + len(msg.video) + len(msg.mask) + sum(map(len, msg.reference_images))
+        size = msg.ByteSize() - files  # each file has its own limit, checked with it
         if size > limit:
-            raise RequestTooLarge(f"message of {size} bytes (without the image) exceeds the {limit}-byte limit")
+            raise RequestTooLarge(f"message of {size} bytes (without its files) exceeds the {limit}-byte limit")
+        edit = EditUploads(
+            video=msg.video if msg.HasField("video") else None,
+            mask=msg.mask if msg.HasField("mask") else None,
+            reference_images=tuple(msg.reference_images),
+        )
         request, deadline = generate_request(msg, self.model_name, self.defaults.num_inference_steps)
         image = msg.input_reference if msg.HasField("input_reference") else None
         if image is not None and not image:
             raise InvalidRequest("input_reference: the image is empty", param="input_reference")
-        return await self.submit(request, deadline, image, tenant=tenant, priority=msg.priority)
+        return await self.submit(request, deadline, image, edit, tenant=tenant, priority=msg.priority)
 
     def _generate_limit(self) -> int:
-        """A GenerateRequest may carry an input image on top of the request's own limit (the transport's
-        bound; the parts' own limits are checked once it is decoded)."""
+        """A GenerateRequest may carry an input image (on a video-editing deployment also a video, a mask and
+        reference images) on top of the request's own limit: the transport's bound; the files' own limits
+        are checked once it is decoded."""
         ingress = self.config.ingress
+        if self.edits_video:
+            return ingress.max_request_bytes + ingress.edit_upload_bytes()
         return ingress.max_request_bytes + ingress.max_image_bytes
 
     async def Submit(self, request: bytes, grpc_context: RayServegRPCContext = None) -> video_pb2.Job:

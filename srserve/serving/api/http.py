@@ -56,6 +56,7 @@ from srserve.serving.api.schemas import (
     narrow_schedule,
 )
 from srserve.serving.control.artifacts import RangeNotSatisfiable, parse_range_header
+from srserve.serving.control.edit_uploads import EditUploads
 from srserve.serving.control.jobs import Job, JobState
 from srserve.serving.control.request_limits import RequestLimits
 from srserve.serving.control.tenants import PRIORITY_LIMIT, Tenant
@@ -247,6 +248,12 @@ def video_object(job: Job | dict[str, Any], model: str) -> dict[str, Any]:
             "cache": str(CacheSpec.model_validate(req["cache"])) if req.get("cache") else "none",
             "schedule": {name: req.get(name) for name in SCHEDULE_FIELDS},
             "input_reference": _image_summary(req.get("input_reference")),
+            "video": _video_summary(req.get("video")),
+            "mask": _video_summary(req.get("mask")),
+            "reference_images": None
+            if req.get("reference_images") is None
+            else [_image_summary(ref) for ref in req["reference_images"]],
+            "conditioning_scale": req.get("conditioning_scale"),
             "lora": req.get("lora"),
             "priority": job.get("priority", 0),
         },
@@ -256,6 +263,13 @@ def video_object(job: Job | dict[str, Any], model: str) -> dict[str, Any]:
 def _image_summary(ref: dict[str, Any] | None) -> dict[str, Any] | None:
     """The input image as a client may see it: never the server's storage key."""
     return None if ref is None else {k: ref[k] for k in ("sha256", "media_type", "width", "height")}
+
+
+def _video_summary(described: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An input video or mask as a client may see it: never the server's storage key."""
+    if described is None:
+        return None
+    return {k: described[k] for k in ("sha256", "media_type", "width", "height", "num_frames")}
 
 
 def _known_id(video_id: str) -> str:
@@ -272,35 +286,77 @@ SEND_IMAGE_AS_FILE = (
     "input_reference: send the image as a multipart/form-data file part (what the openai SDK does with "
     "input_reference=open('image.png', 'rb'))"
 )
+# A video-editing request's file parts (srserve extensions beside input_reference): each field's sentence.
+EDIT_PARTS = {
+    "video": "video: send the video as a multipart/form-data file part (an mp4)",
+    "mask": "mask: send the mask as a multipart/form-data file part (an mp4)",
+    "reference_images": (
+        "reference_images: send each reference image as a multipart/form-data file part named reference_images "
+        "(PNG, JPEG or WebP; repeat the part for more)"
+    ),
+}
 
 
-async def _read_create_body(request: Request, core: IngressCore) -> tuple[dict[str, Any], bytes | None]:
-    """The create body as JSON types (parsed JSON, or a form's text fields typed by the schema) and the
-    input image's bytes when a multipart form carries one (`input_reference`)."""
+def _file_refusal(core: IngressCore, name: str) -> InvalidRequest:
+    """Why an editing input cannot come as text: a VACE deployment takes it as a file part, another none."""
+    return InvalidRequest(EDIT_PARTS[name], param=name) if core.edits_video else core.not_editing(name)
+
+
+def create_body_limit(core: IngressCore, ctype: str) -> int:
+    """The largest create body: the request's own limit, plus for a multipart form what its files may carry
+    (the input image; on a video-editing deployment the video, mask and reference images too). Each part's
+    own limit is checked, and named, when it is read."""
     limits = core.config.ingress
-    limit = limits.max_request_bytes
+    if ctype != "multipart/form-data":
+        return limits.max_request_bytes
+    if core.edits_video:
+        return limits.max_request_bytes + limits.edit_upload_bytes()
+    return limits.max_request_bytes + limits.max_image_bytes
+
+
+async def _read_create_body(
+    request: Request, core: IngressCore
+) -> tuple[dict[str, Any], bytes | None, EditUploads | None]:
+    """The create body as JSON types (parsed JSON, or a form's text fields typed by the schema), the input
+    image's bytes when a multipart form carries one (`input_reference`), and a video-editing request's
+    files (`video`, `mask`, `reference_images`; None when it sends none)."""
+    limits = core.config.ingress
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        limit += limits.max_image_bytes  # the image's own limit is checked (and named) when it is read
+    limit = create_body_limit(core, ctype)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise RequestTooLarge(f"request body of {length} bytes exceeds the {limit}-byte limit")
     if ctype in _FORMS:
-        items, image = [], None
+        items, files = [], {}
         for key, value in (await request.form()).multi_items():
             if isinstance(value, UploadFile):
-                if key != "input_reference":
+                if key == "input_reference":
+                    bound = limits.max_image_bytes
+                elif key in EDIT_PARTS:
+                    if not core.edits_video:
+                        raise _file_refusal(core, key)
+                    bound = limits.max_video_bytes if key != "reference_images" else limits.max_image_bytes
+                else:
                     raise InvalidRequest(f"{key}: expected a text field, got a file", param=key)
-                if image is not None:
-                    raise InvalidRequest("input_reference: given more than once", param=key)
-                image = await value.read(limits.max_image_bytes + 1)
-                if not image:
-                    raise InvalidRequest("input_reference: the image is empty", param=key)
+                if key in files and key != "reference_images":
+                    raise InvalidRequest(f"{key}: given more than once", param=key)
+                data = await value.read(bound + 1)  # one byte past: the decoder names the field and the limit
+                if not data:
+                    raise InvalidRequest(f"{key}: the file is empty", param=key)
+                files.setdefault(key, []).append(data)
                 continue
             if key == "input_reference":
                 raise InvalidRequest(SEND_IMAGE_AS_FILE, param=key)
+            if key.removesuffix("[]") in EDIT_PARTS:
+                raise _file_refusal(core, key.removesuffix("[]"))
             items.append((key, value))
-        return form_values(items), image
+        image = files.get("input_reference", [None])[0]
+        edit = EditUploads(
+            video=files.get("video", [None])[0],
+            mask=files.get("mask", [None])[0],
+            reference_images=tuple(files.get("reference_images", ())),
+        )
+        return form_values(items), image, edit if edit.fields() else None
     if ctype not in ("", "application/json"):
         raise UnsupportedMediaType(
             f"content-type {ctype!r}: send application/json, multipart/form-data or application/x-www-form-urlencoded"
@@ -317,7 +373,10 @@ async def _read_create_body(request: Request, core: IngressCore) -> tuple[dict[s
         raise InvalidRequest("body: expected a JSON object")
     if "input_reference" in body:
         raise InvalidRequest(SEND_IMAGE_AS_FILE, param="input_reference")
-    return body, None
+    for name in EDIT_PARTS:
+        if name in body:
+            raise _file_refusal(core, name)
+    return body, None, None
 
 
 _CREATE_SCHEMA = {"$ref": "#/components/schemas/VideoCreateParams"}
@@ -365,10 +424,10 @@ VideoId = Annotated[
 async def create_video(request: Request, response: Response, tenant: CallerTenant) -> dict[str, Any]:
     """Queue a video; poll it (GET), follow its events (SSE) or wait for it, then download the mp4."""
     core = _core()
-    body, image = await _read_create_body(request, core)
+    body, image, edit = await _read_create_body(request, core)
     size_only = core.config.ingress.limits.limits_size
     generation, deadline_s = create_request(body, core.model_name, core.defaults.num_inference_steps, size_only)
-    job = await core.submit(generation, deadline_s, image, tenant=tenant, priority=create_priority(body))
+    job = await core.submit(generation, deadline_s, image, edit, tenant=tenant, priority=create_priority(body))
     response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     return video_object(job, core.model_name)
 
@@ -652,14 +711,17 @@ def openapi_document(
     schedule: ScheduleLimits | None = None,
     limits: RequestLimits | None = None,
     max_priority: int | None = None,
+    edits_video: bool = False,
 ) -> dict[str, Any]:
     """The whole API as OpenAPI 3.1: routes, bodies, every status; the deployment's model, auth, the
     cache kinds its pools allow requests (`cache_pattern`), its pair's LoRA adapters (`lora_pattern`;
     None: the pair has none, and `lora` is left out, so the schema refuses it as the server does), what
     its pair lets a request set of the schedule (`schedule`, `narrow_schedule`; None: the engine's limits),
-    the operator's limits on a request (`limits`, `narrow_limits`),
-    the highest `priority` any of its tenants may ask for (`max_priority`; None: the schema's own limit)
-    and, for an image-to-video pair (`takes_image`), the create body as the one form that can carry the image."""
+    the operator's limits on a request (`limits`, `narrow_limits`), the highest `priority` any of its
+    tenants may ask for (`max_priority`; None: the schema's own limit), for an image-to-video pair
+    (`takes_image`) the create body as the one form that can carry the image, and for a video-editing pair
+    (`edits_video`) the form with its optional video, mask, reference images and first frame
+    (`conditioning_scale` is published for such a pair only)."""
     doc = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes, servers=app.servers
     )
@@ -686,8 +748,12 @@ def openapi_document(
         narrow_limits(components["VideoCreateParams"], limits)
     if max_priority is not None:
         _priority_bound(doc, max_priority)
+    if not edits_video:
+        del components["VideoCreateParams"]["properties"]["conditioning_scale"]
     if takes_image:
         _image_form(doc)
+    elif edits_video:
+        _edit_form(doc)
     if auth:
         components_root = doc["components"]
         components_root["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -731,6 +797,57 @@ def _image_form(doc: dict[str, Any]) -> None:
     body["content"] = {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/VideoCreateForm"}}}
 
 
+_BINARY = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+_MP4_PART = {"type": "string", "format": "binary", "contentMediaType": "video/mp4"}
+
+
+def _edit_form(doc: dict[str, Any]) -> None:
+    """A video-editing deployment's create body: multipart/form-data only, the params plus its optional file
+    parts (each within the server's limits; a refused one is answered 400 naming it)."""
+    components = doc["components"]["schemas"]
+    form = json.loads(json.dumps(components["VideoCreateParams"]))
+    form["title"] = "VideoCreateForm"
+    form["properties"].update(
+        {
+            "video": {
+                **_MP4_PART,
+                "description": (
+                    "srserve extension: the video to edit, an mp4 (H.264 or another codec ffmpeg decodes); the output "
+                    "keeps its frame count (4k+1) and size (multiples of 16), so `num_frames`, `width` and `height`, "
+                    "when given, must equal them; within the server's byte, frame and pixel limits"
+                ),
+            },
+            "mask": {
+                **_MP4_PART,
+                "description": (
+                    "srserve extension: the video's mask, an mp4 of its frame count and size: white regenerates, "
+                    "black keeps (inpainting, outpainting, extension); needs `video`"
+                ),
+            },
+            "reference_images": {
+                "type": "array",
+                "items": {**_BINARY},
+                "minItems": 1,
+                "description": (
+                    "srserve extension: reference images (PNG, JPEG or WebP), one file part named reference_images "
+                    "each, prepended as extra frames the video is generated to match; at most the server's "
+                    "max_reference_images, each within its image byte and pixel limits"
+                ),
+            },
+            "input_reference": {
+                **_BINARY,
+                "description": (
+                    "the first frame, a PNG, JPEG or WebP file, stretched (no crop) to the video's size: a "
+                    "first-frame condition on a video-editing pair; within the server's byte and pixel limits"
+                ),
+            },
+        }
+    )
+    components["VideoCreateForm"] = form
+    body = doc["paths"]["/v1/videos"]["post"]["requestBody"]
+    body["content"] = {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/VideoCreateForm"}}}
+
+
 def served_document(core: IngressCore) -> dict[str, Any]:
     """`openapi_document` for the deployment `core` serves: its model, auth, caches, adapters, schedule and
     its tenants' priority bound."""
@@ -743,6 +860,7 @@ def served_document(core: IngressCore) -> dict[str, Any]:
         core.schedule_limits(),
         core.config.ingress.limits,
         core.tokens.max_priority(),
+        core.edits_video,
     )
 
 

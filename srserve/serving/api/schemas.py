@@ -381,6 +381,13 @@ class VideoCreateParams(BaseModel):
     fps: Annotated[int, Field(**FPS)] | None = Field(
         None, description=f"the mp4's frame rate ({DEFAULT_FPS} by default); with `num_frames`, not with `seconds`"
     )
+    conditioning_scale: Annotated[float, Field(**engine_limits("conditioning_scale"))] | None = Field(
+        None,
+        description=(
+            "video editing (VACE pairs only): how strongly the video, mask and reference images steer each step "
+            "(1 when left out, as in diffusers' WanVACEPipeline)"
+        ),
+    )
     deadline_s: Annotated[float, Field(gt=0)] | None = Field(
         None, description="seconds from submission after which the job fails with deadline_exceeded"
     )
@@ -628,6 +635,14 @@ class InputImageSummary(BaseModel):
     height: int = Field(ge=1)
 
 
+class InputVideoSummary(BaseModel):
+    sha256: str = Field(pattern="^[0-9a-f]{64}$", description="of the bytes sent")
+    media_type: Literal["video/mp4"]
+    width: int = Field(ge=1, description="pixels")
+    height: int = Field(ge=1)
+    num_frames: int = Field(ge=1)
+
+
 class LoraSummary(BaseModel):
     name: str = Field(description="the adapter, as the server configures it")
     scale: float = Field(ge=0, le=4)
@@ -666,6 +681,18 @@ class SrserveDetails(BaseModel):
     schedule: ScheduleSummary
     input_reference: InputImageSummary | None = Field(
         description="the input image of an image-to-video job (as the server received it); null for text-to-video"
+    )
+    video: InputVideoSummary | None = Field(
+        description="the input video of a video-editing job (as the server received it); null otherwise"
+    )
+    mask: InputVideoSummary | None = Field(
+        description="the mask of a video-editing job (white: regenerate, black: keep); null for none"
+    )
+    reference_images: list[InputImageSummary] | None = Field(
+        description="the reference images of a video-editing job, in order; null for none"
+    )
+    conditioning_scale: float | None = Field(
+        description="a video-editing job's conditioning scale as requested; null: the default (1)"
     )
     lora: LoraSummary | None = Field(description="the job's LoRA adapter and which models apply it; null for none")
     priority: int = Field(ge=0, description="the priority the job was created with")

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from srserve.engine.config import TINY_ALIASES, TINY_PAIRS, ModelPairConfig, srserve_home
+from srserve.engine.request import MAX_FRAMES, MAX_REFERENCE_IMAGES
 from srserve.serving.config.auth import AuthConfig
 from srserve.serving.config.grpc_tls import GrpcTlsConfig
 from srserve.serving.config.layout import PoolLayout
@@ -16,6 +17,7 @@ from srserve.serving.config.pools import PoolConfig
 from srserve.serving.config.tenants import TenantConfig, TenantName, TenantTokens, resolve_tokens
 from srserve.serving.control.artifacts import ArtifactStoreConfig
 from srserve.serving.control.database import JobStoreConfig, resolve_dsn
+from srserve.serving.control.edit_uploads import EditLimits
 from srserve.serving.control.load_switch import LoadSwitchConfig
 from srserve.serving.control.request_limits import RequestLimits, default_problems
 
@@ -43,6 +45,32 @@ class IngressConfig(BaseModel):
     max_image_pixels: int = Field(
         4096 * 4096, ge=64 * 64, description="most pixels in an input image, read from its header before decoding"
     )
+    max_video_bytes: int = Field(
+        64 << 20,
+        ge=1024,
+        description="largest input video or mask (video editing), each on top of max_request_bytes; an 81-frame "
+        "1280x720 H.264 mp4 is typically 5-30 MiB",
+    )
+    max_video_frames: int = Field(
+        MAX_FRAMES,
+        ge=1,
+        le=MAX_FRAMES,
+        description="most frames in an input video or mask; decoding stops one frame past it (the engine's limit "
+        f"is {MAX_FRAMES})",
+    )
+    max_video_pixels: int = Field(
+        1280 * 720,
+        ge=16 * 16,
+        description="most pixels in a frame of an input video or mask, read from the stream's metadata before "
+        "decoding (1280x720 by default: Wan2.1 VACE's largest size)",
+    )
+    max_reference_images: int = Field(
+        MAX_REFERENCE_IMAGES,
+        ge=0,
+        le=MAX_REFERENCE_IMAGES,
+        description="most reference images of a video-editing request (0: none accepted); each within "
+        f"max_image_bytes and max_image_pixels (the engine's limit is {MAX_REFERENCE_IMAGES})",
+    )
     max_attempts: int = Field(3, ge=1, description="tries per stage when a replica dies mid-request")
     stall_timeout_s: float = Field(600.0, gt=0, description="a running job with no progress this long fails")
     graceful_shutdown_timeout_s: float = Field(
@@ -68,6 +96,22 @@ class IngressConfig(BaseModel):
         "measures multiplexing against, and for operators who prefer plain load balancing (few adapters, "
         "cheap loads)",
     )
+
+    def edit_limits(self) -> EditLimits:
+        """The limits a video-editing request's inputs are decoded within (srserve.serving.control.edit_uploads)."""
+        return EditLimits(
+            max_video_bytes=self.max_video_bytes,
+            max_video_frames=self.max_video_frames,
+            max_video_pixels=self.max_video_pixels,
+            max_image_bytes=self.max_image_bytes,
+            max_image_pixels=self.max_image_pixels,
+            max_reference_images=self.max_reference_images,
+        )
+
+    def edit_upload_bytes(self) -> int:
+        """The most bytes a video-editing request's files may add to a request: its video and mask, its
+        reference images and its input_reference."""
+        return 2 * self.max_video_bytes + (self.max_reference_images + 1) * self.max_image_bytes
 
 
 class ServingConfig(BaseModel):

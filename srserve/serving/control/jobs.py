@@ -123,6 +123,7 @@ class Job:
         data = asdict(self)
         for private in ("video_key", "handoff_key", "lease_owner"):
             data.pop(private)
+        data["request"] = public_request(self.request)
         data["state"] = self.state.value
         data["progress"] = self.overall_progress()
         return data
@@ -143,6 +144,13 @@ def input_image_key(job_id: str) -> str:
     return f"inputs/{job_id}/image"
 
 
+def edit_input_key(job_id: str, name: str) -> str:
+    """Artifact key of one of a video-editing job's inputs (`video`, `mask`, `reference_0`, ...), stored, as
+    the input image is, before the job is accepted; under the job's `inputs/` prefix, which retention and
+    delete remove."""
+    return f"inputs/{job_id}/{name}"
+
+
 # Every kind of artifact a job owns: what retention and delete remove.
 ARTIFACT_KINDS = ("videos", "handoffs", "inputs")
 
@@ -150,3 +158,20 @@ ARTIFACT_KINDS = ("videos", "handoffs", "inputs")
 def artifact_prefix(kind: str, job_id: str) -> str:
     """Everything of one job under `kind` (ARTIFACT_KINDS): what retention and delete remove."""
     return f"{kind}/{job_id}/"
+
+
+# A request's input descriptions (srserve.engine.request.InputImage / InputVideo): each carries its storage key.
+INPUT_FIELDS = ("input_reference", "video", "mask", "reference_images")
+
+
+def public_request(request: dict[str, Any]) -> dict[str, Any]:
+    """A stored request as a client may see it: its inputs' descriptions without the server's storage keys."""
+
+    def public(described: Any) -> Any:
+        if isinstance(described, list):
+            return [public(item) for item in described]
+        if isinstance(described, dict):
+            return {k: v for k, v in described.items() if k != "key"}
+        return described
+
+    return {**request, **{name: public(request[name]) for name in INPUT_FIELDS if request.get(name) is not None}}

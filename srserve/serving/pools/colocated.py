@@ -40,10 +40,11 @@ class ColocatedWorker(RendersHandoffs):
         reporter = self.reporter(ticket, self.pool_name)
         request = ResolvedRequest.model_validate(ticket.request)
         image = await self.input_image(request)
+        edit = await self.edit_inputs(request)
         await self.hold_adapter(ticket, ("sketch", "render"))
 
         def run():
-            state = stages.sketch(self.engine, reporter, request, encoded, image)
+            state = stages.sketch(self.engine, reporter, request, encoded, image, edit)
             if state is None:
                 return None
             now = reporter.now()

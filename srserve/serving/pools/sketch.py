@@ -37,12 +37,13 @@ class SketchWorker(PoolWorker):
         reporter = self.reporter(ticket, "sketch")
         request = ResolvedRequest.model_validate(ticket.request)
         image = await self.input_image(request)
+        edit = await self.edit_inputs(request)
         await self.hold_adapter(ticket, ("sketch",))
 
         def run():
             if self.ranks is None:
-                state = stages.sketch(self.engine, reporter, request, encoded, image)
-            else:  # SPMD on the ranks; image-to-video pairs refuse multi-device replicas at config load
+                state = stages.sketch(self.engine, reporter, request, encoded, image, edit)
+            else:  # SPMD on the ranks; image-to-video and VACE pairs refuse multi-device replicas at config load
                 state = self.ranks.sketch(self.engine, reporter, request, encoded)
             if state is None:
                 return None

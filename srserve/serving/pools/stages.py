@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from srserve.engine import HandoffState, SRDiffusionEngine
+from srserve.engine.edit_inputs import EditInputs
 from srserve.engine.engine import Cancelled
 from srserve.engine.families import EncodedPrompt
 from srserve.engine.request import ResolvedRequest
@@ -40,12 +41,15 @@ def sketch(
     request: ResolvedRequest,
     encoded: EncodedPrompt | None,
     image: Image.Image | None = None,
+    edit: EditInputs | None = None,
 ) -> HandoffState | None:
     """The prompt (`encoded` by the text pool, else here) and the large model's steps (from the decoded
-    input image of an image-to-video job); the handoff state, or None when stopped."""
+    input image of an image-to-video job, the decoded video, mask and reference images of a video-editing
+    one); the handoff state, or None when stopped."""
     if reporter.cancelled():
         return None
-    return sketch_steps(engine, reporter, request, prompt(engine, reporter, request, encoded), image=image)
+    embeddings = prompt(engine, reporter, request, encoded)
+    return sketch_steps(engine, reporter, request, embeddings, image=image, edit=edit)
 
 
 def sketch_steps(
@@ -55,6 +59,7 @@ def sketch_steps(
     embeddings: EncodedPrompt,
     cancelled: Callable[[], bool] | None = None,
     image: Image.Image | None = None,
+    edit: EditInputs | None = None,
 ) -> HandoffState | None:
     """The large model's steps from the embeddings; `cancelled` replaces the reporter's own check
     (a multi-device replica's collective one, srserve.serving.pools.ranks)."""
@@ -64,6 +69,7 @@ def sketch_steps(
             request,
             embeddings,
             image=image,
+            edit=edit,
             job_id=reporter.job_id,
             on_step=reporter.on_step(JobState.SKETCHING),
             cancelled=cancelled or reporter.cancelled,

@@ -33,6 +33,7 @@ from PIL import Image
 from ray import serve
 
 from srserve.engine import ModelPairConfig, Role, SRDiffusionEngine
+from srserve.engine.edit_inputs import EditInputs
 from srserve.engine.image import load_image
 from srserve.engine.parallel import ParallelSpec
 from srserve.engine.request import ResolvedRequest
@@ -40,6 +41,7 @@ from srserve.serving.config.single_node import check_replica_node
 from srserve.serving.control.artifacts import ArtifactStore, ArtifactStoreConfig
 from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import JobStoreConfig, open_store
+from srserve.serving.control.edit_uploads import decode_stored, stored_parts
 from srserve.serving.control.progress import AttemptReporter, ProgressChannel
 from srserve.serving.ops.job_logging import bind_job, log_job_finished
 from srserve.serving.ops.metrics import record_adapter_counts, record_adapter_routing, record_job_finished
@@ -141,6 +143,20 @@ class PoolWorker(ReplicaOperations):
             raise ValueError(f"input_reference: the stored image {ref.key!r} is not the one the job was accepted with")
         # Checked at admission against the configured limits; these bounds only restate what was accepted.
         return await asyncio.to_thread(load_image, data, len(data), ref.width * ref.height)
+
+    async def edit_inputs(self, request: ResolvedRequest) -> EditInputs | None:
+        """The job's video-editing inputs (video, mask, reference images), decoded (a thread) from the bytes the
+        ingress stored before it accepted the job, each checked against the sha256 the request describes:
+        every attempt, on any replica, reads the same ones. None when the request describes none."""
+        parts = stored_parts(request)
+        if not parts:
+            return None
+        blobs = []
+        for field, _, described in parts:
+            if described.key is None:
+                raise ValueError(f"{field}: the job's input was not stored (an admission bug)")
+            blobs.append(await self.artifacts.get_async(described.key))
+        return await asyncio.to_thread(decode_stored, request, blobs)
 
     async def compute(self, job_id: str | None, fn: Callable[[], T], job: bool = True) -> T:
         """Run `fn` on a thread holding the replica's compute lock; accounts busy time (and, for a job's

@@ -17,7 +17,7 @@ class HandoffUpload(_message.Message):
     def __init__(self, handoff: _Optional[bytes] = ..., deadline_s: _Optional[float] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "switch", "fps", "deadline_s", "model", "cache", "input_reference", "lora", "scheduler", "timesteps", "sigmas", "shift", "priority")
+    __slots__ = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "seed", "switch", "fps", "deadline_s", "model", "cache", "input_reference", "lora", "scheduler", "timesteps", "sigmas", "shift", "priority", "video", "mask", "reference_images", "conditioning_scale")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,10 @@ class GenerateRequest(_message.Message):
     SIGMAS_FIELD_NUMBER: _ClassVar[int]
     SHIFT_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONING_SCALE_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     height: int
@@ -58,7 +62,11 @@ class GenerateRequest(_message.Message):
     sigmas: _containers.RepeatedScalarFieldContainer[float]
     shift: float
     priority: int
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., switch: _Optional[str] = ..., fps: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model: _Optional[str] = ..., cache: _Optional[str] = ..., input_reference: _Optional[bytes] = ..., lora: _Optional[str] = ..., scheduler: _Optional[str] = ..., timesteps: _Optional[_Iterable[int]] = ..., sigmas: _Optional[_Iterable[float]] = ..., shift: _Optional[float] = ..., priority: _Optional[int] = ...) -> None: ...
+    video: bytes
+    mask: bytes
+    reference_images: _containers.RepeatedScalarFieldContainer[bytes]
+    conditioning_scale: float
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., switch: _Optional[str] = ..., fps: _Optional[int] = ..., deadline_s: _Optional[float] = ..., model: _Optional[str] = ..., cache: _Optional[str] = ..., input_reference: _Optional[bytes] = ..., lora: _Optional[str] = ..., scheduler: _Optional[str] = ..., timesteps: _Optional[_Iterable[int]] = ..., sigmas: _Optional[_Iterable[float]] = ..., shift: _Optional[float] = ..., priority: _Optional[int] = ..., video: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., reference_images: _Optional[_Iterable[bytes]] = ..., conditioning_scale: _Optional[float] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("id",)
