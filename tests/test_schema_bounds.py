@@ -330,7 +330,7 @@ _BODIES: dict[str, st.SearchStrategy] = {}
 def _exactness(name: str) -> Any:
     """A property test: the deployment `name`'s schema says valid exactly when its ingress accepts."""
 
-    @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(data=st.data())
     def test(cores: dict[str, IngressCore], data: st.DataObject) -> None:
         core = cores[name]

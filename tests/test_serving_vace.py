@@ -62,6 +62,7 @@ def _png(width: int, height: int, seed: int) -> bytes:
 
 VIDEO, MASK = _clip(), _mask()
 REFERENCES = (_png(24, 40, seed=1), _png(32, 32, seed=2))
+FIRST_FRAME = _png(40, 24, seed=5)  # stretched to the video's size, as the pipeline's recipe does
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +105,16 @@ def engine_video(vace_pair: ModelPairConfig):
     torch.set_num_threads(1)
     engine = SRDiffusionEngine(vace_pair)
 
-    def run(video: bytes | None = None, mask: bytes | None = None, refs: tuple[bytes, ...] = (), **fields) -> bytes:
+    def run(
+        video: bytes | None = None,
+        mask: bytes | None = None,
+        refs: tuple[bytes, ...] = (),
+        image: bytes | None = None,
+        **fields,
+    ) -> bytes:
         described: dict[str, Any] = {}
+        if image is not None:  # a first-frame condition (input_reference)
+            described["input_reference"] = describe_image(image)
         frames: dict[str, Any] = {}
         for name, data in (("video", video), ("mask", mask)):
             if data is not None:
@@ -116,7 +125,8 @@ def engine_video(vace_pair: ModelPairConfig):
         images = [load_image(r, len(r), 1 << 24) for r in refs] or None
         request = GenerationRequest(**{**BODY, **fields}, **described)
         edit = EditInputs(video=frames.get("video"), mask=frames.get("mask"), reference_images=images)
-        return engine.generate(request, edit=edit).video
+        first = None if image is None else load_image(image, len(image), 1 << 24)
+        return engine.generate(request, image=first, edit=edit).video
 
     return run
 
@@ -140,6 +150,8 @@ def _count(base: str) -> int:
 
 
 def test_inpainting_and_reference_jobs_over_http_and_grpc_equal_the_engine(serving, vace, engine_video) -> None:
+    """Inpainting and reference-to-video over both APIs, and OpenAI's `input_reference` as a first-frame
+    condition over HTTP: each job's mp4 is the in-process engine's."""
     from srserve.client import SrserveClient
     from srserve.client.grpc_client import make_request
 
@@ -150,6 +162,13 @@ def test_inpainting_and_reference_jobs_over_http_and_grpc_equal_the_engine(servi
         base, "/v1/videos", data=_form(size=f"{WIDTH}x{HEIGHT}", num_frames=FRAMES), files=_files(refs=REFERENCES)
     )
     assert reference.status_code == 200, reference.text
+    first = post(
+        base,
+        "/v1/videos",
+        data=_form(size=f"{WIDTH}x{HEIGHT}", num_frames=FRAMES),
+        files=[("input_reference", ("first.png", FIRST_FRAME, "image/png"))],
+    )
+    assert first.status_code == 200, first.text
     with SrserveClient(serving.grpc, application=APP) as client:
         fields = {k: v for k, v in BODY.items() if k != "prompt"}
         by_grpc = client.generate(
@@ -167,9 +186,10 @@ def test_inpainting_and_reference_jobs_over_http_and_grpc_equal_the_engine(servi
         )
     inpainted = engine_video(VIDEO, MASK, conditioning_scale=0.5)
     referenced = engine_video(refs=REFERENCES, width=WIDTH, height=HEIGHT, num_frames=FRAMES)
+    first_frame = engine_video(image=FIRST_FRAME, width=WIDTH, height=HEIGHT, num_frames=FRAMES)
     assert by_grpc.job.state == "completed" and by_grpc.mp4 == inpainted
     assert refs_grpc.job.state == "completed" and refs_grpc.mp4 == referenced
-    for job, expected in ((inpaint.json(), inpainted), (reference.json(), referenced)):
+    for job, expected in ((inpaint.json(), inpainted), (reference.json(), referenced), (first.json(), first_frame)):
         done = wait_done(base, job["id"])
         assert done["status"] == "completed", done
         assert get(base, f"/v1/videos/{job['id']}/content").content == expected

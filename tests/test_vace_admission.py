@@ -24,6 +24,7 @@ from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.control.edit_uploads import EditUploads, decode_stored, stored_parts
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.jobs import Job, artifact_prefix, edit_input_key
+from srserve.serving.control.tenants import DEFAULT
 from srserve.serving.ingress import IngressCore
 
 NEVER = JobStoreConfig(embedded_dsn="postgresql://127.0.0.1:1/never_opened")
@@ -209,6 +210,6 @@ def test_inputs_written_for_a_job_the_store_refuses_are_deleted(tmp_path: Path, 
     core = IngressCore(config, vace.defaults, vace.model_name, vace.family, {}, pair=vace.pair)
     uploads = EditUploads(video=_video(), mask=_video(seed=2), reference_images=(_png(),))
     with pytest.raises(Exception) as err:
-        asyncio.run(core.submit(GenerationRequest(prompt="a fox", num_inference_steps=2), edit=uploads))
+        asyncio.run(core.submit(GenerationRequest(prompt="a fox", num_inference_steps=2), edit=uploads, tenant=DEFAULT))
     assert not isinstance(err.value, InvalidRequest), err.value  # refused by the store, not by admission
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
