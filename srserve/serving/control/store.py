@@ -438,12 +438,25 @@ class JobStore:
             return events, None if row is None else _job(row)
 
     async def counts(self) -> dict[str, int]:
+        """Jobs per state, from the counters (migration 0004): the same at any number of jobs."""
         out = {s.value: 0 for s in JobState}
         async with self._tx() as conn:
-            cur = await conn.execute("SELECT state, count(*) AS n FROM srserve_jobs GROUP BY state")
+            cur = await conn.execute(
+                "SELECT c.state, c.n + coalesce(d.n, 0) AS n FROM srserve_state_counts c LEFT JOIN "
+                "(SELECT state, sum(n) AS n FROM srserve_count_deltas GROUP BY state) d USING (state)"
+            )
             for row in await cur.fetchall():
-                out[row["state"]] = row["n"]
+                out[row["state"]] = int(row["n"])
         return out
+
+    async def tenant_usage(self) -> dict[str, tuple[int, float]]:
+        """Each tenant's unfinished jobs and their predicted GPU-seconds, from the counters (its quotas' use)."""
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "SELECT tenant, sum(live) AS live, sum(gpu_s) AS gpu_s FROM (SELECT tenant, live, gpu_s FROM "
+                "srserve_tenant_live UNION ALL SELECT tenant, live, gpu_s FROM srserve_count_deltas) u GROUP BY tenant"
+            )
+            return {r["tenant"]: (int(r["live"]), float(r["gpu_s"])) for r in await cur.fetchall()}
 
     async def tenant_counts(self) -> dict[str, dict[str, int]]:
         """Jobs per state of each tenant that has any (the per-tenant gauges)."""

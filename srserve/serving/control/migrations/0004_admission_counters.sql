@@ -76,12 +76,16 @@ END $$;
 CREATE TRIGGER srserve_jobs_counted_delete AFTER DELETE ON srserve_jobs
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION srserve_count_deleted();
 
--- The aggregate load snapshot (srserve.serving.control.pool_aggregate): the newest finished jobs, and the
--- newest jobs that measured a stage, by creation order.
+-- Indexes so that no per-call query of the control plane reads every live job: a heartbeat (one owner's
+-- leases), a claim (live jobs unleased or with an expired lease), the newest finished jobs (a step's price).
+CREATE INDEX IF NOT EXISTS srserve_jobs_lease_owner ON srserve_jobs (lease_owner)
+    WHERE state NOT IN ('completed', 'failed', 'cancelled');
+CREATE INDEX IF NOT EXISTS srserve_jobs_lease_expires ON srserve_jobs (lease_expires)
+    WHERE state NOT IN ('completed', 'failed', 'cancelled');
+CREATE INDEX IF NOT EXISTS srserve_jobs_unleased ON srserve_jobs (seq)
+    WHERE state NOT IN ('completed', 'failed', 'cancelled') AND lease_owner IS NULL;
 CREATE INDEX IF NOT EXISTS srserve_jobs_finished_seq ON srserve_jobs (seq)
     WHERE state IN ('completed', 'failed', 'cancelled');
-CREATE INDEX IF NOT EXISTS srserve_jobs_measured_seq ON srserve_jobs (seq)
-    WHERE switch_step IS NOT NULL OR timeline ? 'encode_end' OR timeline ? 'decode_end' OR state = 'sketching';
 
 -- Admission's counts, exact: under the admission lock (pg_advisory_xact_lock, held until the admitting
 -- statement commits: no client round trip inside), fold the deltas in, then read the counters. Each
