@@ -33,11 +33,11 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from srserve.serving.control.admission import admission_sql, refusal
 from srserve.serving.control.attempts import StopReason
 from srserve.serving.control.database_clock import DatabaseClock
-from srserve.serving.control.errors import Overloaded, QuotaExceeded, StoreUnavailable
+from srserve.serving.control.errors import StoreUnavailable
 from srserve.serving.control.jobs import (
-    PHASE_STATES,
     TERMINAL,
     ErrorCode,
     Job,
@@ -53,8 +53,7 @@ logger = logging.getLogger("ray.serve")
 
 EVENTS_CHANNEL = "srserve_events"
 STOP_CHANNEL = "srserve_stop"
-_MIGRATION_LOCK = 7_265_301  # pg_advisory_lock keys: schema migrations, admission
-_ADMISSION_LOCK = 7_265_302
+_MIGRATION_LOCK = 7_265_301  # pg_advisory_lock key of schema migrations (admission's: migration 0004)
 _NOW = "extract(epoch from clock_timestamp())"
 _JSON_FIELDS = ("request", "attempts", "timeline", "replicas")
 MIGRATION_BOUND_S = 600.0  # a schema migration may rewrite a large table; API calls never wait on one
@@ -214,10 +213,12 @@ class JobStore:
             self._opened = False
 
     @contextlib.asynccontextmanager
-    async def _tx(self, bound_s: float | None = None) -> AsyncIterator[psycopg.AsyncConnection]:
-        """A connection in a transaction; connection trouble becomes StoreUnavailable. The wait for a
-        connection is bounded by `timeout_s`, the transaction by `bound_s` (default `query_timeout_s`),
-        also when the server hangs (store_connection.bounded)."""
+    async def _tx(
+        self, bound_s: float | None = None, transaction: bool = True
+    ) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A connection in a transaction (`transaction=False`: each statement its own); connection trouble
+        becomes StoreUnavailable. The wait for a connection is bounded by `timeout_s`, the transaction by
+        `bound_s` (default `query_timeout_s`), also when the server hangs (store_connection.bounded)."""
         await self.open()
         try:
             async with (
@@ -226,7 +227,10 @@ class JobStore:
             ):
                 if isinstance(self.clock, DatabaseClock) and self.clock.stale():
                     await self.clock.sync(conn)
-                async with conn.transaction():
+                if transaction:
+                    async with conn.transaction():
+                        yield conn
+                else:
                     yield conn
         except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise StoreUnavailable(f"job store unavailable: {str(exc).strip().splitlines()[0][:200]}") from None
@@ -332,19 +336,8 @@ class JobStore:
         tenant's bound, checked by the caller) and `cost_gpu_s` (its predicted GPU-seconds) are stored with it.
         """
         state = JobState.QUEUED if handoff is None else JobState.HANDED_OFF
-        async with self._tx() as conn:
-            created = self.clock()  # in the transaction: its connection has synced the clock
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADMISSION_LOCK,))
-            cur = await conn.execute(f"SELECT state, count(*) AS n FROM srserve_jobs WHERE {_LIVE} GROUP BY state")
-            counts = {r["state"]: r["n"] for r in await cur.fetchall()}
-            await self._check_quota(conn, tenant, cost_gpu_s)
-            for backlog in limits:
-                phases = backlog.phases - {"sketch"} if handoff is not None else backlog.phases
-                if not phases:  # an uploaded handoff needs no room in a sketch-only pool
-                    continue
-                waiting = sum(counts.get(s.value, 0) for phase in backlog.phases for s in PHASE_STATES[phase])
-                if waiting >= backlog.max_jobs:
-                    raise Overloaded(f"{backlog.pool} pool is full ({waiting} jobs waiting); retry later")
+        async with self._tx(transaction=False) as conn:
+            created = self.clock()  # after the connection has synced the clock
             job = Job(
                 id=job_id,
                 request=request,
@@ -359,65 +352,42 @@ class JobStore:
             if switch_choice is not None:
                 job.switch_cap, job.switch_reason = switch_choice
             job.tenant, job.priority, job.cost_gpu_s = tenant.name, priority, cost_gpu_s
-            await conn.execute(
-                "INSERT INTO srserve_jobs (id, request, state, created_at, updated_at, last_progress, deadline, "
-                "num_steps, switch_step, handoff_key, handoff_bytes, timeline, switch_cap, switch_reason, "
-                "tenant, priority, cost_gpu_s, "
-                f"lease_owner, lease_expires) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                f"%s, %s, %s, {_NOW} + %s)",
-                (
-                    job_id,
-                    json.dumps(request),
-                    state.value,
-                    created,
-                    created,
-                    created,
-                    job.deadline,
-                    num_steps,
-                    job.switch_step,
-                    job.handoff_key,
-                    job.handoff_bytes,
-                    json.dumps(job.timeline),
-                    job.switch_cap,
-                    job.switch_reason,
-                    tenant.name,
-                    priority,
-                    cost_gpu_s,
-                    owner,
-                    lease_ttl_s,
-                ),
-            )
-            await self._emit(conn, job, state.value)
-            job.lease_owner = owner
-            return job
-
-    @staticmethod
-    async def _check_quota(conn: psycopg.AsyncConnection, tenant: Tenant, cost_gpu_s: float | None) -> None:
-        """QuotaExceeded naming the quota when `tenant` has used it up (under the admission lock): its
-        unfinished jobs, or their predicted GPU-seconds with this job's (`cost_gpu_s`; unpriced jobs count 0)."""
-        if tenant.max_live_jobs is None and tenant.max_queued_gpu_s is None:
-            return
-        cur = await conn.execute(
-            f"SELECT count(*) AS n, coalesce(sum(cost_gpu_s), 0) AS gpu_s FROM srserve_jobs WHERE tenant = %s "
-            f"AND {_LIVE}",
-            (tenant.name,),
-        )
-        row = await cur.fetchone()
-        live, queued = row["n"], float(row["gpu_s"])
-        limit = tenant.max_queued_gpu_s
-        if limit is not None and cost_gpu_s is not None and queued + cost_gpu_s > limit:
-            raise QuotaExceeded(
-                "max_queued_gpu_s",
-                f"max_queued_gpu_s: tenant {tenant.name}'s unfinished jobs are predicted to cost {queued:.1f} "
-                f"GPU-seconds; this one's {cost_gpu_s:.1f} more would pass its limit of {limit:g}; retry when "
-                "one finishes, or ask for less",
-            )
-        if tenant.max_live_jobs is not None and live >= tenant.max_live_jobs:
-            raise QuotaExceeded(
-                "max_live_jobs",
-                f"max_live_jobs: tenant {tenant.name} has {live} unfinished jobs, its limit of "
-                f"{tenant.max_live_jobs}; retry when one finishes",
-            )
+            # One statement, one round trip, in its own transaction: the admission lock it takes is held
+            # only while the server runs it (see admission_sql).
+            sql, checks = admission_sql(limits, handoff is not None, tenant, cost_gpu_s)
+            row = await (
+                await conn.execute(
+                    sql,
+                    {
+                        **checks,
+                        "id": job_id,
+                        "request": json.dumps(request),
+                        "state": state.value,
+                        "created": created,
+                        "deadline": job.deadline,
+                        "num_steps": num_steps,
+                        "switch_step": job.switch_step,
+                        "handoff_key": job.handoff_key,
+                        "handoff_bytes": job.handoff_bytes,
+                        "timeline": json.dumps(job.timeline),
+                        "switch_cap": job.switch_cap,
+                        "switch_reason": job.switch_reason,
+                        "tenant": tenant.name,
+                        "priority": priority,
+                        "cost": cost_gpu_s,
+                        "owner": owner,
+                        "ttl": lease_ttl_s,
+                        "progress": job.overall_progress(),
+                        "message": state.value,
+                        "channel": EVENTS_CHANNEL,
+                    },
+                )
+            ).fetchone()
+        refused = row["refused"]
+        if refused is not None:
+            raise refusal(refused, row["counts"], limits, tenant, cost_gpu_s)
+        job.lease_owner = owner
+        return job
 
     # -- reads ----------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job | None:
@@ -468,12 +438,25 @@ class JobStore:
             return events, None if row is None else _job(row)
 
     async def counts(self) -> dict[str, int]:
+        """Jobs per state, from the counters (migration 0004): the same at any number of jobs."""
         out = {s.value: 0 for s in JobState}
         async with self._tx() as conn:
-            cur = await conn.execute("SELECT state, count(*) AS n FROM srserve_jobs GROUP BY state")
+            cur = await conn.execute(
+                "SELECT c.state, c.n + coalesce(d.n, 0) AS n FROM srserve_state_counts c LEFT JOIN "
+                "(SELECT state, sum(n) AS n FROM srserve_count_deltas GROUP BY state) d USING (state)"
+            )
             for row in await cur.fetchall():
-                out[row["state"]] = row["n"]
+                out[row["state"]] = int(row["n"])
         return out
+
+    async def tenant_usage(self) -> dict[str, tuple[int, float]]:
+        """Each tenant's unfinished jobs and their predicted GPU-seconds, from the counters (its quotas' use)."""
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "SELECT tenant, sum(live) AS live, sum(gpu_s) AS gpu_s FROM (SELECT tenant, live, gpu_s FROM "
+                "srserve_tenant_live UNION ALL SELECT tenant, live, gpu_s FROM srserve_count_deltas) u GROUP BY tenant"
+            )
+            return {r["tenant"]: (int(r["live"]), float(r["gpu_s"])) for r in await cur.fetchall()}
 
     async def tenant_counts(self) -> dict[str, dict[str, int]]:
         """Jobs per state of each tenant that has any (the per-tenant gauges)."""
