@@ -70,14 +70,21 @@ class LocalRayCluster:
             cmdline = " ".join(process.info["cmdline"] or [])
             if "raylet/raylet" not in cmdline or not gcs.search(cmdline):
                 continue
-            if resource is None or re.search(rf"--resource_list=(\S*,)?{resource},", cmdline):
+            if resource is None or re.search(rf"_resource_list=(\S*,)?{resource},", cmdline):
                 out.append(process)
         return out
 
     def node_processes(self, resource: str) -> list[psutil.Process]:
-        """A worker node's raylet and everything it runs (replicas, agents)."""
-        raylets = self._raylets(resource)
-        return [p for raylet in raylets for p in (raylet, *raylet.children(recursive=True))]
+        """A worker node's processes: its raylet, everything the raylet runs (replicas, agents), and the log
+        monitor `ray start` started beside it (its log files carry the raylet's index: raylet.N, log_monitor.N)."""
+        out = []
+        for raylet in self._raylets(resource):
+            out += [raylet, *raylet.children(recursive=True)]
+            index = re.search(r"/raylet\.(\d+)\.out", " ".join(raylet.cmdline()))
+            if index is not None:
+                mark = f"/log_monitor.{index.group(1)}.out"
+                out += [p for p in psutil.process_iter(["cmdline"]) if mark in " ".join(p.info["cmdline"] or [])]
+        return out
 
     def kill_node(self, resource: str) -> int:
         """SIGKILL every process of the node offering `resource`, as a machine that loses power; returns how many."""

@@ -536,12 +536,17 @@ class JobStore:
 
     async def claim(self, owner: str, lease_ttl_s: float, limit: int = 16) -> list[str]:
         """Take over live jobs nobody holds (lease expired or released): the resume path."""
+        # Two index scans (unleased by seq; expired by lease_expires), never a pass over every live job.
         async with self._tx() as conn:
             cur = await conn.execute(
-                f"UPDATE srserve_jobs SET lease_owner = %s, lease_expires = {_NOW} + %s WHERE id IN ("
-                f"SELECT id FROM srserve_jobs WHERE {_LIVE} AND (lease_owner IS NULL OR lease_expires < {_NOW}) "
-                "ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id",
-                (owner, lease_ttl_s, limit),
+                f"UPDATE srserve_jobs SET lease_owner = %(owner)s, lease_expires = {_NOW} + %(ttl)s WHERE id IN ("
+                "SELECT id FROM srserve_jobs WHERE id IN ("
+                f"(SELECT id FROM srserve_jobs WHERE {_LIVE} AND lease_owner IS NULL ORDER BY seq LIMIT %(n)s) "
+                f"UNION ALL (SELECT id FROM srserve_jobs WHERE {_LIVE} AND lease_expires < {_NOW} "
+                "ORDER BY lease_expires LIMIT %(n)s)) "
+                f"AND {_LIVE} AND (lease_owner IS NULL OR lease_expires < {_NOW}) "
+                "ORDER BY seq LIMIT %(n)s FOR UPDATE SKIP LOCKED) RETURNING id",
+                {"owner": owner, "ttl": lease_ttl_s, "n": limit},
             )
             return [r["id"] for r in await cur.fetchall()]
 
