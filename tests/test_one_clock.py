@@ -13,7 +13,7 @@ import time
 
 import psycopg
 
-from srserve.serving.control.database_clock import DatabaseClock
+from srserve.serving.control.database_clock import DatabaseClock, on_this_machine
 from srserve.serving.control.jobs import ErrorCode, JobState
 from srserve.serving.control.progress import ProgressUpdate
 from srserve.serving.control.store import JobStore
@@ -103,3 +103,19 @@ def test_machine_clocks_would_have_failed_the_job(store_dsn: str) -> None:
         return swept
 
     assert [job.id for job in asyncio.run(go())] == ["running"]
+
+
+def test_a_server_on_this_machine_shares_its_clock() -> None:
+    """A loopback or Unix-socket server is read with this machine's clock itself (no estimate, none of its
+    error: two local processes' stamps of one job stay in order); any other host through a DatabaseClock."""
+    for dsn in (
+        "postgresql://postgres@127.0.0.1:5432/srserve",
+        "postgresql://postgres@localhost/srserve",
+        "host=/var/run/postgresql dbname=srserve",
+        "postgresql://postgres@[::1]:5432/srserve",
+    ):
+        assert on_this_machine(dsn), dsn
+        assert JobStore(dsn).clock is time.time
+    for dsn in ("postgresql://u:p@db.internal:5432/srserve", "host=10.0.0.5,127.0.0.1 dbname=srserve"):
+        assert not on_this_machine(dsn), dsn
+        assert isinstance(JobStore(dsn).clock, DatabaseClock)

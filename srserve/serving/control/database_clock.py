@@ -5,6 +5,11 @@ creates a job, a replica on another machine reports its progress, another ingres
 clocks drift apart, so each process's store reads the server's clock (`clock_timestamp()`) now and then and
 keeps its offset from the local clock, corrected by half the round trip; between reads the local clock's
 rate is trusted (drift is seconds a day, the offset is re-read every `refresh_s`).
+
+A server on this machine (a loopback or Unix-socket DSN, the embedded server) shares this machine's clock:
+there the store uses the local clock itself (`on_this_machine`), with none of an estimate's error, so two
+processes' stamps of one job (a sketch's end, its render's start) are never out of order by it. Across
+machines an estimate is within half a round trip; a span between two machines' stamps can be off by that.
 """
 
 from __future__ import annotations
@@ -13,6 +18,19 @@ import time
 from collections.abc import Callable
 
 import psycopg
+import psycopg.conninfo
+
+_LOOPBACK = {"", "localhost", "127.0.0.1", "::1"}
+
+
+def on_this_machine(dsn: str) -> bool:
+    """Whether the DSN names a server on this machine (loopback or a Unix socket): it shares our clock."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return False
+    hosts = [h for h in str(info.get("hostaddr") or info.get("host") or "").split(",")]
+    return all(h in _LOOPBACK or h.startswith("/") for h in hosts)
 
 
 class DatabaseClock:

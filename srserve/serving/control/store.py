@@ -35,7 +35,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from srserve.serving.control.admission import admission_sql, refusal
 from srserve.serving.control.attempts import StopReason
-from srserve.serving.control.database_clock import DatabaseClock
+from srserve.serving.control.database_clock import DatabaseClock, on_this_machine
 from srserve.serving.control.errors import StoreUnavailable
 from srserve.serving.control.jobs import (
     TERMINAL,
@@ -180,8 +180,11 @@ class JobStore:
         self.dsn = dsn
         self.timeout_s = timeout_s
         self.query_timeout_s = query_timeout_s
-        # The database server's clock unless a test drives one by hand (see database_clock).
-        self.clock: Callable[[], float] = clock if clock is not None else DatabaseClock()
+        # The database server's clock (this machine's when the server runs here) unless a test drives one
+        # by hand (see database_clock).
+        if clock is None:
+            clock = time.time if on_this_machine(dsn) else DatabaseClock()
+        self.clock: Callable[[], float] = clock
         self._connection = connection_kwargs(timeout_s, query_timeout_s)
         self._pool = AsyncConnectionPool(
             dsn,

@@ -1,0 +1,147 @@
+"""Admission through the HTTP front door of the tiny deployment, with 1 and 2 ingress replicas.
+
+`srserve serve deploy/tiny.yaml` (a local Ray cluster, the embedded PostgreSQL, under a temporary
+SRSERVE_HOME) with the pools' backlogs raised so that nothing is refused, then REQUESTS concurrent
+POST /v1/videos from THREADS client threads: the admitted rate and each POST's p50 / p99, measured from
+outside. The pools start computing the admitted jobs meanwhile (as they would), so the ingress shares the
+machine with them; every job is cancelled before the next run. The store-only figures (no Ray):
+benchmarks/control_plane_scale.py.
+
+    python benchmarks/front_door_admission.py --out benchmarks/results/front_door_admission.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BODY = {"prompt": "a fox at the front door", "num_inference_steps": 2, "switch": "fixed:1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(path: Path, http_port: int, grpc_port: int, ingress_replicas: int, backlog: int) -> None:
+    spec = yaml.safe_load((ROOT / "deploy" / "tiny.yaml").read_text())
+    spec["http_options"]["port"] = http_port
+    spec["grpc_options"]["port"] = grpc_port
+    args = spec["applications"][0]["args"]
+    for pool in ("sketch_pool", "render_pool"):
+        args[pool]["max_backlog"] = backlog
+    args["ingress"]["num_replicas"] = ingress_replicas
+    path.write_text(yaml.safe_dump(spec))
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _post(base: str) -> tuple[float, int, str | None]:
+    start = time.perf_counter()
+    r = requests.post(base + "/v1/videos", json=BODY, timeout=120)
+    return time.perf_counter() - start, r.status_code, r.json().get("id") if r.status_code == 200 else None
+
+
+def run(ingress_replicas: int, requests_n: int, threads: int, num_cpus: int) -> dict:
+    from srserve.serving.control.database import EmbeddedPostgres
+
+    home = Path(tempfile.mkdtemp(prefix="srserve-frontdoor-"))
+    http_port, grpc_port = _free_port(), _free_port()
+    config = home / "serve.yaml"
+    _config(config, http_port, grpc_port, ingress_replicas, backlog=requests_n + 100)
+    env = {**os.environ, "SRSERVE_HOME": str(home)}
+    env.pop("RAY_ADDRESS", None)
+    log = (home / "serve.log").open("ab")
+    cmd = [sys.executable, "-m", "srserve.cli.main", "serve", str(config), "--num-cpus", str(num_cpus)]
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("srserve serve did not come up: " + (home / "serve.log").read_text()[-3000:])
+            with contextlib.suppress(requests.RequestException):
+                health = requests.get(base + "/health", timeout=5)
+                if health.status_code == 200:
+                    break
+            time.sleep(1)
+        for _ in range(3):  # warm every ingress replica's store connections and code paths
+            _post(base)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            results = list(pool.map(lambda _: _post(base), range(requests_n)))
+        elapsed = time.perf_counter() - start
+        times = [t for t, status, _ in results if status == 200]
+        refused = {str(s): sum(1 for _, st, _ in results if st == s) for s in {st for _, st, _ in results if st != 200}}
+        with ThreadPoolExecutor(threads) as pool:  # nothing left to drain before the next run
+            list(
+                pool.map(
+                    lambda j: requests.post(f"{base}/v1/videos/{j}/cancel", timeout=120), (j for *_, j in results if j)
+                )
+            )
+        return {
+            "ingress_replicas": ingress_replicas,
+            "requests": requests_n,
+            "threads": threads,
+            "admitted": len(times),
+            "refused": refused,
+            "per_s": round(len(times) / elapsed, 1),
+            "p50_ms": round(1000 * statistics.median(times), 1),
+            "p99_ms": round(1000 * _percentile(times, 0.99), 1),
+        }
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(180)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        EmbeddedPostgres(home / "postgres").stop(mode="fast")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replicas", default="1,2", help="ingress replica counts, comma-separated")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--num-cpus", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    runs = []
+    for n in (int(v) for v in args.replicas.split(",")):
+        runs.append(run(n, args.requests, args.threads, args.num_cpus))
+        print(json.dumps(runs[-1]), flush=True)
+    out = {
+        "benchmark": "front_door_admission",
+        "command": "python benchmarks/front_door_admission.py " + " ".join(sys.argv[1:]),
+        "deployment": "deploy/tiny.yaml, pools' max_backlog raised; 1 sketch + 1 render replica computing meanwhile",
+        "runs": runs,
+    }
+    print(json.dumps(out, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
