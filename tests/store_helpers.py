@@ -42,9 +42,13 @@ def processes(pg: EmbeddedPostgres) -> list[psutil.Process]:
 
 
 def freeze(pg: EmbeddedPostgres) -> None:
-    """SIGSTOP the server: it keeps its sockets and answers nothing until `thaw`."""
-    for process in processes(pg):
-        process.send_signal(signal.SIGSTOP)
+    """SIGSTOP the server: it keeps its sockets and answers nothing until `thaw`. The postmaster first, so
+    that it starts no backend meanwhile; a backend that exits before its signal needs none."""
+    postmaster, *children = processes(pg)
+    postmaster.send_signal(signal.SIGSTOP)
+    for process in [*children, *postmaster.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGSTOP)
 
 
 def thaw(pg: EmbeddedPostgres) -> None:

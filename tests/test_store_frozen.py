@@ -86,7 +86,8 @@ def test_a_transaction_in_flight_when_the_server_freezes_is_cut_at_its_bound(ser
 
     async def go():
         dsn = server.ensure_running("in_flight")
-        store = JobStore(dsn, pool_size=2, timeout_s=1.0, query_timeout_s=2.0)
+        # A bound long enough that the statement is seen running (and frozen) well before it cuts.
+        store = JobStore(dsn, pool_size=2, timeout_s=1.0, query_timeout_s=5.0)
         await store.migrate()
 
         async def long_statement():
