@@ -46,6 +46,7 @@ from srserve.serving.config import AdapterRouting, ServingConfig
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore
 from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import open_store
+from srserve.serving.control.dispatch import DispatchPlan
 from srserve.serving.control.edit_uploads import EditUploads, decode_uploads
 from srserve.serving.control.errors import (
     InvalidRequest,
@@ -92,6 +93,17 @@ def stage_call_options(adapter: str | None, routing: AdapterRouting) -> dict[str
     if adapter is None or routing == "none":
         return {}
     return {"multiplexed_model_id": adapter}
+
+
+def dispatch_plan(config: ServingConfig) -> DispatchPlan:
+    """The queue's view of the deployment: the pool each stage is routed to, the stages whose call runs the
+    whole job (colocated), and each tenant's weight in the fair share."""
+    routes = config.pool_layout().routes
+    return DispatchPlan(
+        pools={stage: route.pool for stage, route in routes.items()},
+        whole_job=frozenset(stage for stage, route in routes.items() if {"sketch", "render"} <= set(route.sides)),
+        weights={name: tenant.weight for name, tenant in config.tenants.items()},
+    )
 
 
 def _job_ended(job: Job) -> None:
@@ -147,6 +159,7 @@ class IngressCore:
             _replica_lost,
             on_job_ended=_job_ended,
             bind_job=bind_job,
+            plan=dispatch_plan(config),
         )
         self.events_hub = EventHub(self.store)
 

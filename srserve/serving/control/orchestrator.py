@@ -7,11 +7,18 @@ durable point: a job with a handoff in artifact storage is rendered again, any o
 again. Each stage attempt gets a fencing token from the store, so a superseded attempt still
 running somewhere can no longer write. The stage calls are awaited; nothing here polls a replica.
 
+Before each stage the job waits in the store, not in Ray Serve's router: it is put in line for the
+stage's pool and its driving task awaits a slot there, which any orchestrator may grant by the queue's
+rules (priority, weighted fair share, arrival: control/dispatch.py). A grant is heard at once (its own,
+or another's NOTIFY); the maintenance tick catches any announcement missed. The slot goes back to the
+pool when the stage call returns, however it ended. A retried or resumed job waits again by the same
+rules, with its original arrival order.
+
 Each stage answers a StageResult; what the job needs next follows from it. A stopped attempt's
 reason decides: a job that ended elsewhere (cancelled, failed, deleted) or was taken over by a newer
 attempt is let go; a job past its deadline is failed now (by whoever gets there first: it is
 recorded once); anything else leaves the job live under this orchestrator's lease, so the next
-attempt starts at once (within the attempt cap, past which the job fails with the last reason).
+attempt waits for a slot at once (within the attempt cap, past which the job fails with the last reason).
 
 The pools are reached through `run_stage(stage, ticket)`, so this module knows nothing of Ray; the
 serving layer's metrics and logs through the `on_job_ended` and `bind_job` hooks.
@@ -28,8 +35,16 @@ from typing import Any
 
 from srserve.serving.control.artifacts import ArtifactStore
 from srserve.serving.control.attempts import Outcome, StageResult, StageTicket, StopReason
-from srserve.serving.control.jobs import ARTIFACT_KINDS, ErrorCode, Job, JobState, artifact_prefix
-from srserve.serving.control.store import AttemptsExhausted, JobStore, StoreUnavailable, until_stored
+from srserve.serving.control.dispatch import DISPATCH_CHANNEL, DispatchPlan
+from srserve.serving.control.jobs import ARTIFACT_KINDS, ErrorCode, Job, artifact_prefix
+from srserve.serving.control.store import (
+    STOP_CHANNEL,
+    AttemptsExhausted,
+    JobStore,
+    StoreUnavailable,
+    parse_stop,
+    until_stored,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -66,9 +81,11 @@ class Orchestrator:
         *,
         on_job_ended: Callable[[Job], Any] = lambda job: None,
         bind_job: Callable[[str], Any] = lambda job_id: None,
+        plan: DispatchPlan | None = None,
     ) -> None:
         """`on_job_ended` gets each job this orchestrator ended other than by completing (metrics, the
-        summary log line); `bind_job` runs first in each job's driving task (job-scoped logging)."""
+        summary log line); `bind_job` runs first in each job's driving task (job-scoped logging); `plan` says
+        which pool runs each stage and the tenants' weights (the queue's, control/dispatch.py)."""
         self.store = store
         self.artifacts = artifacts
         self.owner = owner
@@ -77,8 +94,13 @@ class Orchestrator:
         self.replica_lost = replica_lost
         self.on_job_ended = on_job_ended
         self.bind_job = bind_job
+        self.plan = plan or DispatchPlan()
         self._tasks: dict[str, asyncio.Task] = {}
         self._loop_task: asyncio.Task | None = None
+        self._listeners: list[asyncio.Task] = []
+        self._waiters: dict[str, asyncio.Future] = {}  # jobs driven here waiting for a slot
+        self._granting: dict[str, asyncio.Task] = {}  # pool -> its granting task
+        self._again: set[str] = set()  # pools woken since their granting task last looked
 
     # -- driving ----------------------------------------------------------------------------
     def drive(self, job_id: str) -> asyncio.Task:
@@ -108,18 +130,28 @@ class Orchestrator:
                 self._ended(await self.store.fail(job_id, ErrorCode.INTERNAL, short_error(exc)))
 
     async def _attempt(self, job_id: str, last_failure: str | None) -> tuple[bool, str | None]:
-        """One stage attempt (the one the job needs next, decided by the store): whether another
-        follows, and what went wrong in this one (None: nothing did)."""
+        """One stage attempt (the one the job needs next, decided by the store), once the queue gave the job a
+        slot on the stage's pool: whether another follows, and what went wrong in this one (None: nothing did)."""
+        stage = await self._await_slot(job_id)
+        if stage is None:  # ended while waiting (cancelled, swept), or taken over
+            return False, None
+        try:
+            return await self._run_attempt(job_id, stage, last_failure)
+        finally:  # the stage is over, however it ended: its slot goes to the pool's next job
+            with contextlib.suppress(StoreUnavailable):  # else the slot goes when the lease does
+                if (pool := await until_stored(lambda: self.store.free_slot(job_id), 30.0)) is not None:
+                    self.wake(pool)
+
+    async def _run_attempt(self, job_id: str, stage: str, last_failure: str | None) -> tuple[bool, str | None]:
         try:
             attempt = await until_stored(
-                lambda: self.store.begin_attempt(job_id, None, self.owner, self.settings.max_attempts, last_failure)
+                lambda: self.store.begin_attempt(job_id, stage, self.owner, self.settings.max_attempts, last_failure)
             )
         except AttemptsExhausted as exc:  # failed here, with the reason: this orchestrator ended it
             self._ended(exc.job)
             return False, None
         if attempt is None:  # ended elsewhere (cancelled, swept), or taken over
             return False, None
-        stage = "render" if attempt.state == JobState.HANDED_OFF else "sketch"
         ticket = StageTicket(job_id, attempt.fence, attempt.request, attempt.deadline, attempt.handoff_key)
         try:
             result = await self.run_stage(stage, ticket)
@@ -129,6 +161,81 @@ class Orchestrator:
                 return True, f"{stage} replica lost: {short_error(exc)}"
             raise
         return await self._settle(job_id, stage, ticket, result)
+
+    # -- the queue (control/dispatch.py) ------------------------------------------------------
+    async def _await_slot(self, job_id: str) -> str | None:
+        """Put the job in line for its next stage's pool and wait until it holds a slot there: the stage, or
+        None when the job ended meanwhile or is no longer this orchestrator's."""
+        loop = asyncio.get_running_loop()
+        # Each waiter is in place before the store is asked, so no grant can come between unheard.
+        waiter = self._waiters[job_id] = loop.create_future()
+        try:
+            place = await until_stored(lambda: self.store.wait_for_slot(job_id, self.owner, self.plan))
+            if place is None:
+                return None
+            if place.granted:
+                return place.stage
+            while True:
+                self.wake(place.pool)
+                await waiter  # a grant, an end, or a reconnect of the announcements: look again
+                waiter = self._waiters[job_id] = loop.create_future()
+                where = await until_stored(lambda: self.store.slot_state(job_id, self.owner))
+                if where == "gone":
+                    return None
+                if where == "granted":
+                    return place.stage
+        finally:
+            self._waiters.pop(job_id, None)
+
+    def _look_again(self, job_id: str) -> None:
+        waiter = self._waiters.get(job_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def wake(self, pool: str) -> None:
+        """`pool` may have a free slot or a new job waiting: grant what the queue allows (one granting task
+        per pool; a wake while it runs makes it look once more)."""
+        if pool not in self.plan.dispatched:
+            return
+        self._again.add(pool)
+        task = self._granting.get(pool)
+        if task is None or task.done():
+            self._granting[pool] = asyncio.get_running_loop().create_task(self._grant_all(pool))
+
+    async def _grant_all(self, pool: str) -> None:
+        while pool in self._again:
+            self._again.discard(pool)
+            try:
+                while (granted := await self.store.grant(pool, self.plan.weights)) is not None:
+                    job_id, _driver = granted
+                    self._look_again(job_id)  # ours: its driving task goes on; another's hears the NOTIFY
+            except StoreUnavailable as exc:
+                logger.warning("orchestrator: cannot grant %s slots now (%s)", pool, exc)
+            except Exception:
+                logger.exception("orchestrator: granting %s slots failed", pool)
+
+    async def _hear_dispatch(self) -> None:
+        """Grants made by other orchestrators for jobs driven here, slots freed and jobs waiting elsewhere."""
+        async for payload in self.store.listen(DISPATCH_CHANNEL):
+            kind, _, what = payload.partition(":")
+            if kind == "granted":
+                self._look_again(what)
+            elif kind in ("freed", "waiting"):
+                self.wake(what)
+            else:  # (re)connected: announcements may have been missed
+                for job_id in list(self._waiters):
+                    self._look_again(job_id)
+                for pool in self.plan.dispatched:
+                    self.wake(pool)
+
+    async def _hear_stops(self) -> None:
+        """A job that ended while waiting (cancelled, failed by a sweep) stops waiting at once."""
+        async for payload in self.store.listen(STOP_CHANNEL):
+            if payload:
+                self._look_again(parse_stop(payload)[0])
+            else:
+                for job_id in list(self._waiters):
+                    self._look_again(job_id)
 
     async def _settle(
         self, job_id: str, stage: str, ticket: StageTicket, result: StageResult
@@ -161,7 +268,9 @@ class Orchestrator:
 
     # -- leases, resumption, sweeping, retention -----------------------------------------------
     def start(self) -> None:
-        self._loop_task = asyncio.get_event_loop().create_task(self._maintain())
+        loop = asyncio.get_event_loop()
+        self._loop_task = loop.create_task(self._maintain())
+        self._listeners = [loop.create_task(self._hear_dispatch()), loop.create_task(self._hear_stops())]
 
     async def _maintain(self) -> None:
         tick = 0
@@ -185,6 +294,10 @@ class Orchestrator:
             self.drive(job_id)
         for job in await self.store.sweep(s.stall_timeout_s):
             self._ended(job)
+        for job_id in await self.store.granted_to(self.owner):  # a grant whose announcement was missed
+            self._look_again(job_id)
+        for pool in self.plan.dispatched:  # a slot whose announcement was missed (a replica that expired)
+            self.wake(pool)
         if expire:
             await self.expire()
         return claimed
@@ -209,6 +322,8 @@ class Orchestrator:
             _, still = await asyncio.wait(pending, timeout=timeout_s)
         if self._loop_task is not None:
             self._loop_task.cancel()
+        for task in self._listeners:
+            task.cancel()
         with contextlib.suppress(Exception):
             await self.store.release(self.owner)
         return len(still)

@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
@@ -36,6 +36,14 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from srserve.serving.control.admission import admission_sql, refusal
 from srserve.serving.control.attempts import StopReason
 from srserve.serving.control.database_clock import DatabaseClock, on_this_machine
+from srserve.serving.control.dispatch import (
+    DISPATCH_CHANNEL,
+    DISPATCH_LOCK,
+    GRANT_SQL,
+    DispatchPlan,
+    grant_params,
+    stage_charge,
+)
 from srserve.serving.control.errors import StoreUnavailable
 from srserve.serving.control.jobs import (
     TERMINAL,
@@ -58,6 +66,17 @@ _NOW = "extract(epoch from clock_timestamp())"
 _JSON_FIELDS = ("request", "attempts", "timeline", "replicas")
 MIGRATION_BOUND_S = 600.0  # a schema migration may rewrite a large table; API calls never wait on one
 _LIVE = "state NOT IN ('completed', 'failed', 'cancelled')"
+_OUT_OF_QUEUE = {"wait_pool": None, "wait_charge": None, "slot_pool": None}  # neither waiting nor holding a slot
+_UNQUEUE = "wait_pool = NULL, wait_charge = NULL, slot_pool = NULL"
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """A job in line: the stage it waits to run, the pool that runs it, whether it holds the slot already."""
+
+    stage: str
+    pool: str
+    granted: bool
 
 
 class AttemptsExhausted(RuntimeError):
@@ -309,7 +328,7 @@ class JobStore:
         job.timeline.setdefault("finished", job.completed_at)
         if code is not None:
             job.error_code, job.error = code.value, message
-        await self._save(conn, job, lease_owner=None, lease_expires=None)
+        await self._save(conn, job, lease_owner=None, lease_expires=None, **_OUT_OF_QUEUE)
         await self._emit(conn, job, message or state.value)
         if state != JobState.COMPLETED:
             await conn.execute("SELECT pg_notify(%s, %s)", (STOP_CHANNEL, stop_payload(job.id, ended_reason(job))))
@@ -542,7 +561,8 @@ class JobStore:
         # Two index scans (unleased by seq; expired by lease_expires), never a pass over every live job.
         async with self._tx() as conn:
             cur = await conn.execute(
-                f"UPDATE srserve_jobs SET lease_owner = %(owner)s, lease_expires = {_NOW} + %(ttl)s WHERE id IN ("
+                f"UPDATE srserve_jobs SET lease_owner = %(owner)s, lease_expires = {_NOW} + %(ttl)s, {_UNQUEUE} "
+                "WHERE id IN ("
                 "SELECT id FROM srserve_jobs WHERE id IN ("
                 f"(SELECT id FROM srserve_jobs WHERE {_LIVE} AND lease_owner IS NULL ORDER BY seq LIMIT %(n)s) "
                 f"UNION ALL (SELECT id FROM srserve_jobs WHERE {_LIVE} AND lease_expires < {_NOW} "
@@ -567,15 +587,123 @@ class JobStore:
         async with self._tx() as conn:
             if job_ids is None:
                 cur = await conn.execute(
-                    "UPDATE srserve_jobs SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = %s", (owner,)
+                    f"UPDATE srserve_jobs SET lease_owner = NULL, lease_expires = NULL, {_UNQUEUE} "
+                    "WHERE lease_owner = %s",
+                    (owner,),
                 )
             else:
                 cur = await conn.execute(
-                    "UPDATE srserve_jobs SET lease_owner = NULL, lease_expires = NULL "
+                    f"UPDATE srserve_jobs SET lease_owner = NULL, lease_expires = NULL, {_UNQUEUE} "
                     "WHERE lease_owner = %s AND id = ANY(%s)",
                     (owner, list(job_ids)),
                 )
             return cur.rowcount
+
+    # -- the queue (srserve.serving.control.dispatch) -------------------------------------
+    async def wait_for_slot(self, job_id: str, owner: str, plan: DispatchPlan) -> QueuePlace | None:
+        """Put a job `owner` drives in line for the pool its next stage runs on (a job that already holds
+        that pool's slot keeps it). None when the job ended or another orchestrator holds it."""
+        async with self._tx() as conn:
+            cur = await conn.execute("SELECT * FROM srserve_jobs WHERE id = %s FOR UPDATE", (job_id,))
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            job = _job(row)
+            stage = next_stage(job.state, job.handoff_key is not None)
+            if stage is None or job.lease_owner != owner:
+                return None
+            pool = plan.pools[stage]
+            if row["slot_pool"] == pool:
+                return QueuePlace(stage, pool, granted=True)
+            charge = stage_charge(job, stage, stage in plan.whole_job)
+            await conn.execute(
+                "UPDATE srserve_jobs SET wait_pool = %s, wait_charge = %s, slot_pool = NULL WHERE id = %s",
+                (pool, charge, job_id),
+            )
+            await conn.execute("SELECT pg_notify(%s, %s)", (DISPATCH_CHANNEL, f"waiting:{pool}"))
+            return QueuePlace(stage, pool, granted=False)
+
+    async def grant(self, pool: str, weights: Mapping[str, float]) -> tuple[str, str | None] | None:
+        """Give `pool`'s next free slot to the job the queue's rules choose (dispatch.GRANT_SQL): (its id, the
+        orchestrator driving it), or None when the pool has no free slot or nothing waits for it."""
+        async with self._tx() as conn:
+            # One granter per pool at a time, so the count of held slots it reads stays true until it commits.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (DISPATCH_LOCK, pool))
+            row = await (await conn.execute(GRANT_SQL, grant_params(pool, weights))).fetchone()
+            return None if row is None else (row["id"], row["lease_owner"])
+
+    async def slot_state(self, job_id: str, owner: str) -> str:
+        """Where a job `owner` put in line stands: "granted", "waiting", or "gone" (ended, or not its own)."""
+        async with self._tx(transaction=False) as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT state, lease_owner, wait_pool, slot_pool FROM srserve_jobs WHERE id = %s", (job_id,)
+                )
+            ).fetchone()
+        if row is None or row["state"] in TERMINAL or row["lease_owner"] != owner:
+            return "gone"
+        if row["slot_pool"] is not None:
+            return "granted"
+        return "waiting" if row["wait_pool"] is not None else "gone"
+
+    async def free_slot(self, job_id: str) -> str | None:
+        """The job's stage is over: its slot goes back to the pool (returned, and announced)."""
+        async with self._tx() as conn:
+            row = await (
+                await conn.execute(
+                    "WITH held AS (SELECT id, slot_pool FROM srserve_jobs WHERE id = %s AND slot_pool IS NOT NULL "
+                    "FOR UPDATE) UPDATE srserve_jobs j SET slot_pool = NULL FROM held WHERE j.id = held.id "
+                    "RETURNING held.slot_pool AS pool",
+                    (job_id,),
+                )
+            ).fetchone()
+            if row is None:
+                return None
+            await conn.execute("SELECT pg_notify(%s, %s)", (DISPATCH_CHANNEL, f"freed:{row['pool']}"))
+            return row["pool"]
+
+    async def granted_to(self, owner: str) -> list[str]:
+        """The jobs `owner` drives that hold a slot (a grant whose announcement it may have missed)."""
+        async with self._tx(transaction=False) as conn:
+            cur = await conn.execute(
+                "SELECT id FROM srserve_jobs WHERE slot_pool IS NOT NULL AND lease_owner = %s", (owner,)
+            )
+            return [r["id"] for r in await cur.fetchall()]
+
+    async def register_replica(self, replica: str, pool: str, slots: int, ttl_s: float) -> bool:
+        """A pool replica is alive for `ttl_s` more and takes `slots` jobs at once; True when it is new (its
+        pool's dispatchers are woken: there is room now)."""
+        async with self._tx() as conn:
+            row = await (
+                await conn.execute(
+                    "INSERT INTO srserve_pool_replicas (replica, pool, slots, expires) "
+                    f"VALUES (%s, %s, %s, {_NOW} + %s) ON CONFLICT (replica) DO UPDATE SET pool = EXCLUDED.pool, "
+                    "slots = EXCLUDED.slots, expires = EXCLUDED.expires RETURNING (xmax = 0) AS inserted",
+                    (replica, pool, slots, ttl_s),
+                )
+            ).fetchone()
+            inserted = bool(row and row["inserted"])
+            if inserted:
+                await conn.execute("SELECT pg_notify(%s, %s)", (DISPATCH_CHANNEL, f"freed:{pool}"))
+            # Rows of replicas gone without a word (killed) go once well past their time.
+            await conn.execute(f"DELETE FROM srserve_pool_replicas WHERE expires < {_NOW} - 3600")
+            return inserted
+
+    async def unregister_replica(self, replica: str) -> None:
+        async with self._tx() as conn:
+            await conn.execute("DELETE FROM srserve_pool_replicas WHERE replica = %s", (replica,))
+
+    async def pool_capacity(self, pool: str) -> int:
+        """The slots `pool`'s live replicas take (0: none registered)."""
+        async with self._tx(transaction=False) as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT coalesce(sum(slots), 0) AS n FROM srserve_pool_replicas "
+                    f"WHERE pool = %s AND expires > {_NOW}",
+                    (pool,),
+                )
+            ).fetchone()
+            return int(row["n"]) if row else 0
 
     # -- attempts' writes (the workers) ---------------------------------------------------
     async def apply_progress(self, updates: list[ProgressUpdate]) -> dict[tuple[str, int], StopReason]:

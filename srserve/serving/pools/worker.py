@@ -43,6 +43,7 @@ from srserve.serving.control.attempts import StageResult, StageTicket
 from srserve.serving.control.database import JobStoreConfig, open_store
 from srserve.serving.control.edit_uploads import decode_stored, stored_parts
 from srserve.serving.control.progress import AttemptReporter, ProgressChannel
+from srserve.serving.control.replica_slots import ReplicaSlots, replica_slots
 from srserve.serving.ops.job_logging import bind_job, log_job_finished
 from srserve.serving.ops.metrics import record_adapter_counts, record_adapter_routing, record_job_finished
 from srserve.serving.ops.replica_operations import ReplicaOperations
@@ -56,6 +57,14 @@ def replica_id() -> str:
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # outside a replica (unit tests)
         return "local"
+
+
+def max_ongoing_requests() -> int | None:
+    """This replica's deployment's max_ongoing_requests (None outside a replica)."""
+    try:
+        return int(serve.get_replica_context()._deployment_config.max_ongoing_requests)
+    except Exception:
+        return None
 
 
 class AdapterToken:
@@ -94,6 +103,11 @@ class PoolWorker(ReplicaOperations):
         self.store = open_store(job_store)
         self.artifacts = ArtifactStore.from_config(artifacts)
         self.progress = ProgressChannel(self.store).start()
+        # The queue's capacity counts this replica while it lives (the text pool's calls ride on the sketch's).
+        self.slots: ReplicaSlots | None = None
+        if self.pool_name != "text":
+            slots = replica_slots(max_ongoing_requests())
+            self.slots = ReplicaSlots(self.store, replica_id(), self.pool_name, slots).start()
         self._lock = threading.Lock()
         self.busy_s = 0.0
         self.jobs_done = 0
