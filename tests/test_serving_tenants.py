@@ -208,3 +208,56 @@ def test_max_live_jobs_is_refused_naming_the_quota(tenants_app) -> None:
         assert _call("POST", base, f"/v1/videos/{job_id}/cancel", A_OLD).status_code == 200
     assert _call("POST", base, "/v1/videos", A_OLD, json=QUICK).status_code == 200  # room again
     _wait(base, B_TOKEN, other.json()["id"])
+
+
+def test_jobs_wait_in_the_store_and_the_higher_priority_runs_first(tenants_app) -> None:
+    """The sketch pool's slots held (as by long jobs): everything new waits in the store, not in Serve's
+    router. Freed, the slots go by the queue's rules: a's priority-2 job, though it came last, is in the first
+    round of grants, ahead of b's later jobs, which run in their arrival order."""
+    import asyncio
+
+    from srserve.serving.control.database import JobStoreConfig, resolve_dsn
+    from srserve.serving.control.jobs import PoolBacklog
+    from srserve.serving.control.store import JobStore
+
+    base = tenants_app["http"]
+    store = JobStore(resolve_dsn(JobStoreConfig(), APP))
+    loop = asyncio.new_event_loop()
+    holders = [f"video_holder{i}" for i in range(4)]
+    limits = (PoolBacklog("sketch", frozenset({"sketch"}), 1000),)
+    try:
+        capacity = max(1, loop.run_until_complete(store.pool_capacity("sketch")))
+        for job_id in holders[:capacity]:  # live jobs of nobody's, holding every sketch slot
+            loop.run_until_complete(store.create(job_id, dict(QUICK), 2, None, "test-holder", 600, limits))
+            loop.run_until_complete(_hold_slot(store, job_id))
+        b_jobs = [_call("POST", base, "/v1/videos", B_TOKEN, json={**QUICK, "seed": i}).json()["id"] for i in range(4)]
+        a_job = _call("POST", base, "/v1/videos", A_OLD, json={**QUICK, "priority": 2}).json()["id"]
+        for job_id in [*b_jobs, a_job]:  # every one in line for the sketch pool, none granted
+            while loop.run_until_complete(_waiting_for(store, job_id)) != "sketch":
+                time.sleep(0.05)
+        for job_id in holders[:capacity]:
+            loop.run_until_complete(store.cancel(job_id))  # the slots free (the orchestrators' tick hands them out)
+        jobs = {job_id: _wait(base, B_TOKEN if job_id in b_jobs else A_OLD, job_id) for job_id in [*b_jobs, a_job]}
+    finally:
+        for job_id in holders:
+            loop.run_until_complete(store.forget(job_id))
+        loop.run_until_complete(store.close())
+        loop.close()
+    assert all(job["status"] == "completed" for job in jobs.values()), jobs
+    started = {job_id: job["srserve"]["timeline"]["sketch_start"] for job_id, job in jobs.items()}
+    b_order = sorted(b_jobs, key=started.__getitem__)
+    assert b_order == b_jobs  # b's own jobs in arrival order
+    # The first round of grants fills `capacity` slots: a's job and b's first ones; b's next one comes after a's
+    # started (its slot frees only when a job of the first round has finished).
+    assert started[a_job] < started[b_jobs[capacity - 1]], (capacity, started)
+
+
+async def _hold_slot(store, job_id: str) -> None:
+    async with store._tx() as conn:
+        await conn.execute("UPDATE srserve_jobs SET slot_pool = 'sketch' WHERE id = %s", (job_id,))
+
+
+async def _waiting_for(store, job_id: str) -> str | None:
+    async with store._tx() as conn:
+        row = await (await conn.execute("SELECT wait_pool FROM srserve_jobs WHERE id = %s", (job_id,))).fetchone()
+        return None if row is None else row["wait_pool"]
