@@ -56,7 +56,7 @@ async def drain(store: JobStore, pool: str = "sketch", weights=None) -> list[str
     order = []
     while (granted := await store.grant(pool, weights or {})) is not None:
         order.append(granted[0])
-        assert await store.free_slot(granted[0]) == pool
+        assert await store.free_slot(granted[0], "o") == pool
     return order
 
 
@@ -129,7 +129,7 @@ async def drain_n(store: JobStore, n: int) -> list[str]:
         granted = await store.grant("sketch", {})
         assert granted is not None
         order.append(granted[0])
-        await store.free_slot(granted[0])
+        await store.free_slot(granted[0], "o")
     return order
 
 
@@ -147,7 +147,8 @@ def test_capacity_is_the_live_replicas_slots(store_dsn: str) -> None:
         granted = [await store.grant("sketch", {}) for _ in range(4)]
         assert [g is not None for g in granted] == [True, True, True, False]  # 1 held before + 3 = 4 slots
         assert await store.grant("render", {}) is None  # another pool's slots are its own
-        await store.free_slot(granted[0][0])
+        assert await store.free_slot(granted[0][0], "a-former-driver") is None  # not its slot to free
+        await store.free_slot(granted[0][0], "o")
         assert await store.grant("sketch", {}) is not None
         await store.unregister_replica("r2")
         assert await store.pool_capacity("sketch") == 2

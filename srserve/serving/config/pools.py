@@ -48,8 +48,8 @@ class PoolConfig(BaseModel):
     autoscaling_config: dict[str, Any] | None = None
     # Ray actor options: num_gpus / accelerator_type / resources pick the GPU kind for the pool.
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.5})
-    # >1 keeps the next requests queued inside the replica (one runs at a time behind a lock),
-    # so the GPU never waits for the router between requests.
+    # >1 lets the next job wait inside the replica (one runs at a time behind a lock), so the GPU never
+    # waits between jobs; the store's queue hands each replica at most min(this, 2) jobs at once.
     max_ongoing_requests: int = Field(4, ge=1)
     max_queued_requests: int = Field(64, ge=-1)
     # Admission control: jobs waiting for or running in this pool, beyond which new jobs are refused.

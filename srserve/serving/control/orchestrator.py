@@ -139,7 +139,7 @@ class Orchestrator:
             return await self._run_attempt(job_id, stage, last_failure)
         finally:  # the stage is over, however it ended: its slot goes to the pool's next job
             with contextlib.suppress(StoreUnavailable):  # else the slot goes when the lease does
-                if (pool := await until_stored(lambda: self.store.free_slot(job_id), 30.0)) is not None:
+                if (pool := await until_stored(lambda: self.store.free_slot(job_id, self.owner), 30.0)) is not None:
                     self.wake(pool)
 
     async def _run_attempt(self, job_id: str, stage: str, last_failure: str | None) -> tuple[bool, str | None]:

@@ -646,15 +646,16 @@ class JobStore:
             return "granted"
         return "waiting" if row["wait_pool"] is not None else "gone"
 
-    async def free_slot(self, job_id: str) -> str | None:
-        """The job's stage is over: its slot goes back to the pool (returned, and announced)."""
+    async def free_slot(self, job_id: str, owner: str) -> str | None:
+        """The job's stage is over: the slot it holds for `owner` goes back to the pool (returned, and
+        announced). A job taken over meanwhile keeps the slot its new driver got."""
         async with self._tx() as conn:
             row = await (
                 await conn.execute(
                     "WITH held AS (SELECT id, slot_pool FROM srserve_jobs WHERE id = %s AND slot_pool IS NOT NULL "
-                    "FOR UPDATE) UPDATE srserve_jobs j SET slot_pool = NULL FROM held WHERE j.id = held.id "
-                    "RETURNING held.slot_pool AS pool",
-                    (job_id,),
+                    "AND lease_owner = %s FOR UPDATE) UPDATE srserve_jobs j SET slot_pool = NULL FROM held "
+                    "WHERE j.id = held.id RETURNING held.slot_pool AS pool",
+                    (job_id, owner),
                 )
             ).fetchone()
             if row is None:
