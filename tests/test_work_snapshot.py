@@ -193,11 +193,10 @@ def test_the_snapshot_prices_as_every_live_job(store_dsn: str) -> None:
 
     clock, (jobs, snapshot, counts) = run(go())
     live = [j for j in jobs if not j.terminal]
-    waiting = [j for j in live if j.state in (S.QUEUED, S.HANDED_OFF)]
     # The mix is what it should be: every state, groups of alike jobs, waiting jobs that carry samples.
     assert {j.state for j in live} == {S.QUEUED, S.HANDED_OFF, *RUNNING_STATES}
-    assert snapshot.jobs == len(live) and len(snapshot.waiting) < len(waiting)
-    assert any(n > 1 for _, n in snapshot.waiting)
+    assert snapshot.jobs == len(live) and len(snapshot.groups) < len(live)
+    assert any(n > 1 for j, n in snapshot.groups if j.state == S.QUEUED)
     assert {j.tenant for j in live} == {"default", "a", "b"}
     assert len([j for j in jobs if j.terminal]) == 32
     carried = [j for j in snapshot.measured if j.state in (S.QUEUED, S.HANDED_OFF)]
@@ -224,7 +223,8 @@ def test_the_snapshot_prices_as_every_live_job_other_mixes(store_dsn: str, seed:
 
 def test_older_samples_behind_many_newer_waiting_jobs_are_read(store_dsn: str) -> None:
     """Each measured quantity's newest samples, however many newer waiting jobs lack it: sized step times and
-    adaptive switch fractions behind 40 newer unsized fixed-switch jobs, all back from a render attempt."""
+    adaptive switch fractions behind 40 newer unsized fixed-switch jobs back from a render attempt, and the
+    newest running stages' progress, which no other quantity's read holds."""
 
     async def go():
         clock = Clock(9_000.0)
@@ -235,6 +235,14 @@ def test_older_samples_behind_many_newer_waiting_jobs_are_read(store_dsn: str) -
             await maker.make(f"adaptive{i}", "handed_after_render", request(SWITCHES[3], 20, None), 20, TENANTS[2])
         for i in range(40):
             await maker.make(f"new{i}", "handed_after_render", request(SWITCHES[0], 20, None), 20, TENANTS[1])
+        for i in range(3):  # newest: running stages' progress only (encoded elsewhere, no earlier spans)
+            for job_id in (f"sketching{i}", f"rendering{i}"):
+                await store.create(job_id, request(SWITCHES[0], 20, None), 20, None, "o", 3600, LIMITS)
+                fence = (await store.begin_attempt(job_id, "sketch", "o", 9)).fence
+                await maker.up(job_id, fence, S.SKETCHING, 2, 5, sketch_start=maker.t())
+            await store.record_handoff(f"rendering{i}", fence, "k", 10, 5, {})
+            fence = (await store.begin_attempt(f"rendering{i}", "render", "o", 9)).fence
+            await maker.up(f"rendering{i}", fence, S.RENDERING, 8, 20, render_start=maker.t())
         read = await _read(store)
         await store.close()
         return clock, read
@@ -248,7 +256,8 @@ def test_older_samples_behind_many_newer_waiting_jobs_are_read(store_dsn: str) -
 
 
 def test_rows_read_stay_bounded_with_waiting_jobs(store_dsn: str) -> None:
-    """2,000 more alike waiting jobs add at most one row to the snapshot, and price the same."""
+    """2,000 more alike waiting jobs and 200 alike running ones add at most a row each to the snapshot,
+    and price the same."""
 
     async def go():
         store, clock = await varied_store(store_dsn)
@@ -256,15 +265,20 @@ def test_rows_read_stay_bounded_with_waiting_jobs(store_dsn: str) -> None:
         req = request(SWITCHES[2], 30, SMALL)
         for i in range(2000):
             await store.create(f"many{i}", req, 30, None, "o", 3600, LIMITS, tenant=TENANTS[1])
+        for i in range(200):
+            await store.create(f"busy{i}", req, 30, None, "o", 3600, LIMITS, tenant=TENANTS[1])
+            fence = (await store.begin_attempt(f"busy{i}", "sketch", "o", 9)).fence
+            await store.apply_progress([ProgressUpdate(f"busy{i}", fence, S.SKETCHING, 3, 9, {})])
         read = await _read(store)
         await store.close()
         return clock, before, read
 
     clock, before, (jobs, after, counts) = run(go())
-    assert after.jobs == before.jobs + 2000
-    assert after.rows <= before.rows + 1
+    assert after.jobs == before.jobs + 2200
+    assert after.rows <= before.rows + 2
     assert after.rows < 1000 < len(jobs)
-    assert max(n for _, n in after.waiting) >= 2000
+    second, largest = sorted(n for _, n in after.groups)[-2:]
+    assert second >= 200 and largest >= 2000
     assert_prices_alike(jobs, after, counts, clock.now + 1.0)
 
 

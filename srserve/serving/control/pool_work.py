@@ -9,7 +9,7 @@ A pool's work is then, over the jobs waiting for or running in it,
 which is what its autoscaling policy scales on (srserve.serving.ops.autoscaling), not request counts:
 a 50-step 81-frame job and a 4-step preview are not the same load. Plain Python, no Ray.
 
-The pricing takes a list of jobs or the store's WorkSnapshot (control/work_snapshot.py: alike waiting jobs
+The pricing takes a list of jobs or the store's WorkSnapshot (control/work_snapshot.py: alike unfinished jobs
 as one job and a count), which prices the same with rows that do not grow with the waiting jobs.
 """
 
@@ -169,7 +169,7 @@ def estimate_pool_work(
     snapshot = WorkSnapshot.of(jobs)
     times = times or measure_stage_times(snapshot, now)  # finished jobs carry the measurements
     tally = _Tally(pool)
-    for job, n in snapshot.work():  # unfinished jobs only
+    for job, n in snapshot.groups:  # unfinished jobs only
         tally.n = n
         encoded = "encode_end" in job.timeline
         sketch_total = expected_sketch_steps(job, times.adaptive_switch_fraction)

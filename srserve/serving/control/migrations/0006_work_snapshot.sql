@@ -1,20 +1,28 @@
 -- The work snapshot (srserve.serving.control.work_snapshot) and the per-tenant job counts, read without a
 -- pass over every live job.
 --
--- Waiting jobs that carry a measured quantity (stamps of an earlier attempt: a handed-off job's encode and
--- sketch): the newest of each are read by creation order through these indexes, which hold only such jobs.
--- Their predicates are the snapshot's, word for word (work_snapshot.SAMPLE_KINDS), so the planner uses them.
-CREATE INDEX IF NOT EXISTS srserve_jobs_waiting_encode ON srserve_jobs (seq)
-    WHERE state IN ('queued', 'handed_off') AND timeline ?& ARRAY['encode_start', 'encode_end'];
-CREATE INDEX IF NOT EXISTS srserve_jobs_waiting_sketch ON srserve_jobs (seq)
-    WHERE state IN ('queued', 'handed_off') AND switch_step <> 0 AND timeline ?& ARRAY['sketch_start', 'sketch_end'];
-CREATE INDEX IF NOT EXISTS srserve_jobs_waiting_render ON srserve_jobs (seq)
-    WHERE state IN ('queued', 'handed_off') AND num_steps > switch_step
+-- Unfinished jobs that carry a measured quantity (a running stage's progress, or stamps of an earlier stage:
+-- a handed-off job's encode and sketch): the newest of each are read by creation order through these
+-- indexes, which hold only such jobs. Their predicates are the snapshot's, word for word
+-- (work_snapshot.SAMPLE_KINDS), so the planner uses them.
+CREATE INDEX IF NOT EXISTS srserve_jobs_sample_encode ON srserve_jobs (seq)
+    WHERE state NOT IN ('completed', 'failed', 'cancelled') AND timeline ?& ARRAY['encode_start', 'encode_end'];
+CREATE INDEX IF NOT EXISTS srserve_jobs_sample_sketch ON srserve_jobs (seq)
+    WHERE state NOT IN ('completed', 'failed', 'cancelled') AND switch_step <> 0
+      AND timeline ?& ARRAY['sketch_start', 'sketch_end'];
+CREATE INDEX IF NOT EXISTS srserve_jobs_sample_sketching ON srserve_jobs (seq)
+    WHERE state NOT IN ('completed', 'failed', 'cancelled') AND state = 'sketching' AND step > 0
+      AND timeline ? 'sketch_start';
+CREATE INDEX IF NOT EXISTS srserve_jobs_sample_render ON srserve_jobs (seq)
+    WHERE state NOT IN ('completed', 'failed', 'cancelled') AND num_steps > switch_step
       AND timeline ?& ARRAY['render_start', 'decode_start'];
-CREATE INDEX IF NOT EXISTS srserve_jobs_waiting_decode ON srserve_jobs (seq)
-    WHERE state IN ('queued', 'handed_off') AND timeline ?& ARRAY['decode_start', 'render_end'];
-CREATE INDEX IF NOT EXISTS srserve_jobs_waiting_switch ON srserve_jobs (seq)
-    WHERE state IN ('queued', 'handed_off') AND switch_step IS NOT NULL AND num_steps <> 0
+CREATE INDEX IF NOT EXISTS srserve_jobs_sample_rendering ON srserve_jobs (seq)
+    WHERE state NOT IN ('completed', 'failed', 'cancelled') AND state = 'rendering' AND step > switch_step
+      AND timeline ? 'render_start';
+CREATE INDEX IF NOT EXISTS srserve_jobs_sample_decode ON srserve_jobs (seq)
+    WHERE state NOT IN ('completed', 'failed', 'cancelled') AND timeline ?& ARRAY['decode_start', 'render_end'];
+CREATE INDEX IF NOT EXISTS srserve_jobs_sample_switch ON srserve_jobs (seq)
+    WHERE state NOT IN ('completed', 'failed', 'cancelled') AND switch_step IS NOT NULL AND num_steps <> 0
       AND request->'switch'->>'kind' = 'adaptive';
 
 -- Jobs per tenant and state (JobStore.tenant_counts: the per-tenant gauges), kept as migration 0004 keeps
