@@ -6,7 +6,7 @@ Reading every live job made each of those reads cost O(live jobs) in rows and Py
 in one REPEATABLE READ transaction (one consistent view):
 
 - unfinished jobs, counted in SQL: one row per group of jobs alike in everything their pricing reads
-  (state, step, step count, switch step, switch policy, size, whether encoded, when a decode began, tenant);
+  (state, step, step count, switch step, switch policy, whether encoded, when a decode began, tenant);
   the group's job carries only those fields. Waiting jobs fall into a few groups, running ones into a few
   per step (decoding ones each alone: its own decode start; they are few);
 - the newest `recent` finished jobs, whole: their stamps price a step;
@@ -32,22 +32,20 @@ from srserve.serving.control.jobs import Job, JobState
 
 LIVE = "state NOT IN ('completed', 'failed', 'cancelled')"
 
-# What pricing an unfinished job reads (pool_work.estimate_pool_work; request_limits.job_units for its size):
-# of its request, the switch and the size; of its stamps, whether it is encoded and when a decode began.
-_REQUEST_KEYS = ("switch", "width", "height", "num_frames", "guidance_scale")
+# What pricing an unfinished job reads (pool_work.estimate_pool_work): of its request, only the switch (its
+# size prices nothing queued: step times per unit of size are measured on whole rows); of its stamps, whether
+# it is encoded and when a decode began.
 _DECODE_START = "CASE WHEN state = 'decoding' THEN timeline->'decode_start' END"
-_GROUP_BY = (
-    "state, step, num_steps, switch_step, tenant, "
-    + ", ".join(f"request->'{k}'" for k in _REQUEST_KEYS)
-    + f", timeline ? 'encode_end', {_DECODE_START}"
-)
+_GROUP_BY = f"state, step, num_steps, switch_step, tenant, request->'switch', timeline ? 'encode_end', {_DECODE_START}"
 GROUPS_SQL = (
-    "SELECT state, step, num_steps, switch_step, tenant, "
-    + ", ".join(f"request->'{k}' AS {k}" for k in _REQUEST_KEYS)
-    + ", timeline ? 'encode_end' AS encoded, max((timeline->>'encode_end')::double precision) AS encode_end, "
-    f"{_DECODE_START} AS decode_start, min(id) AS id, min(seq) AS seq, min(created_at) AS created_at, "
-    f"count(*) AS n FROM srserve_jobs WHERE {LIVE} GROUP BY {_GROUP_BY}"
+    "SELECT state, step, num_steps, switch_step, tenant, request->'switch' AS switch, timeline ? 'encode_end' AS "
+    f"encoded, max((timeline->>'encode_end')::double precision) AS encode_end, {_DECODE_START} AS decode_start, "
+    f"min(id) AS id, min(seq) AS seq, min(created_at) AS created_at, count(*) AS n "
+    f"FROM srserve_jobs WHERE {LIVE} GROUP BY {_GROUP_BY}"
 )
+# The planner has no statistics on the JSON keys, expects a group per row and would sort every live job:
+# the groups are few, hashing them is the cheap plan.
+_HASH_GROUPS = "SET LOCAL enable_sort = off; SET LOCAL enable_incremental_sort = off"
 FINISHED_SQL = f"SELECT * FROM srserve_jobs WHERE NOT ({LIVE}) ORDER BY seq DESC LIMIT %(recent)s"
 
 
@@ -57,7 +55,9 @@ def _span(start: str, end: str) -> str:
 
 
 # job_units (request_limits) is not None: the four sizes are numbers.
-_SIZED = " AND ".join(f"jsonb_typeof(request->'{k}') = 'number'" for k in _REQUEST_KEYS[1:])
+_SIZED = " AND ".join(
+    f"jsonb_typeof(request->'{k}') = 'number'" for k in ("width", "height", "num_frames", "guidance_scale")
+)
 
 # Per measured quantity (pool_work.measure_stage_times): the partial index's predicate over live jobs
 # (migration 0006, the same text) and what makes a job it holds a sample. A quantity's samples may come
@@ -131,7 +131,7 @@ class WorkSnapshot:
 
 def _group_job(row: dict[str, Any]) -> Job:
     """The job that stands for one group of alike unfinished jobs: the fields their pricing reads."""
-    request = {k: row[k] for k in _REQUEST_KEYS if row[k] is not None}
+    request = {"switch": row["switch"]} if row["switch"] is not None else {}
     timeline = {"encode_end": row["encode_end"]} if row["encoded"] else {}
     if row["decode_start"] is not None:
         timeline["decode_start"] = row["decode_start"]
@@ -153,6 +153,7 @@ async def read_work_snapshot(
 ) -> WorkSnapshot:
     """Read the snapshot on `conn`, inside a transaction not yet used (`job_of`: a whole row as a Job)."""
     await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    await conn.execute(_HASH_GROUPS)
     args = {"recent": recent}
     groups = await (await conn.execute(GROUPS_SQL)).fetchall()
     finished = await (await conn.execute(FINISHED_SQL, args)).fetchall()
