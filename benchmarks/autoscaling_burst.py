@@ -30,6 +30,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from srserve.serving.config import DeployFile, ServingConfig
 from srserve.serving.control.database import open_store
 from srserve.serving.control.pool_work import estimate_pool_work
+from srserve.serving.control.work_snapshot import WorkSnapshot
 from srserve.serving.launcher import deploy, ensure_ray
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -43,8 +44,8 @@ class StoreReader:
         self.loop = asyncio.new_event_loop()
         self.store = open_store(serving.resolved().job_store)
 
-    def read(self) -> tuple[list, dict[str, int]]:
-        jobs = self.loop.run_until_complete(self.store.jobs_for_work())
+    def read(self) -> tuple[WorkSnapshot, dict[str, int]]:
+        jobs = self.loop.run_until_complete(self.store.work_snapshot())
         return jobs, self.loop.run_until_complete(self.store.counts())
 
 

@@ -4,8 +4,8 @@ With 100, 10,000 and 100,000 live jobs pre-loaded (one bulk INSERT ... generate_
 admissions per second and the p50/p99 admission time with one and with four concurrent admitting
 processes (each its own JobStore, as ingress replicas are), the time of a claim (the resume path's poll,
 nothing to take) and of a heartbeat (one orchestrator's 16 leases), and of the load snapshot the
-load-aware switch and the autoscaling metric read (store.load_snapshot when the store has it, else
-jobs_for_work + load_snapshot over every live job).
+load-aware switch and the autoscaling metric read (store.work_snapshot + load_snapshot when the store has
+it, else jobs_for_work + load_snapshot over every live job).
 
 Run it against any checkout's srserve with PYTHONPATH (the code measured is whichever srserve imports):
 
@@ -136,10 +136,10 @@ async def _timed(call, repeats: int) -> dict[str, Any]:
 
 
 async def _snapshot(store: JobStore):
-    if hasattr(store, "load_snapshot"):
-        return await store.load_snapshot(1, 1)
     from srserve.serving.control.load_switch import load_snapshot
 
+    if hasattr(store, "work_snapshot"):
+        return load_snapshot(await store.work_snapshot(), store.clock(), 1, 1)
     return load_snapshot(await store.jobs_for_work(), store.clock(), 1, 1)
 
 

@@ -308,7 +308,7 @@ class IngressCore:
         cost = None
         queued_quota = tenant is not None and tenant.max_queued_gpu_s is not None
         if limits.max_gpu_s is not None or queued_quota:  # priced with the store's measured step times
-            jobs, now, devices = await self.store.jobs_for_work(), self.store.clock(), self.layout.devices()
+            jobs, now, devices = await self.store.work_snapshot(), self.store.clock(), self.layout.devices()
             cost = check_cost(limits, resolved, jobs, now, devices)
             if cost is None and queued_quota:
                 cost = predicted_gpu_s(resolved, unit_step_times(jobs, now), devices, limits.assumed_step_s)
@@ -385,7 +385,7 @@ class IngressCore:
     async def _choose_switch(self, request: ResolvedRequest, deadline_s: float | None) -> SwitchChoice:
         """The load-aware switch's cap for a new job, from the pools' queued work in the store."""
         cfg = self.config
-        jobs = await self.store.jobs_for_work()
+        jobs = await self.store.work_snapshot()
         layout = self.layout
         load = load_snapshot(
             jobs,

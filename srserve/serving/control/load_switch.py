@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from srserve.engine.request import SwitchPolicy
 from srserve.serving.control.jobs import Job
 from srserve.serving.control.pool_work import estimate_pool_work, measure_stage_times
+from srserve.serving.control.work_snapshot import WorkSnapshot
 
 REASONS = ("unmeasured", "adaptive", "balance", "slo", "floor")
 
@@ -121,7 +122,7 @@ def choose_switch(
 
 
 def load_snapshot(
-    jobs: list[Job],
+    jobs: list[Job] | WorkSnapshot,
     now: float,
     sketch_replicas: int,
     render_replicas: int,
@@ -129,11 +130,13 @@ def load_snapshot(
     pools: tuple[str, str] = ("sketch", "render"),
     text_pool: bool = False,
 ) -> LoadSnapshot:
-    """The snapshot of the store's jobs (live ones plus recent finished ones, which price a step).
+    """The load of the store's jobs (live ones plus recent finished ones, which price a step), from a list
+    of them or the store's WorkSnapshot.
 
     `pools` are the pools running the sketch and the render phase. When one pool runs both (colocated
     replicas), all its work counts as the sketch side's and the render side has no queue of its own:
     the cap then moves only for the SLO."""
+    jobs = WorkSnapshot.of(jobs)
     times = measure_stage_times(jobs, now)
     sketch_pool, render_pool = pools
     sketch = estimate_pool_work(jobs, sketch_pool, now, include_encode=not text_pool, times=times)

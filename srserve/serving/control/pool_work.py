@@ -8,6 +8,9 @@ A pool's work is then, over the jobs waiting for or running in it,
 
 which is what its autoscaling policy scales on (srserve.serving.ops.autoscaling), not request counts:
 a 50-step 81-frame job and a 4-step preview are not the same load. Plain Python, no Ray.
+
+The pricing takes a list of jobs or the store's WorkSnapshot (control/work_snapshot.py: alike unfinished jobs
+as one job and a count), which prices the same with rows that do not grow with the waiting jobs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Literal
 
 from srserve.engine.request import stored_switch
 from srserve.serving.control.jobs import Job, JobState
+from srserve.serving.control.work_snapshot import WorkSnapshot
 from srserve.workload.timeline import Timeline
 
 Pool = Literal["text", "sketch", "render", "colocated"]
@@ -79,12 +83,18 @@ def _step_samples(job: Job, t: Timeline, now: float, unit: float, sketch: list[f
 
 
 def measure_stage_times(
-    jobs: Iterable[Job], now: float, recent: int = RECENT_SAMPLES, per: Callable[[Job], float | None] | None = None
+    jobs: Iterable[Job] | WorkSnapshot,
+    now: float,
+    recent: int = RECENT_SAMPLES,
+    per: Callable[[Job], float | None] | None = None,
 ) -> StageTimes:
-    """Median stage durations over the newest jobs; a job still in a stage counts by its progress.
+    """Median stage durations over the newest jobs (in creation order; a snapshot's measured ones); a job
+    still in a stage counts by its progress.
 
     `per`: each job's step times divided by `per(job)` (its size: jobs of different sizes then price one
     unit of work alike); a job it gives None for leaves its steps unmeasured."""
+    if isinstance(jobs, WorkSnapshot):
+        jobs = jobs.measured
     encode: list[float] = []
     sketch: list[float] = []
     render: list[float] = []
@@ -121,39 +131,51 @@ def expected_sketch_steps(job: Job, adaptive_fraction: float | None) -> int:
 
 
 class _Tally:
+    """A pool's work, added job by job; `n`: how many alike jobs the one priced stands for."""
+
     def __init__(self, pool: str) -> None:
         self.work = PoolWork(pool)
+        self.n = 1
+
+    def job(self) -> None:
+        self.work.jobs += self.n
 
     def steps(self, count: int, step_s: float | None) -> None:
         count = max(0, count)
-        self.work.remaining_steps += count
+        self.work.remaining_steps += count * self.n
         if step_s is None:
-            self.work.unpriced_steps += count
+            self.work.unpriced_steps += count * self.n
         else:
-            self.work.work_s += count * step_s
+            self.work.work_s += count * step_s * self.n
 
     def fixed(self, seconds: float | None) -> None:
         if seconds is not None:
-            self.work.work_s += max(0.0, seconds)
+            self.work.work_s += max(0.0, seconds) * self.n
+
+    def incoming(self, seconds: float) -> None:
+        self.work.incoming_s += seconds * self.n
 
 
 def estimate_pool_work(
-    jobs: Iterable[Job], pool: str, now: float, include_encode: bool = True, times: StageTimes | None = None
+    jobs: Iterable[Job] | WorkSnapshot,
+    pool: str,
+    now: float,
+    include_encode: bool = True,
+    times: StageTimes | None = None,
 ) -> PoolWork:
     """The queue of work of `pool` (see the module docstring); `include_encode` when its replicas encode."""
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}; known: {', '.join(POOLS)}")
-    jobs = list(jobs)
-    times = times or measure_stage_times(jobs, now)  # finished jobs carry the measurements
+    snapshot = WorkSnapshot.of(jobs)
+    times = times or measure_stage_times(snapshot, now)  # finished jobs carry the measurements
     tally = _Tally(pool)
-    for job in jobs:
-        if job.terminal:
-            continue
+    for job, n in snapshot.groups:  # unfinished jobs only
+        tally.n = n
         encoded = "encode_end" in job.timeline
         sketch_total = expected_sketch_steps(job, times.adaptive_switch_fraction)
         if pool == "text":
             if job.state in _BEFORE_SKETCH and not encoded:
-                tally.work.jobs += 1
+                tally.job()
                 tally.fixed(times.encode_s)
             continue
         in_sketch = job.state in _SKETCH_STATES
@@ -173,19 +195,19 @@ def estimate_pool_work(
             decode_left = max(0.0, decode_left - (now - job.timeline["decode_start"]))
         if pool == "sketch":
             if in_sketch:
-                tally.work.jobs += 1
+                tally.job()
                 tally.steps(sketch_left, times.sketch_step_s)
                 if include_encode and not encoded:
                     tally.fixed(times.encode_s)
         elif pool == "render":
             if in_render:
-                tally.work.jobs += 1
+                tally.job()
                 tally.steps(render_left, times.render_step_s)
                 tally.fixed(decode_left)
             elif in_sketch and times.render_step_s is not None:
-                tally.work.incoming_s += render_left * times.render_step_s + decode_left
+                tally.incoming(render_left * times.render_step_s + decode_left)
         else:  # colocated: one replica runs every stage of the job
-            tally.work.jobs += 1
+            tally.job()
             tally.steps(sketch_left, times.sketch_step_s)
             if in_sketch and not encoded:
                 tally.fixed(times.encode_s)

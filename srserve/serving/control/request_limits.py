@@ -30,6 +30,7 @@ from srserve.engine.request import GenerationRequest, RequestDefaults, ResolvedR
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.jobs import Job
 from srserve.serving.control.pool_work import StageTimes, measure_stage_times
+from srserve.serving.control.work_snapshot import WorkSnapshot
 
 SIDE_MULTIPLE = 16  # GenerationRequest's height/width validator
 _SIDE = field_limits(GenerationRequest, "height")
@@ -169,8 +170,9 @@ def job_units(job: Job) -> float | None:
         return None
 
 
-def unit_step_times(jobs: Iterable[Job], now: float) -> StageTimes:
-    """The pools' measured times (medians of recent jobs), steps per `work_units`: the cost's prices."""
+def unit_step_times(jobs: Iterable[Job] | WorkSnapshot, now: float) -> StageTimes:
+    """The pools' measured times (medians of recent jobs; a list in creation order or the store's snapshot),
+    steps per `work_units`: the cost's prices."""
     return measure_stage_times(jobs, now, per=job_units)
 
 
@@ -204,7 +206,11 @@ def predicted_gpu_s(
 
 
 def check_cost(
-    limits: RequestLimits, request: ResolvedRequest, jobs: Iterable[Job], now: float, devices: tuple[int, int]
+    limits: RequestLimits,
+    request: ResolvedRequest,
+    jobs: Iterable[Job] | WorkSnapshot,
+    now: float,
+    devices: tuple[int, int],
 ) -> float | None:
     """InvalidRequest when the request's predicted cost is above `max_gpu_s`; else the cost (None: unknown)."""
     if limits.max_gpu_s is None:

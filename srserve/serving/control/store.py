@@ -56,6 +56,7 @@ from srserve.serving.control.jobs import (
 from srserve.serving.control.state_machine import RESUMABLE_FROM, RESUME_STATE, can_move, next_stage
 from srserve.serving.control.store_connection import bounded, connection_check, connection_kwargs
 from srserve.serving.control.tenants import DEFAULT, DEFAULT_TENANT, Tenant
+from srserve.serving.control.work_snapshot import WorkSnapshot, read_work_snapshot
 
 logger = logging.getLogger("ray.serve")
 
@@ -481,12 +482,16 @@ class JobStore:
             return {r["tenant"]: (int(r["live"]), float(r["gpu_s"])) for r in await cur.fetchall()}
 
     async def tenant_counts(self) -> dict[str, dict[str, int]]:
-        """Jobs per state of each tenant that has any (the per-tenant gauges)."""
+        """Jobs per state of each tenant that has any (the per-tenant gauges), from the counters (migration 0006)."""
         out: dict[str, dict[str, int]] = {}
         async with self._tx() as conn:
-            cur = await conn.execute("SELECT tenant, state, count(*) AS n FROM srserve_jobs GROUP BY tenant, state")
+            cur = await conn.execute(
+                "SELECT tenant, state, sum(n) AS n FROM (SELECT tenant, state, n FROM srserve_tenant_state_counts "
+                "UNION ALL SELECT tenant, state, n FROM srserve_count_deltas) u "
+                "GROUP BY tenant, state HAVING sum(n) <> 0"
+            )
             for row in await cur.fetchall():
-                out.setdefault(row["tenant"], {s.value: 0 for s in JobState})[row["state"]] = row["n"]
+                out.setdefault(row["tenant"], {s.value: 0 for s in JobState})[row["state"]] = int(row["n"])
         return out
 
     async def jobs_for_work(self, recent: int = 32) -> list[Job]:
@@ -498,6 +503,12 @@ class JobStore:
                 (recent,),
             )
             return [_job(r) for r in await cur.fetchall()]
+
+    async def work_snapshot(self, recent: int = 32) -> WorkSnapshot:
+        """What pricing queued work reads, in rows that do not grow with the waiting jobs: waiting jobs
+        grouped, running jobs, the newest `recent` finished ones (control/work_snapshot.py)."""
+        async with self._tx() as conn:
+            return await read_work_snapshot(conn, recent, _job)
 
     # -- attempts (the orchestrator) ------------------------------------------------------
     async def begin_attempt(

@@ -33,6 +33,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 
 from srserve.serving.control.jobs import PHASE_STATES, Job, JobState, PoolBacklog
 from srserve.serving.control.pool_work import PoolWork, StageTimes, estimate_pool_work, measure_stage_times
+from srserve.serving.control.work_snapshot import WorkSnapshot
 from srserve.workload.timeline import Timeline
 
 if TYPE_CHECKING:
@@ -272,16 +273,17 @@ def record_tenants(counts: Mapping[str, Mapping[str, int]], work: Mapping[str, I
 
 
 def tenant_work(
-    jobs: Iterable[Job], layout: PoolLayout, now: float, times: StageTimes, tenants: Iterable[str]
+    jobs: Iterable[Job] | WorkSnapshot, layout: PoolLayout, now: float, times: StageTimes, tenants: Iterable[str]
 ) -> dict[str, list[PoolWork]]:
     """Each tenant's queued work in each pool of `layout`, priced as the pools' own (the same step times)."""
-    mine: dict[str, list[Job]] = {tenant: [] for tenant in tenants}
-    for job in jobs:
-        mine.setdefault(job.tenant, []).append(job)
+    snapshot = WorkSnapshot.of(jobs)
     text = layout.encoder is not None
     return {
-        tenant: [estimate_pool_work(owned, pool, now, include_encode=not text, times=times) for pool in layout.pools]
-        for tenant, owned in mine.items()
+        tenant: [
+            estimate_pool_work(snapshot.of_tenant(tenant), pool, now, include_encode=not text, times=times)
+            for pool in layout.pools
+        ]
+        for tenant in dict.fromkeys([*tenants, *snapshot.tenants()])
     }
 
 
@@ -293,7 +295,7 @@ async def export_store_gauges(store: Any, layout: PoolLayout, interval_s: float 
     admission backlog, each tenant's jobs and queued work, every `interval_s`."""
     while True:
         try:
-            current = await store.jobs_for_work()
+            current = await store.work_snapshot()
             counts = await store.counts()
             now = store.clock()  # the stamps' clock (the database server's)
             times = measure_stage_times(current, now)

@@ -39,8 +39,9 @@ class ReplicaOperations:
             self._gpu_telemetry.update(settings.telemetry)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        jobs = await self.store.jobs_for_work()
-        return estimate_pool_work(jobs, self.pool_name, self.store.clock(), Role.TEXT in self.engine.roles).as_metrics()
+        snapshot = await self.store.work_snapshot()
+        now = self.store.clock()
+        return estimate_pool_work(snapshot, self.pool_name, now, Role.TEXT in self.engine.roles).as_metrics()
 
     async def gpu_telemetry(self) -> dict[str, Any]:
         """The replica's telemetry state and last sample (diagnostics, tests)."""
