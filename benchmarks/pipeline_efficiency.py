@@ -6,8 +6,10 @@ replicas (encode+sketch on the sketch replica, render+decode+export on the rende
 bottleneck is the pool with the most busy time per replica; efficiency is its busy fraction over
 its active window (first busy start to last busy end), equal to its throughput over that window
 divided by the capacity its busy time per request allows, and never above 1
-(srserve.analysis.timeline). It runs the default (max_ongoing_requests=4: the next request waits
-inside the replica) and, for comparison, max_ongoing_requests=1.
+(srserve.analysis.timeline). Jobs wait in the job store; the queue hands each replica min(its
+max_ongoing_requests, 2) jobs at once. It runs the default (max_ongoing_requests=4: two, so the next
+job waits inside the replica) and, for comparison, max_ongoing_requests=1 (one: the next job is
+handed over only when the current one's call has returned).
 
     python benchmarks/pipeline_efficiency.py --out benchmarks/results/pipeline_efficiency_tiny.json
 """

@@ -123,6 +123,22 @@ def test_an_idle_tenant_earns_no_credit(store_dsn: str) -> None:
     run(store_dsn, go)
 
 
+def test_use_before_the_pool_went_idle_is_not_held_against_anyone(store_dsn: str) -> None:
+    """b used the pool alone, then it went idle; a and b arriving together share it from the start."""
+
+    async def go(store: JobStore) -> None:
+        for i in range(6):
+            await enqueue(store, f"b{i:02}", "b")
+        assert len(await drain(store)) == 6  # b alone, then nothing held or waiting: idle
+        for i in range(10):
+            await enqueue(store, f"a{i:02}", "a")
+            await enqueue(store, f"b{i + 6:02}", "b")
+        first_ten = Counter(job_id[0] for job_id in await drain_n(store, 10))
+        assert first_ten == {"a": 5, "b": 5}, first_ten
+
+    run(store_dsn, go)
+
+
 async def drain_n(store: JobStore, n: int) -> list[str]:
     order = []
     for _ in range(n):

@@ -12,7 +12,8 @@ pool's next job, `GRANT_SQL`, under the pool's dispatch lock:
   then its oldest job: one index probe per tenant) competes, and the winner is the highest priority, then
   the lowest virtual time (weighted fair share of the pool's GPU-seconds, start-time fair queueing: a
   tenant's virtual time grows by each granted stage's cost divided by its weight, and one that was idle
-  restarts at the pool's virtual time, so idling earns no credit), then arrival order;
+  restarts at the pool's virtual time, so idling earns no credit, and when the whole pool goes idle its
+  virtual time catches up with every tenant's, so past use is not held against anyone), then arrival order;
 - the winner's row gets the slot (`slot_pool`) and the tenant's and the pool's virtual times move on; the
   grant is announced (NOTIFY `srserve_dispatch`) so its driver, in whichever ingress, calls the pool.
 
@@ -101,6 +102,17 @@ WITH cap AS (
     ON CONFLICT (pool) DO UPDATE SET vtime = greatest(srserve_pool_vtime.vtime, EXCLUDED.vtime)
 )
 SELECT id, lease_owner, pg_notify('{DISPATCH_CHANNEL}', 'granted:' || id) AS notified FROM granted
+"""
+
+# A slot freed with nothing else held or waiting on the pool: it goes idle, and its virtual time catches up
+# with the tenants' (start-time fair queueing's rule for an idle server), so use before the idle time is not
+# held against anyone afterwards.
+IDLE_SQL = """
+UPDATE srserve_pool_vtime p
+SET vtime = greatest(p.vtime, (SELECT max(vtime) FROM srserve_fair_share WHERE pool = %(pool)s))
+WHERE p.pool = %(pool)s
+  AND NOT EXISTS (SELECT 1 FROM srserve_jobs WHERE slot_pool = %(pool)s)
+  AND NOT EXISTS (SELECT 1 FROM srserve_jobs WHERE wait_pool = %(pool)s)
 """
 
 

@@ -40,6 +40,7 @@ from srserve.serving.control.dispatch import (
     DISPATCH_CHANNEL,
     DISPATCH_LOCK,
     GRANT_SQL,
+    IDLE_SQL,
     DispatchPlan,
     grant_params,
     stage_charge,
@@ -671,6 +672,7 @@ class JobStore:
             ).fetchone()
             if row is None:
                 return None
+            await conn.execute(IDLE_SQL, {"pool": row["pool"]})
             await conn.execute("SELECT pg_notify(%s, %s)", (DISPATCH_CHANNEL, f"freed:{row['pool']}"))
             return row["pool"]
 
