@@ -13,15 +13,9 @@ benchmarks/control_plane_scale.py.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,25 +23,19 @@ from pathlib import Path
 import requests
 import yaml
 
+from srserve.loadgen.serve_process import serve_process
+
 ROOT = Path(__file__).resolve().parents[1]
 BODY = {"prompt": "a fox at the front door", "num_inference_steps": 2, "switch": "fixed:1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _config(path: Path, http_port: int, grpc_port: int, ingress_replicas: int, backlog: int) -> None:
+def _spec(ingress_replicas: int, backlog: int) -> dict:
     spec = yaml.safe_load((ROOT / "deploy" / "tiny.yaml").read_text())
-    spec["http_options"]["port"] = http_port
-    spec["grpc_options"]["port"] = grpc_port
     args = spec["applications"][0]["args"]
     for pool in ("sketch_pool", "render_pool"):
         args[pool]["max_backlog"] = backlog
     args["ingress"]["num_replicas"] = ingress_replicas
-    path.write_text(yaml.safe_dump(spec))
+    return spec
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -62,28 +50,9 @@ def _post(base: str) -> tuple[float, int, str | None]:
 
 
 def run(ingress_replicas: int, requests_n: int, threads: int, num_cpus: int) -> dict:
-    from srserve.serving.control.database import EmbeddedPostgres
-
-    home = Path(tempfile.mkdtemp(prefix="srserve-frontdoor-"))
-    http_port, grpc_port = _free_port(), _free_port()
-    config = home / "serve.yaml"
-    _config(config, http_port, grpc_port, ingress_replicas, backlog=requests_n + 100)
-    env = {**os.environ, "SRSERVE_HOME": str(home)}
-    env.pop("RAY_ADDRESS", None)
-    log = (home / "serve.log").open("ab")
-    cmd = [sys.executable, "-m", "srserve.cli.main", "serve", str(config), "--num-cpus", str(num_cpus)]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{http_port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("srserve serve did not come up: " + (home / "serve.log").read_text()[-3000:])
-            with contextlib.suppress(requests.RequestException):
-                health = requests.get(base + "/health", timeout=5)
-                if health.status_code == 200:
-                    break
-            time.sleep(1)
+    spec = _spec(ingress_replicas, backlog=requests_n + 100)
+    with serve_process(spec, num_cpus, "srserve-frontdoor-", ready_timeout_s=600, stop_timeout_s=180) as served:
+        base = served.base
         for _ in range(3):  # warm every ingress replica's store connections and code paths
             _post(base)
         start = time.perf_counter()
@@ -108,15 +77,6 @@ def run(ingress_replicas: int, requests_n: int, threads: int, num_cpus: int) -> 
             "p50_ms": round(1000 * statistics.median(times), 1),
             "p99_ms": round(1000 * _percentile(times, 0.99), 1),
         }
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(180)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-        EmbeddedPostgres(home / "postgres").stop(mode="fast")
 
 
 def main() -> None:

@@ -14,47 +14,16 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import requests
 import yaml
 
+from srserve.loadgen.serve_process import serve_process
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _config(path: Path, http_port: int, grpc_port: int) -> None:
-    spec = yaml.safe_load((ROOT / "deploy" / "tiny.yaml").read_text())
-    spec["http_options"]["port"] = http_port
-    spec["grpc_options"]["port"] = grpc_port
-    path.write_text(yaml.safe_dump(spec))
-
-
-def _stop(proc: subprocess.Popen, home: Path) -> None:
-    from srserve.serving.control.database import EmbeddedPostgres
-
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-    EmbeddedPostgres(home / "postgres").stop(mode="fast")
 
 
 def main() -> None:
@@ -69,26 +38,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="srserve-burst-"))
-    http_port, grpc_port = _free_port(), _free_port()
-    config = home / "serve.yaml"
-    _config(config, http_port, grpc_port)
-    env = {**os.environ, "SRSERVE_HOME": str(home)}
-    env.pop("RAY_ADDRESS", None)
-    log = (home / "serve.log").open("ab")
-    cmd = [sys.executable, "-m", "srserve.cli.main", "serve", str(config), "--num-cpus", str(args.num_cpus)]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{http_port}"
+    spec = yaml.safe_load((ROOT / "deploy" / "tiny.yaml").read_text())
     results: dict[str, dict] = {}
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("srserve serve did not come up: " + (home / "serve.log").read_text()[-3000:])
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(base + "/health", timeout=5).status_code == 200:
-                    break
-            time.sleep(1)
+    with serve_process(spec, args.num_cpus, "srserve-burst-") as served:
+        base, home, env = served.base, served.home, served.env
         for switch in args.switches.split(","):
             out = home / switch.replace(":", "_")
             bench = [
@@ -113,8 +66,6 @@ def main() -> None:
                 "switch_step_mean": s["switch_step"]["mean"],
                 "switch_reasons": dict(collections.Counter(r.get("switch_reason") or "-" for r in records)),
             }
-    finally:
-        _stop(proc, home)
     out = {
         "benchmark": "load_switch_burst",
         "command": "python benchmarks/load_switch_burst.py " + " ".join(sys.argv[1:]),
