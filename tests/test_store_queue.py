@@ -55,8 +55,8 @@ async def drain(store: JobStore, pool: str = "sketch", weights=None) -> list[str
     """Grant the pool's slots one at a time, each freed at once (a pool of one slot that never idles)."""
     order = []
     while (granted := await store.grant(pool, weights or {})) is not None:
-        order.append(granted[0])
-        assert await store.free_slot(granted[0], "o") == pool
+        order.append(granted)
+        assert await store.free_slot(granted, "o") == pool
     return order
 
 
@@ -144,8 +144,8 @@ async def drain_n(store: JobStore, n: int) -> list[str]:
     for _ in range(n):
         granted = await store.grant("sketch", {})
         assert granted is not None
-        order.append(granted[0])
-        await store.free_slot(granted[0], "o")
+        order.append(granted)
+        await store.free_slot(granted, "o")
     return order
 
 
@@ -163,8 +163,8 @@ def test_capacity_is_the_live_replicas_slots(store_dsn: str) -> None:
         granted = [await store.grant("sketch", {}) for _ in range(4)]
         assert [g is not None for g in granted] == [True, True, True, False]  # 1 held before + 3 = 4 slots
         assert await store.grant("render", {}) is None  # another pool's slots are its own
-        assert await store.free_slot(granted[0][0], "a-former-driver") is None  # not its slot to free
-        await store.free_slot(granted[0][0], "o")
+        assert await store.free_slot(granted[0], "a-former-driver") is None  # not its slot to free
+        await store.free_slot(granted[0], "o")
         assert await store.grant("sketch", {}) is not None
         await store.unregister_replica("r2")
         assert await store.pool_capacity("sketch") == 2
@@ -186,7 +186,7 @@ def test_orchestrators_granting_at_once_never_pass_the_capacity(store_dsn: str) 
         finally:
             for s in others:
                 await s.close()
-        granted = [g[0] for g in results if g is not None]
+        granted = [g for g in results if g is not None]
         assert len(granted) == 3 and len(set(granted)) == 3
 
     run(store_dsn, go)
@@ -216,13 +216,14 @@ def test_an_ended_job_frees_its_slot_and_leaves_the_line(store_dsn: str) -> None
     async def go(store: JobStore) -> None:
         await enqueue(store, "held")
         await enqueue(store, "waiting")
-        assert (await store.grant("sketch", {}))[0] == "held"
+        assert await store.grant("sketch", {}) == "held"
         await store.cancel("held")  # ended while holding the slot
         assert await store.slot_state("held", "o") == "gone"
         await store.cancel("waiting")  # ended while waiting
         assert await store.slot_state("waiting", "o") == "gone"
         await enqueue(store, "next")
-        assert await store.grant("sketch", {}) == ("next", "o")
+        assert await store.grant("sketch", {}) == "next"
+        assert await store.slot_state("next", "o") == "granted"  # held for its driver
 
     run(store_dsn, go)
 

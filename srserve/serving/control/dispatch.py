@@ -92,7 +92,7 @@ WITH cap AS (
     SELECT * FROM heads ORDER BY priority DESC, tag, seq LIMIT 1
 ), granted AS (
     UPDATE srserve_jobs j SET slot_pool = %(pool)s, wait_pool = NULL FROM pick WHERE j.id = pick.id
-    RETURNING j.id, j.lease_owner
+    RETURNING j.id
 ), tenant_clock AS (
     INSERT INTO srserve_fair_share (pool, tenant, vtime)
     SELECT %(pool)s, tenant, tag + charge / weight FROM pick
@@ -101,7 +101,7 @@ WITH cap AS (
     INSERT INTO srserve_pool_vtime (pool, vtime) SELECT %(pool)s, tag FROM pick
     ON CONFLICT (pool) DO UPDATE SET vtime = greatest(srserve_pool_vtime.vtime, EXCLUDED.vtime)
 )
-SELECT id, lease_owner, pg_notify('{DISPATCH_CHANNEL}', 'granted:' || id) AS notified FROM granted
+SELECT id, pg_notify('{DISPATCH_CHANNEL}', 'granted:' || id) AS notified FROM granted
 """
 
 # A slot freed with nothing else held or waiting on the pool: it goes idle, and its virtual time catches up

@@ -206,8 +206,7 @@ class Orchestrator:
         while pool in self._again:
             self._again.discard(pool)
             try:
-                while (granted := await self.store.grant(pool, self.plan.weights)) is not None:
-                    job_id, _driver = granted
+                while (job_id := await self.store.grant(pool, self.plan.weights)) is not None:
                     self._look_again(job_id)  # ours: its driving task goes on; another's hears the NOTIFY
             except StoreUnavailable as exc:
                 logger.warning("orchestrator: cannot grant %s slots now (%s)", pool, exc)

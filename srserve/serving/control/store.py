@@ -635,14 +635,14 @@ class JobStore:
             await conn.execute("SELECT pg_notify(%s, %s)", (DISPATCH_CHANNEL, f"waiting:{pool}"))
             return QueuePlace(stage, pool, granted=False)
 
-    async def grant(self, pool: str, weights: Mapping[str, float]) -> tuple[str, str | None] | None:
-        """Give `pool`'s next free slot to the job the queue's rules choose (dispatch.GRANT_SQL): (its id, the
-        orchestrator driving it), or None when the pool has no free slot or nothing waits for it."""
+    async def grant(self, pool: str, weights: Mapping[str, float]) -> str | None:
+        """Give `pool`'s next free slot to the job the queue's rules choose (dispatch.GRANT_SQL): its id, or
+        None when the pool has no free slot or nothing waits for it. Its driver hears of it (NOTIFY)."""
         async with self._tx() as conn:
             # One granter per pool at a time, so the count of held slots it reads stays true until it commits.
             await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (DISPATCH_LOCK, pool))
             row = await (await conn.execute(GRANT_SQL, grant_params(pool, weights))).fetchone()
-            return None if row is None else (row["id"], row["lease_owner"])
+            return None if row is None else row["id"]
 
     async def slot_state(self, job_id: str, owner: str) -> str:
         """Where a job `owner` put in line stands: "granted", "waiting", or "gone" (ended, or not its own)."""
