@@ -11,7 +11,11 @@ Run it against any checkout's srserve with PYTHONPATH (the code measured is whic
 
     PYTHONPATH=. python benchmarks/control_plane_scale.py --label after
 
-The results file keeps one entry per label (before / after), so two runs record a comparison. The HTTP
+The results file keeps one entry per label (before / after), so two runs record a comparison. Each
+admission run also records the machine's CPU time per admission and the cores it kept busy: on a small
+machine the admitting processes and the server share the cores, and once they are all busy more processes
+cannot raise the rate. `--commit-delay-us 2000` models storage whose flush takes 2 ms (this machine's is
+far faster), where a lock held through a commit's flush is what limits concurrent admissions. The HTTP
 front door (1 and 2 ingress replicas through Ray) is measured separately, not here.
 """
 
@@ -21,6 +25,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
@@ -103,15 +108,26 @@ def _admitter(dsn: str, seconds: float, start_at: float, out: Any) -> None:
     out.put(asyncio.run(_admit_loop(dsn, seconds, name)))
 
 
+def busy_cpu_s() -> float:
+    """CPU-seconds this machine has spent busy (all cores, every process: clients and the server)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def admissions(dsn: str, processes: int, seconds: float) -> dict[str, float]:
-    """`processes` concurrent admitting processes for `seconds`: the rate and the admission times."""
+    """`processes` concurrent admitting processes for `seconds`: the rate, the admission times, and the
+    machine's CPU time per admission (when it is the limit, more processes cannot raise the rate)."""
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     start_at = time.time() + 3.0  # after the spawned interpreters have imported srserve
     workers = [ctx.Process(target=_admitter, args=(dsn, seconds, start_at, out)) for _ in range(processes)]
     for w in workers:
         w.start()
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu_before = busy_cpu_s()
     times = [t for _ in workers for t in out.get()]
+    cpu_s = busy_cpu_s() - cpu_before
     for w in workers:
         w.join()
     return {
@@ -120,6 +136,8 @@ def admissions(dsn: str, processes: int, seconds: float) -> dict[str, float]:
         "per_s": round(len(times) / seconds, 1),
         "p50_ms": round(1000 * statistics.median(times), 2),
         "p99_ms": round(1000 * percentile(times, 0.99), 2),
+        "cpu_ms_per_admission": round(1000 * cpu_s / len(times), 2),
+        "cores_busy": round(cpu_s / seconds, 2),
     }
 
 
@@ -166,6 +184,15 @@ async def control_calls(dsn: str, repeats: int, skip_snapshot: bool = False) -> 
     return out
 
 
+def slow_flush(dsn: str, commit_delay_us: int) -> None:
+    """Make every flushing commit wait `commit_delay_us` first (PostgreSQL's commit_delay, with no sibling
+    needed): a model of storage whose flush is that slow (network disks), where this machine's is fast."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"ALTER SYSTEM SET commit_delay = {int(commit_delay_us)}")
+        conn.execute("ALTER SYSTEM SET commit_siblings = 0")
+        conn.execute("SELECT pg_reload_conf()")
+
+
 def run_size(pg: EmbeddedPostgres, live: int, seconds: float, repeats: int, snapshot_up_to: int) -> dict[str, Any]:
     dsn = pg.ensure_running(f"bench_{uuid.uuid4().hex[:10]}")
 
@@ -194,11 +221,14 @@ def main() -> None:
     parser.add_argument(
         "--snapshot-up-to", type=int, default=10**9, help="time the snapshot only up to this many live jobs"
     )
+    parser.add_argument(
+        "--commit-delay-us", type=int, default=0, help="model storage whose flush takes this long (see slow_flush)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/control_plane_scale.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="srserve-bench-") as root:
         pg = EmbeddedPostgres(Path(root) / "postgres")
-        pg.ensure_running()
+        slow_flush(pg.ensure_running(), args.commit_delay_us)
         try:
             runs = [
                 run_size(pg, int(n), args.seconds, args.repeats, args.snapshot_up_to) for n in args.sizes.split(",")
@@ -213,7 +243,12 @@ def main() -> None:
         },
     }
     record = json.loads(args.out.read_text()) if args.out.exists() else {}
-    record[args.label] = {"runs": runs, "summary": summary, "cpus": multiprocessing.cpu_count()}
+    record[args.label] = {
+        "runs": runs,
+        "summary": summary,
+        "cpus": multiprocessing.cpu_count(),
+        "commit_delay_us": args.commit_delay_us,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(summary))

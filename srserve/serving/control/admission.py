@@ -7,6 +7,12 @@ admission costs the same with 100 live jobs or 100,000, and the lock is held onl
 this one statement and commits it, never across a round trip to a client: several ingress replicas admit
 in turn, each in well under a millisecond of lock time.
 
+The admitting transaction commits asynchronously (`synchronous_commit = off`), so neither the admission
+lock nor PostgreSQL's own lock that serialises every NOTIFY-ing commit is held through a WAL flush; a
+second transaction in the same round trip then commits synchronously, which flushes the WAL up to and past
+the admission's commit record. So a job is durable before it is acknowledged, exactly as with a synchronous
+commit, while concurrent admissions share their flushes instead of taking turns at them (see `admit`).
+
 The backlog limit and the quotas are exact among admissions (each sees every admission committed before
 it). As before, a job moving between phases in a transaction not yet committed (a sketch handing off) is
 counted in its old phase until it commits.
@@ -16,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+import psycopg
 
 from srserve.serving.control.errors import Overloaded, QuotaExceeded
 from srserve.serving.control.jobs import PHASE_STATES, PoolBacklog
@@ -89,3 +97,22 @@ def refusal(
     states = counts["states"]
     waiting = sum(int(states.get(s.value, 0)) for phase in backlog.phases for s in PHASE_STATES[phase])
     return Overloaded(f"{backlog.pool} pool is full ({waiting} jobs waiting); retry later")
+
+
+async def admit(conn: psycopg.AsyncConnection, sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run `admission_sql`'s statement on `conn` (autocommit) in one round trip; its row once durable.
+
+    Pipelined: the admission in its own transaction, committed asynchronously, then a transaction that
+    writes a WAL record (a transactional logical message: no table, no row to contend on), so its
+    synchronous commit waits for the WAL to be flushed up to it, past the admission's commit record. (A
+    transaction that wrote no WAL commits without a flush, whatever synchronous_commit says.) Should the
+    server fail in between, the caller gets an error, never an acknowledgement of a job that could be lost."""
+    async with conn.pipeline():
+        await conn.execute("BEGIN")
+        await conn.execute("SET LOCAL synchronous_commit = off")
+        cur = await conn.execute(sql, params)
+        await conn.execute("COMMIT")
+        await conn.execute("SELECT pg_logical_emit_message(true, 'srserve', 'admitted')")
+    row = await cur.fetchone()
+    assert row is not None  # the statement always returns its verdict row
+    return row

@@ -33,7 +33,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from srserve.serving.control.admission import admission_sql, refusal
+from srserve.serving.control.admission import admission_sql, admit, refusal
 from srserve.serving.control.attempts import StopReason
 from srserve.serving.control.database_clock import DatabaseClock, on_this_machine
 from srserve.serving.control.dispatch import (
@@ -55,7 +55,7 @@ from srserve.serving.control.jobs import (
     PoolBacklog,
 )
 from srserve.serving.control.state_machine import RESUMABLE_FROM, RESUME_STATE, can_move, next_stage
-from srserve.serving.control.store_connection import bounded, connection_check, connection_kwargs
+from srserve.serving.control.store_connection import ConnectionCheck, bounded, connection_kwargs
 from srserve.serving.control.tenants import DEFAULT, DEFAULT_TENANT, Tenant
 from srserve.serving.control.work_snapshot import WorkSnapshot, read_work_snapshot
 
@@ -207,6 +207,7 @@ class JobStore:
             clock = time.time if on_this_machine(dsn) else DatabaseClock()
         self.clock: Callable[[], float] = clock
         self._connection = connection_kwargs(timeout_s, query_timeout_s)
+        check = ConnectionCheck(timeout_s)
         self._pool = AsyncConnectionPool(
             dsn,
             min_size=1,
@@ -214,7 +215,8 @@ class JobStore:
             open=False,
             timeout=timeout_s,
             kwargs={"autocommit": True, "row_factory": dict_row, **self._connection},
-            check=connection_check(timeout_s),
+            check=check,
+            reset=check.returned,
             reconnect_timeout=3600,
         )
         self._opened = False
@@ -376,37 +378,36 @@ class JobStore:
             if switch_choice is not None:
                 job.switch_cap, job.switch_reason = switch_choice
             job.tenant, job.priority, job.cost_gpu_s = tenant.name, priority, cost_gpu_s
-            # One statement, one round trip, in its own transaction: the admission lock it takes is held
-            # only while the server runs it (see admission_sql).
+            # One round trip; the admission lock is held only while the server runs the admitting statement,
+            # and the job is durable before this returns (see admit).
             sql, checks = admission_sql(limits, handoff is not None, tenant, cost_gpu_s)
-            row = await (
-                await conn.execute(
-                    sql,
-                    {
-                        **checks,
-                        "id": job_id,
-                        "request": json.dumps(request),
-                        "state": state.value,
-                        "created": created,
-                        "deadline": job.deadline,
-                        "num_steps": num_steps,
-                        "switch_step": job.switch_step,
-                        "handoff_key": job.handoff_key,
-                        "handoff_bytes": job.handoff_bytes,
-                        "timeline": json.dumps(job.timeline),
-                        "switch_cap": job.switch_cap,
-                        "switch_reason": job.switch_reason,
-                        "tenant": tenant.name,
-                        "priority": priority,
-                        "cost": cost_gpu_s,
-                        "owner": owner,
-                        "ttl": lease_ttl_s,
-                        "progress": job.overall_progress(),
-                        "message": state.value,
-                        "channel": EVENTS_CHANNEL,
-                    },
-                )
-            ).fetchone()
+            row = await admit(
+                conn,
+                sql,
+                {
+                    **checks,
+                    "id": job_id,
+                    "request": json.dumps(request),
+                    "state": state.value,
+                    "created": created,
+                    "deadline": job.deadline,
+                    "num_steps": num_steps,
+                    "switch_step": job.switch_step,
+                    "handoff_key": job.handoff_key,
+                    "handoff_bytes": job.handoff_bytes,
+                    "timeline": json.dumps(job.timeline),
+                    "switch_cap": job.switch_cap,
+                    "switch_reason": job.switch_reason,
+                    "tenant": tenant.name,
+                    "priority": priority,
+                    "cost": cost_gpu_s,
+                    "owner": owner,
+                    "ttl": lease_ttl_s,
+                    "progress": job.overall_progress(),
+                    "message": state.value,
+                    "channel": EVENTS_CHANNEL,
+                },
+            )
         refused = row["refused"]
         if refused is not None:
             raise refusal(refused, row["counts"], limits, tenant, cost_gpu_s)
@@ -570,14 +571,16 @@ class JobStore:
 
     async def claim(self, owner: str, lease_ttl_s: float, limit: int = 16) -> list[str]:
         """Take over live jobs nobody holds (lease expired or released): the resume path."""
-        # Two index scans (unleased by seq; expired by lease_expires), never a pass over every live job.
+        # Two index scans (unleased by seq; expired by lease_expires), never a pass over every live job. The
+        # time is read once (an InitPlan): clock_timestamp() is volatile, and a volatile bound is not an index
+        # condition, so the expired scan would filter every live job's index entry.
         async with self._tx() as conn:
             cur = await conn.execute(
                 f"UPDATE srserve_jobs SET lease_owner = %(owner)s, lease_expires = {_NOW} + %(ttl)s, {_UNQUEUE} "
                 "WHERE id IN ("
                 "SELECT id FROM srserve_jobs WHERE id IN ("
                 f"(SELECT id FROM srserve_jobs WHERE {_LIVE} AND lease_owner IS NULL ORDER BY seq LIMIT %(n)s) "
-                f"UNION ALL (SELECT id FROM srserve_jobs WHERE {_LIVE} AND lease_expires < {_NOW} "
+                f"UNION ALL (SELECT id FROM srserve_jobs WHERE {_LIVE} AND lease_expires < (SELECT {_NOW}) "
                 "ORDER BY lease_expires LIMIT %(n)s)) "
                 f"AND {_LIVE} AND (lease_owner IS NULL OR lease_expires < {_NOW}) "
                 "ORDER BY seq LIMIT %(n)s FOR UPDATE SKIP LOCKED) RETURNING id",
