@@ -1,10 +1,13 @@
-"""What the control-plane tests share: a clock they move by hand, a migrated store on a fresh database, and a
-way to freeze a real PostgreSQL server (every process stopped, sockets open: a hang, not an outage)."""
+"""What the control-plane tests share: a clock they move by hand, a migrated store on a fresh database, a
+PostgreSQL server of a test's own, and a way to freeze a real PostgreSQL server (every process stopped,
+sockets open: a hang, not an outage)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+from pathlib import Path
 
 import psutil
 
@@ -33,6 +36,16 @@ async def migrated_store(dsn: str, clock: Clock | None = None, timeout_s: float 
     store = JobStore(dsn, timeout_s=timeout_s, clock=clock or Clock())
     await store.migrate()
     return store
+
+
+def private_server(parent: Path) -> EmbeddedPostgres:
+    """An embedded PostgreSQL of its own under `parent` (not started): a test that stops or freezes it stops
+    nothing else the session runs."""
+    root = parent / "pg"
+    root.mkdir()
+    os.chmod(parent, 0o777)  # the server may run as its own user
+    os.chmod(root, 0o777)
+    return EmbeddedPostgres(root)
 
 
 def processes(pg: EmbeddedPostgres) -> list[psutil.Process]:

@@ -10,7 +10,6 @@ when the server is stopped in `immediate` mode (its processes quit at once, noth
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 
 import psycopg
@@ -20,16 +19,12 @@ from srserve.serving.control import store_connection
 from srserve.serving.control.database import EmbeddedPostgres
 from srserve.serving.control.errors import StoreUnavailable
 from srserve.serving.control.store import JobStore
-from tests.store_helpers import LIMITS, REQUEST
+from tests.store_helpers import LIMITS, REQUEST, private_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    root = tmp_path_factory.mktemp("durable") / "pg"
-    root.mkdir()
-    os.chmod(root.parent, 0o777)  # the server may run as its own user
-    os.chmod(root, 0o777)
-    pg = EmbeddedPostgres(root)
+    pg = private_server(tmp_path_factory.mktemp("durable"))
     with psycopg.connect(pg.ensure_running(), autocommit=True) as conn:
         conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
         conn.execute("ALTER SYSTEM SET wal_writer_flush_after = '64MB'")

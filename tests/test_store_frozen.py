@@ -10,7 +10,6 @@ nothing else the session runs.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 
@@ -22,18 +21,14 @@ from srserve.serving.control.database import EmbeddedPostgres
 from srserve.serving.control.errors import StoreUnavailable
 from srserve.serving.control.jobs import JobState
 from srserve.serving.control.store import JobStore
-from tests.store_helpers import LIMITS, REQUEST, freeze, thaw
+from tests.store_helpers import LIMITS, REQUEST, freeze, private_server, thaw
 
 HANG = 60.0  # far past every bound: reaching it means the call hung
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    root = tmp_path_factory.mktemp("frozen") / "pg"
-    root.mkdir()
-    os.chmod(root.parent, 0o777)  # the server may run as its own user
-    os.chmod(root, 0o777)
-    pg = EmbeddedPostgres(root)
+    pg = private_server(tmp_path_factory.mktemp("frozen"))
     pg.ensure_running()
     try:
         yield pg
