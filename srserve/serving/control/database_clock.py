@@ -22,6 +22,10 @@ import psycopg.conninfo
 
 _LOOPBACK = {"", "localhost", "127.0.0.1", "::1"}
 
+# The server's clock in SQL, epoch seconds: what leases, slots and replica rows are stamped and compared
+# with. Volatile: as an index bound read it once, `(SELECT {NOW_SQL})`.
+NOW_SQL = "extract(epoch from clock_timestamp())"
+
 
 def on_this_machine(dsn: str) -> bool:
     """Whether the DSN names a server on this machine (loopback or a Unix socket): it shares our clock."""
@@ -51,7 +55,7 @@ class DatabaseClock:
     async def sync(self, conn: psycopg.AsyncConnection) -> None:
         """Read the server's clock on `conn` (outside a transaction: `now()` would be the transaction's start)."""
         before = self.local()
-        cur = await conn.execute("SELECT extract(epoch from clock_timestamp())::double precision AS now")
+        cur = await conn.execute(f"SELECT {NOW_SQL}::double precision AS now")
         row = await cur.fetchone()
         after = self.local()
         server = row["now"] if isinstance(row, dict) else row[0]

@@ -28,13 +28,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from srserve.serving.control.database_clock import NOW_SQL as _NOW
 from srserve.serving.control.jobs import Job
 from srserve.serving.control.pool_work import expected_sketch_steps
 from srserve.serving.control.request_limits import job_units
 
 DISPATCH_CHANNEL = "srserve_dispatch"  # payloads: "granted:<job id>", "freed:<pool>", "waiting:<pool>"
 DISPATCH_LOCK = 7_265_303  # pg_advisory_xact_lock(key, hashtext(pool)): one granter per pool at a time
-_NOW = "extract(epoch from clock_timestamp())"
 
 
 @dataclass(frozen=True)

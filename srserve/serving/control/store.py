@@ -35,6 +35,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from srserve.serving.control.admission import admission_sql, admit, refusal
 from srserve.serving.control.attempts import StopReason
+from srserve.serving.control.database_clock import NOW_SQL as _NOW
 from srserve.serving.control.database_clock import DatabaseClock, on_this_machine
 from srserve.serving.control.dispatch import (
     DISPATCH_CHANNEL,
@@ -64,7 +65,6 @@ logger = logging.getLogger("ray.serve")
 EVENTS_CHANNEL = "srserve_events"
 STOP_CHANNEL = "srserve_stop"
 _MIGRATION_LOCK = 7_265_301  # pg_advisory_lock key of schema migrations (admission's: migration 0004)
-_NOW = "extract(epoch from clock_timestamp())"
 _JSON_FIELDS = ("request", "attempts", "timeline", "replicas")
 MIGRATION_BOUND_S = 600.0  # a schema migration may rewrite a large table; API calls never wait on one
 _LIVE = "state NOT IN ('completed', 'failed', 'cancelled')"
