@@ -318,7 +318,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from srserve.serving.control.database import EmbeddedPostgres
+    from srserve.serving.control.store.database import EmbeddedPostgres
 
     # A fresh home (embedded job store, artifacts, tiny pair, adapters), set before Ray starts so replicas get it.
     home = Path(tempfile.mkdtemp(prefix="srserve-adapter-burst-"))

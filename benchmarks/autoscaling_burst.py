@@ -28,9 +28,9 @@ import requests
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from srserve.serving.config import DeployFile, ServingConfig
-from srserve.serving.control.database import open_store
-from srserve.serving.control.pool_work import estimate_pool_work
-from srserve.serving.control.work_snapshot import WorkSnapshot
+from srserve.serving.control.pricing.pool_work import estimate_pool_work
+from srserve.serving.control.store.database import open_store
+from srserve.serving.control.store.work_snapshot import WorkSnapshot
 from srserve.serving.launcher import deploy, ensure_ray
 
 TERMINAL = ("completed", "failed", "cancelled")

@@ -35,10 +35,10 @@ from typing import Any
 
 import psycopg
 
-from srserve.serving.control.database import EmbeddedPostgres
 from srserve.serving.control.errors import StoreUnavailable
 from srserve.serving.control.jobs import PoolBacklog
-from srserve.serving.control.store import JobStore
+from srserve.serving.control.store.database import EmbeddedPostgres
+from srserve.serving.control.store.job_store import JobStore
 from srserve.serving.control.tenants import Tenant
 
 REQUEST = {"prompt": "a fox", "num_inference_steps": 20, "switch": {"kind": "fixed", "step": 5}}
@@ -154,7 +154,7 @@ async def _timed(call, repeats: int) -> dict[str, Any]:
 
 
 async def _snapshot(store: JobStore):
-    from srserve.serving.control.load_switch import load_snapshot
+    from srserve.serving.control.pricing.load_switch import load_snapshot
 
     if hasattr(store, "work_snapshot"):
         return load_snapshot(await store.work_snapshot(), store.clock(), 1, 1)

@@ -21,7 +21,7 @@ os.environ["SRSERVE_HOME"] = str(TEST_HOME)
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     """Stop the embedded PostgreSQL server any test started, and remove the session's home."""
-    from srserve.serving.control.database import EmbeddedPostgres
+    from srserve.serving.control.store.database import EmbeddedPostgres
 
     EmbeddedPostgres(TEST_HOME / "postgres").stop(mode="immediate")
     shutil.rmtree(TEST_HOME, ignore_errors=True)
@@ -30,7 +30,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 @pytest.fixture(scope="session")
 def embedded_db():
     """The session's embedded PostgreSQL server (started on first use)."""
-    from srserve.serving.control.database import EmbeddedPostgres
+    from srserve.serving.control.store.database import EmbeddedPostgres
 
     server = EmbeddedPostgres(TEST_HOME / "postgres")
     server.ensure_running()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import psutil
 
-from srserve.serving.control.database import EmbeddedPostgres
 from srserve.serving.control.jobs import PoolBacklog
-from srserve.serving.control.store import JobStore
+from srserve.serving.control.store.database import EmbeddedPostgres
+from srserve.serving.control.store.job_store import JobStore
 
 REQUEST = {"prompt": "a fox", "num_inference_steps": 20, "switch": {"kind": "fixed", "step": 5}}
 LIMITS = (PoolBacklog("sketch", frozenset({"sketch"}), 100), PoolBacklog("render", frozenset({"render"}), 100))

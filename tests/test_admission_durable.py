@@ -1,7 +1,7 @@
 """An acknowledged admission survives the job store's crash, and a store call after a restart recovers.
 
 Admission commits asynchronously (so its lock is not held through a WAL flush) and then flushes in the same
-round trip before it returns (see srserve.serving.control.admission.admit). Here the server's WAL writer is
+round trip before it returns (see srserve.serving.control.store.admission.admit). Here the server's WAL writer is
 slowed to once a minute, so a commit that was not flushed would still sit in PostgreSQL's shared memory
 when the server is stopped in `immediate` mode (its processes quit at once, nothing is written): every job
 `create` returned must be there after the restart. The server is a real embedded PostgreSQL of its own.
@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from srserve.serving.control import store_connection
-from srserve.serving.control.database import EmbeddedPostgres
 from srserve.serving.control.errors import StoreUnavailable
-from srserve.serving.control.store import JobStore
+from srserve.serving.control.store import connection as store_connection
+from srserve.serving.control.store.database import EmbeddedPostgres
+from srserve.serving.control.store.job_store import JobStore
 from tests.store_helpers import LIMITS, REQUEST, private_server
 
 

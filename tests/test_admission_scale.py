@@ -11,7 +11,7 @@ import psycopg
 
 from srserve.serving.control.errors import Overloaded, QuotaExceeded
 from srserve.serving.control.jobs import TERMINAL, ErrorCode, JobState, PoolBacklog
-from srserve.serving.control.store import JobStore, ProgressUpdate
+from srserve.serving.control.store.job_store import JobStore, ProgressUpdate
 from srserve.serving.control.tenants import Tenant
 from tests.store_helpers import LIMITS, REQUEST, Clock, migrated_store
 

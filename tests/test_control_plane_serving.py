@@ -13,7 +13,7 @@ import requests
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore, ArtifactStoreConfig
 from srserve.serving.control.jobs import Job, JobState, handoff_key, video_key
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
-from srserve.serving.control.store import JobStore, ProgressUpdate
+from srserve.serving.control.store.job_store import JobStore, ProgressUpdate
 from tests.serving_helpers import get, post, wait_state
 
 BODY = {"prompt": "a koi pond at noon", "num_inference_steps": 8, "switch": "fixed:3", "seed": 5}

@@ -11,7 +11,7 @@ import psycopg
 
 from srserve.serving.control.events import EventHub
 from srserve.serving.control.jobs import JobState
-from srserve.serving.control.store import JobStore, ProgressUpdate
+from srserve.serving.control.store.job_store import JobStore, ProgressUpdate
 from tests.store_helpers import LIMITS, REQUEST, migrated_store
 
 FOREVER = 3600.0  # a wait that returns did so because it was woken

@@ -308,7 +308,7 @@ def test_hard_kill_of_srserve_serve_and_its_cluster_then_ctrl_c_drains(tmp_path:
     """SIGKILL the server's whole process group mid-work, start again: old videos download, jobs finish.
     Then Ctrl-C with a job running: `srserve serve` drains it and exits 0 (one cluster start serves both
     checks; each start costs a minute on a loaded machine)."""
-    from srserve.serving.control.database import EmbeddedPostgres
+    from srserve.serving.control.store.database import EmbeddedPostgres
 
     home = Path(tempfile.mkdtemp(prefix="srserve-hardkill-"))
     http_port, grpc_port = _free_port(), _free_port()

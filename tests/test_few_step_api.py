@@ -25,9 +25,9 @@ from srserve.serving.api.grpc import generate_request, job_message
 from srserve.serving.api.http import openapi_document, video_object
 from srserve.serving.api.schemas import Video, create_request, form_values
 from srserve.serving.config import PoolConfig, ServingConfig
-from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.request_cache import fit_schedule
+from srserve.serving.control.store.database import JobStoreConfig
 from srserve.serving.ingress import IngressCore
 
 MODEL = "tiny-wan2.1"

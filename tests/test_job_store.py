@@ -14,7 +14,7 @@ from srserve.serving.control.attempts import StopReason
 from srserve.serving.control.errors import Overloaded
 from srserve.serving.control.jobs import TERMINAL_STATES, ErrorCode, Job, JobState
 from srserve.serving.control.state_machine import ALLOWED, RESUMABLE_FROM, can_move, next_stage
-from srserve.serving.control.store import (
+from srserve.serving.control.store.job_store import (
     STOP_CHANNEL,
     AttemptsExhausted,
     JobStore,

@@ -6,7 +6,7 @@ import pytest
 
 from srserve.engine.request import SwitchPolicy
 from srserve.serving.control.jobs import Job, JobState
-from srserve.serving.control.load_switch import LoadSnapshot, LoadSwitchConfig, choose_switch, load_snapshot
+from srserve.serving.control.pricing.load_switch import LoadSnapshot, LoadSwitchConfig, choose_switch, load_snapshot
 
 N = 50
 LOAD = SwitchPolicy(kind="load")  # adaptive bounds 5..30 of 50

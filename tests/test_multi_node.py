@@ -62,7 +62,7 @@ def multinode(embedded_db, tiny_config):
     """(cluster, base URL) of srserve deployed across a head and two worker nodes."""
     from srserve.serving.config import IngressConfig, PoolConfig, ServingConfig
     from srserve.serving.control.artifacts import ArtifactStoreConfig
-    from srserve.serving.control.database import JobStoreConfig
+    from srserve.serving.control.store.database import JobStoreConfig
     from tests.s3_server import create_bucket, s3_server
 
     with s3_server() as endpoint:

@@ -13,10 +13,10 @@ import time
 
 import psycopg
 
-from srserve.serving.control.database_clock import DatabaseClock, on_this_machine
 from srserve.serving.control.jobs import ErrorCode, JobState
 from srserve.serving.control.progress import ProgressUpdate
-from srserve.serving.control.store import JobStore
+from srserve.serving.control.store.clock import DatabaseClock, on_this_machine
+from srserve.serving.control.store.job_store import JobStore
 from tests.store_helpers import LIMITS, REQUEST
 
 MINUTES = 300.0  # how far the machines' clocks are set apart

@@ -15,7 +15,7 @@ from srserve.serving.control.attempts import Outcome, StageResult, StageTicket, 
 from srserve.serving.control.jobs import ErrorCode, Job, JobState, handoff_key, video_key
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
 from srserve.serving.control.progress import AttemptReporter, ProgressChannel
-from srserve.serving.control.store import JobStore
+from srserve.serving.control.store.job_store import JobStore
 from tests.store_helpers import LIMITS, REQUEST, Clock, migrated_store
 
 S = JobState

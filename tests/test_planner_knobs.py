@@ -6,7 +6,7 @@ import pytest
 
 from srserve.planner.search import PlanSpec, analytic_capacity, enumerate_candidates
 from srserve.planner.simulator import ClusterLayout, PoolSpec, simulate
-from srserve.serving.control.load_switch import LoadSwitchConfig
+from srserve.serving.control.pricing.load_switch import LoadSwitchConfig
 from srserve.workload.arrivals import PoissonArrivals
 from srserve.workload.mix import RequestClass, RequestMix
 from srserve.workload.plan import SloPolicy

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from srserve.serving.control.jobs import Job, JobState
-from srserve.serving.control.pool_work import estimate_pool_work, expected_sketch_steps, measure_stage_times
-from srserve.serving.control.store import JobStore, ProgressUpdate
+from srserve.serving.control.pricing.pool_work import estimate_pool_work, expected_sketch_steps, measure_stage_times
+from srserve.serving.control.store.job_store import JobStore, ProgressUpdate
 from tests.store_helpers import LIMITS
 
 T0 = 1_000.0

@@ -1,7 +1,7 @@
 """The private library parts srserve relies on, each checked where it is used from: an upgrade that
 moves or changes one fails here, naming it, instead of deep inside a deployment.
 
-embedded-postgres: srserve/serving/control/embedded_postgres_binaries.py.
+embedded-postgres: srserve/serving/control/store/embedded_postgres_binaries.py.
 grpcio and Ray Serve's gRPC proxy: srserve/serving/api/grpc_raw_handlers.py.
 """
 
@@ -19,7 +19,7 @@ import grpc
 
 from srserve.serving.api.grpc_raw_handlers import method_handlers, raw_requests, with_raw_requests
 from srserve.serving.api.grpc_servicers import add_VideoGenerationServicer_to_server
-from srserve.serving.control import embedded_postgres_binaries as binaries
+from srserve.serving.control.store import embedded_postgres_binaries as binaries
 from srserve.serving.proto import video_pb2, video_pb2_grpc
 
 GET_JOB = "/srserve.v1.VideoGeneration/GetJob"

@@ -15,7 +15,7 @@ from srserve.serving.control.attempts import StageTicket, StopReason
 from srserve.serving.control.errors import StoreUnavailable
 from srserve.serving.control.jobs import ErrorCode, JobState
 from srserve.serving.control.progress import AttemptReporter, ProgressChannel, compact
-from srserve.serving.control.store import JobStore, ProgressUpdate
+from srserve.serving.control.store.job_store import JobStore, ProgressUpdate
 from tests.store_helpers import LIMITS, REQUEST, Clock, migrated_store
 
 S = JobState

@@ -15,18 +15,18 @@ from srserve.engine import GenerationRequest, ModelPairConfig
 from srserve.engine.config import TINY_DEFAULTS
 from srserve.engine.request import ResolvedRequest, SwitchPolicy, resolve_request
 from srserve.serving.config import IngressConfig, ServingConfig
-from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.jobs import JobState
-from srserve.serving.control.pool_work import StageTimes
-from srserve.serving.control.request_limits import (
+from srserve.serving.control.pricing.pool_work import StageTimes
+from srserve.serving.control.pricing.request_limits import (
     RequestLimits,
     StepPrices,
     check_request,
     predicted_gpu_s,
     work_units,
 )
-from srserve.serving.control.store import JobStore, ProgressUpdate
+from srserve.serving.control.store.database import JobStoreConfig
+from srserve.serving.control.store.job_store import JobStore, ProgressUpdate
 from srserve.serving.ingress import IngressCore
 from tests.store_helpers import LIMITS
 

@@ -24,10 +24,10 @@ from srserve.serving.api import schemas
 from srserve.serving.api.http import openapi_document, served_document
 from srserve.serving.api.schemas import create_request, form_values
 from srserve.serving.config import IngressConfig, PoolConfig, ServingConfig
-from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.control.errors import InvalidRequest
+from srserve.serving.control.pricing.request_limits import RequestLimits
 from srserve.serving.control.request_cache import CacheLimits
-from srserve.serving.control.request_limits import RequestLimits
+from srserve.serving.control.store.database import JobStoreConfig
 from srserve.serving.ingress import IngressCore
 from tests.schema_strategies import conforming
 

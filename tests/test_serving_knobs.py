@@ -8,7 +8,7 @@ import pytest
 from srserve.engine import GenerationRequest, SRDiffusionEngine
 from srserve.engine.cache import CachePolicy, CacheSpec
 from srserve.engine.mag_calibration import calibrate, write_ratios
-from srserve.serving.control.load_switch import REASONS
+from srserve.serving.control.pricing.load_switch import REASONS
 from tests.serving_helpers import get, post, wait_state
 
 pytestmark = pytest.mark.slow

@@ -216,9 +216,9 @@ def test_jobs_wait_in_the_store_and_the_higher_priority_runs_first(tenants_app) 
     round of grants, ahead of b's later jobs, which run in their arrival order."""
     import asyncio
 
-    from srserve.serving.control.database import JobStoreConfig, resolve_dsn
     from srserve.serving.control.jobs import PoolBacklog
-    from srserve.serving.control.store import JobStore
+    from srserve.serving.control.store.database import JobStoreConfig, resolve_dsn
+    from srserve.serving.control.store.job_store import JobStore
 
     base = tenants_app["http"]
     store = JobStore(resolve_dsn(JobStoreConfig(), APP))

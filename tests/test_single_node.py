@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from srserve.serving.config import ConfigError, ServingConfig
 from srserve.serving.config.single_node import check_cluster, check_replica_node, single_node_problems
 from srserve.serving.control.artifacts import ArtifactStoreConfig
-from srserve.serving.control.database import JobStoreConfig
+from srserve.serving.control.store.database import JobStoreConfig
 
 EMBEDDED = JobStoreConfig()
 EXTERNAL = JobStoreConfig(dsn_env="SRSERVE_DATABASE_URL")

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 
 from srserve.serving.api.errors import grpc_status, http_status
-from srserve.serving.control.database import EmbeddedPostgres
 from srserve.serving.control.errors import StoreUnavailable
 from srserve.serving.control.jobs import JobState
-from srserve.serving.control.store import JobStore
+from srserve.serving.control.store.database import EmbeddedPostgres
+from srserve.serving.control.store.job_store import JobStore
 from tests.store_helpers import LIMITS, REQUEST, freeze, private_server, thaw
 
 HANG = 60.0  # far past every bound: reaching it means the call hung

@@ -1,4 +1,4 @@
-"""The store is the queue (control/dispatch.py) on a real PostgreSQL server, without Ray: which job a pool's
+"""The store is the queue (control/queueing/dispatch.py) on a real PostgreSQL server, without Ray: which job a pool's
 free slot goes to (priority, then weighted fair share, then arrival), the pool's capacity from its live
 replicas, exactness when several orchestrators grant at once, and a resumed job keeping its place."""
 
@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from srserve.serving.control.artifacts import ArtifactStore, ArtifactStoreConfig
-from srserve.serving.control.dispatch import DispatchPlan, stage_charge
 from srserve.serving.control.jobs import Job, JobState
-from srserve.serving.control.store import JobStore
+from srserve.serving.control.queueing.dispatch import DispatchPlan, stage_charge
+from srserve.serving.control.store.job_store import JobStore
 from srserve.serving.control.tenants import Tenant
 from tests.store_helpers import LIMITS, REQUEST, migrated_store
 from tests.test_orchestrator import Bench

@@ -20,11 +20,11 @@ from srserve.serving.api.schemas import create_priority, create_request, form_va
 from srserve.serving.config import ServingConfig
 from srserve.serving.config import tenants as tenants_module
 from srserve.serving.control.artifacts import ArtifactStoreConfig
-from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.control.errors import InvalidRequest, JobNotFound, NotReady, QuotaExceeded, ServingError
 from srserve.serving.control.jobs import JobState
-from srserve.serving.control.pool_work import estimate_pool_work, measure_stage_times
-from srserve.serving.control.store import migrations
+from srserve.serving.control.pricing.pool_work import estimate_pool_work, measure_stage_times
+from srserve.serving.control.store.database import JobStoreConfig
+from srserve.serving.control.store.job_store import migrations
 from srserve.serving.control.tenants import DEFAULT, DEFAULT_TENANT, PRIORITY_LIMIT, Tenant
 from tests.store_helpers import LIMITS, REQUEST, migrated_store
 

@@ -20,10 +20,10 @@ from srserve.engine.request import MAX_REFERENCE_IMAGES, GenerationRequest
 from srserve.engine.video import encode_mp4
 from srserve.serving.api.http import openapi_document, served_document
 from srserve.serving.config import IngressConfig, ServingConfig
-from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.control.edit_uploads import EditUploads, decode_stored, stored_parts
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.jobs import Job, artifact_prefix, edit_input_key
+from srserve.serving.control.store.database import JobStoreConfig
 from srserve.serving.control.tenants import DEFAULT
 from srserve.serving.ingress import IngressCore
 

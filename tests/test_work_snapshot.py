@@ -14,12 +14,12 @@ import pytest
 
 from srserve.serving.config import PoolConfig, PoolLayout
 from srserve.serving.control.jobs import RUNNING_STATES, ErrorCode, Job, JobState, PoolBacklog
-from srserve.serving.control.load_switch import load_snapshot
-from srserve.serving.control.pool_work import POOLS, estimate_pool_work, measure_stage_times
-from srserve.serving.control.request_limits import unit_step_times
-from srserve.serving.control.store import JobStore, ProgressUpdate, migrations
+from srserve.serving.control.pricing.load_switch import load_snapshot
+from srserve.serving.control.pricing.pool_work import POOLS, estimate_pool_work, measure_stage_times
+from srserve.serving.control.pricing.request_limits import unit_step_times
+from srserve.serving.control.store.job_store import JobStore, ProgressUpdate, migrations
+from srserve.serving.control.store.work_snapshot import WorkSnapshot
 from srserve.serving.control.tenants import Tenant
-from srserve.serving.control.work_snapshot import WorkSnapshot
 from srserve.serving.ops.metrics import tenant_work
 from tests.store_helpers import Clock, migrated_store
 

@@ -30,7 +30,7 @@ class SwitchPolicy(BaseModel):
     `adaptive`: SRDiffusion's self-difference rule with threshold `tau`, bounded by
     `min_step`/`max_step` (defaults 10% / 60% of N, i.e. 5 / 30 of 50 steps).
     `load`: adaptive, with an upper bound the serving layer lowers while the sketch pool is the
-    bottleneck or the SLO is at risk (srserve.serving.control.load_switch); the engine alone, with
+    bottleneck or the SLO is at risk (srserve.serving.control.pricing.load_switch); the engine alone, with
     no load to look at, runs it as `adaptive`.
     """
 

@@ -42,7 +42,7 @@ def serve_process(
     spec: dict[str, Any], num_cpus: int, prefix: str, ready_timeout_s: float = 300.0, stop_timeout_s: float = 120.0
 ) -> Iterator[ServeProcess]:
     """Run `srserve serve` on the deploy file `spec` (its ports replaced by free ones) until the block ends."""
-    from srserve.serving.control.database import EmbeddedPostgres
+    from srserve.serving.control.store.database import EmbeddedPostgres
 
     home = Path(tempfile.mkdtemp(prefix=prefix))
     http_port = free_port()

@@ -27,7 +27,7 @@ from srserve.planner.simulator import (
     simulate,
     unloaded_latency,
 )
-from srserve.serving.control.load_switch import LoadSwitchConfig
+from srserve.serving.control.pricing.load_switch import LoadSwitchConfig
 from srserve.workload.arrivals import GammaArrivals, PoissonArrivals, TraceArrivals
 from srserve.workload.mix import RequestClass, RequestMix
 from srserve.workload.plan import SloPolicy

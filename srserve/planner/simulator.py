@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from srserve.engine.parallel.config import ParallelSpec
 from srserve.engine.request import RequestDefaults, SwitchPolicy
 from srserve.planner.profile import Profile, ShapeCosts
-from srserve.serving.control.load_switch import LoadSnapshot, LoadSwitchConfig, choose_switch
+from srserve.serving.control.pricing.load_switch import LoadSnapshot, LoadSwitchConfig, choose_switch
 from srserve.workload.arrivals import ClosedLoop, GammaArrivals, PoissonArrivals, TraceArrivals
 from srserve.workload.mix import RequestClass, RequestMix
 from srserve.workload.plan import PlannedRequest, SloPolicy, closed_loop_stream, open_loop_plan

@@ -28,7 +28,7 @@ from srserve.serving.api.tls_gateway import GrpcTlsGateway
 from srserve.serving.config import PoolConfig, PoolLayout, ServingConfig
 from srserve.serving.config.layout import PoolName
 from srserve.serving.config.single_node import check_cluster, check_replica_node
-from srserve.serving.control.database import migrate_store
+from srserve.serving.control.store.database import migrate_store
 from srserve.serving.ingress import IngressCore
 from srserve.serving.ops.job_logging import install_job_log_filter
 from srserve.serving.ops.metrics import export_store_gauges

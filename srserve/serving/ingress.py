@@ -45,8 +45,6 @@ from srserve.engine.schedule import ScheduleLimits
 from srserve.serving.config import AdapterRouting, ServingConfig
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore
 from srserve.serving.control.attempts import StageResult, StageTicket
-from srserve.serving.control.database import open_store
-from srserve.serving.control.dispatch import DispatchPlan
 from srserve.serving.control.edit_uploads import EditUploads, decode_uploads
 from srserve.serving.control.errors import (
     InvalidRequest,
@@ -58,10 +56,12 @@ from srserve.serving.control.errors import (
 )
 from srserve.serving.control.events import EventHub
 from srserve.serving.control.jobs import Job, JobEvent, JobState, Phase, edit_input_key, handoff_key, input_image_key
-from srserve.serving.control.load_switch import SwitchChoice, choose_switch, load_snapshot
 from srserve.serving.control.orchestrator import Orchestrator, OrchestratorSettings
+from srserve.serving.control.pricing.load_switch import SwitchChoice, choose_switch, load_snapshot
+from srserve.serving.control.pricing.request_limits import check_cost, check_request, predicted_gpu_s, unit_step_times
+from srserve.serving.control.queueing.dispatch import DispatchPlan
 from srserve.serving.control.request_cache import CacheRefused, cache_pattern, fit_schedule, resolve_cache
-from srserve.serving.control.request_limits import check_cost, check_request, predicted_gpu_s, unit_step_times
+from srserve.serving.control.store.database import open_store
 from srserve.serving.control.tenants import Tenant
 from srserve.serving.ops.job_logging import bind_job, log_job_finished
 from srserve.serving.ops.metrics import record_job_finished, record_quota_refusal, record_switch_choice

@@ -25,7 +25,8 @@ from srserve.serving.config import (
     ServingConfig,
     StartupError,
 )
-from srserve.serving.control.database import (
+from srserve.serving.control.errors import StoreUnavailable
+from srserve.serving.control.store.database import (
     DatabaseUnconfigured,
     EmbeddedPostgres,
     EmbeddedPostgresFailed,
@@ -33,7 +34,6 @@ from srserve.serving.control.database import (
     migrate_store,
     resolve_dsn,
 )
-from srserve.serving.control.errors import StoreUnavailable
 
 logger = logging.getLogger("srserve")
 
@@ -260,8 +260,8 @@ def drain_and_shutdown(config: ServingConfig, timeout_s: float = 60.0) -> int:
 
 async def _drain(config: ServingConfig, timeout_s: float) -> int:
     """Live jobs left after waiting up to `timeout_s` for them to end (one store connection throughout)."""
-    from srserve.serving.control.database import open_store
     from srserve.serving.control.jobs import TERMINAL
+    from srserve.serving.control.store.database import open_store
 
     store = open_store(config.resolved().job_store)
     deadline = time.monotonic() + timeout_s

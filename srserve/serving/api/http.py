@@ -58,7 +58,7 @@ from srserve.serving.api.schemas import (
 from srserve.serving.control.artifacts import RangeNotSatisfiable, parse_range_header
 from srserve.serving.control.edit_uploads import EditUploads
 from srserve.serving.control.jobs import Job, JobState
-from srserve.serving.control.request_limits import RequestLimits
+from srserve.serving.control.pricing.request_limits import RequestLimits
 from srserve.serving.control.tenants import PRIORITY_LIMIT, Tenant
 from srserve.serving.ingress import IngressCore
 

@@ -48,7 +48,7 @@ from srserve.engine.schedule import (
 )
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.jobs import JobState
-from srserve.serving.control.request_limits import RequestLimits
+from srserve.serving.control.pricing.request_limits import RequestLimits
 from srserve.serving.control.tenants import PRIORITY_LIMIT
 
 

@@ -16,10 +16,10 @@ from srserve.serving.config.layout import PoolLayout
 from srserve.serving.config.pools import PoolConfig
 from srserve.serving.config.tenants import TenantConfig, TenantName, TenantTokens, resolve_tokens
 from srserve.serving.control.artifacts import ArtifactStoreConfig
-from srserve.serving.control.database import JobStoreConfig, resolve_dsn
 from srserve.serving.control.edit_uploads import EditLimits
-from srserve.serving.control.load_switch import LoadSwitchConfig
-from srserve.serving.control.request_limits import RequestLimits, default_problems
+from srserve.serving.control.pricing.load_switch import LoadSwitchConfig
+from srserve.serving.control.pricing.request_limits import RequestLimits, default_problems
+from srserve.serving.control.store.database import JobStoreConfig, resolve_dsn
 
 TinyPairName = Literal[tuple([*TINY_ALIASES, *TINY_PAIRS])]  # type: ignore[valid-type]
 # How the ingress picks the replica for a stage whose models switch the job's LoRA adapter per job.

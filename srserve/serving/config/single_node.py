@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from srserve.serving.config.errors import ConfigError
 from srserve.serving.control.artifacts import ArtifactStoreConfig
-from srserve.serving.control.database import JobStoreConfig
+from srserve.serving.control.store.database import JobStoreConfig
 
 DOCS = "docs/operations.md, 'On a multi-node cluster'"
 

@@ -12,7 +12,7 @@ import contextlib
 from collections import defaultdict
 
 from srserve.serving.control.jobs import Job, JobEvent
-from srserve.serving.control.store import EVENTS_CHANNEL, JobStore
+from srserve.serving.control.store.job_store import EVENTS_CHANNEL, JobStore
 
 
 class EventHub:

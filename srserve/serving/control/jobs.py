@@ -91,7 +91,7 @@ class Job:
     handoff_key: str | None = None
     fence: int = 0
     lease_owner: str | None = None
-    # The load-aware switch's cap on the sketch steps and its reason (srserve.serving.control.load_switch).
+    # The load-aware switch's cap on the sketch steps and its reason (srserve.serving.control.pricing.load_switch).
     switch_cap: int | None = None
     switch_reason: str | None = None
     # Who created it (srserve.serving.control.tenants), the priority it asked for, its predicted GPU-seconds.

@@ -9,7 +9,7 @@ running somewhere can no longer write. The stage calls are awaited; nothing here
 
 Before each stage the job waits in the store, not in Ray Serve's router: it is put in line for the
 stage's pool and its driving task awaits a slot there, which any orchestrator may grant by the queue's
-rules (priority, weighted fair share, arrival: control/dispatch.py). A grant is heard at once (its own,
+rules (priority, weighted fair share, arrival: control/queueing/dispatch.py). A grant is heard at once (its own,
 or another's NOTIFY); the maintenance tick catches any announcement missed. The slot goes back to the
 pool when the stage call returns, however it ended. A retried or resumed job waits again by the same
 rules, with its original arrival order.
@@ -35,9 +35,9 @@ from typing import Any
 
 from srserve.serving.control.artifacts import ArtifactStore
 from srserve.serving.control.attempts import Outcome, StageResult, StageTicket, StopReason
-from srserve.serving.control.dispatch import DISPATCH_CHANNEL, DispatchPlan
 from srserve.serving.control.jobs import ARTIFACT_KINDS, ErrorCode, Job, artifact_prefix
-from srserve.serving.control.store import (
+from srserve.serving.control.queueing.dispatch import DISPATCH_CHANNEL, DispatchPlan
+from srserve.serving.control.store.job_store import (
     STOP_CHANNEL,
     AttemptsExhausted,
     JobStore,
@@ -85,7 +85,7 @@ class Orchestrator:
     ) -> None:
         """`on_job_ended` gets each job this orchestrator ended other than by completing (metrics, the
         summary log line); `bind_job` runs first in each job's driving task (job-scoped logging); `plan` says
-        which pool runs each stage and the tenants' weights (the queue's, control/dispatch.py)."""
+        which pool runs each stage and the tenants' weights (the queue's, control/queueing/dispatch.py)."""
         self.store = store
         self.artifacts = artifacts
         self.owner = owner
@@ -162,7 +162,7 @@ class Orchestrator:
             raise
         return await self._settle(job_id, stage, ticket, result)
 
-    # -- the queue (control/dispatch.py) ------------------------------------------------------
+    # -- the queue (control/queueing/dispatch.py) ------------------------------------------------------
     async def _await_slot(self, job_id: str) -> str | None:
         """Put the job in line for its next stage's pool and wait until it holds a slot there: the stage, or
         None when the job ended meanwhile or is no longer this orchestrator's."""

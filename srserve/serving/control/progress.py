@@ -19,7 +19,7 @@ import threading
 from srserve.serving.control.artifacts import ArtifactStore
 from srserve.serving.control.attempts import StageResult, StageTicket, StopReason
 from srserve.serving.control.jobs import Job, JobState, handoff_key, video_key
-from srserve.serving.control.store import (
+from srserve.serving.control.store.job_store import (
     STOP_CHANNEL,
     JobStore,
     ProgressUpdate,

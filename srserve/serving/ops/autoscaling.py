@@ -1,7 +1,7 @@
 """Per-pool autoscaling on the pool's queue of work in expected GPU-seconds.
 
 Data flow: every replica of a pool, when Serve polls its `record_autoscaling_stats`, asks the job
-board for the pool's work (srserve.serving.control.pool_work: remaining steps x measured step time +
+board for the pool's work (srserve.serving.control.pricing.pool_work: remaining steps x measured step time +
 encode/decode costs, over the jobs waiting for or running in that pool) and reports it. Serve
 averages each replica's reports over `look_back_period_s` and calls this policy in the controller
 every control-loop tick (Ray 2.60: `autoscaling_config.policy.policy_function` names a class;

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from srserve.serving.control.jobs import PHASE_STATES, Job, JobState, PoolBacklog
-from srserve.serving.control.pool_work import PoolWork, StageTimes, estimate_pool_work, measure_stage_times
-from srserve.serving.control.work_snapshot import WorkSnapshot
+from srserve.serving.control.pricing.pool_work import PoolWork, StageTimes, estimate_pool_work, measure_stage_times
+from srserve.serving.control.store.work_snapshot import WorkSnapshot
 from srserve.workload.timeline import Timeline
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@
   changes (PoolConfig puts the pool's operational settings there), without restarting the
   replica: starts or retunes GPU telemetry and installs the job-id log filter.
 - `record_autoscaling_stats()`: Serve calls it periodically when the pool autoscales; the replica
-  asks the job store for its pool's queue of work in GPU-seconds (srserve.serving.control.pool_work) and
+  asks the job store for its pool's queue of work in GPU-seconds (srserve.serving.control.pricing.pool_work) and
   reports it to the controller, where srserve.serving.ops.autoscaling.QueueWorkPolicy reads it.
 """
 
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from srserve.engine import Role, SRDiffusionEngine
 from srserve.serving.config import ReplicaSettings
-from srserve.serving.control.pool_work import estimate_pool_work
+from srserve.serving.control.pricing.pool_work import estimate_pool_work
 from srserve.serving.ops.gpu_telemetry import GpuTelemetry
 from srserve.serving.ops.job_logging import install_job_log_filter
 
 if TYPE_CHECKING:
-    from srserve.serving.control.store import JobStore
+    from srserve.serving.control.store.job_store import JobStore
 
 
 class ReplicaOperations:

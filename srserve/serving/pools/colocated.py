@@ -21,8 +21,8 @@ from srserve.engine.families import EncodedPrompt
 from srserve.engine.request import ResolvedRequest
 from srserve.serving.control.artifacts import ArtifactStoreConfig
 from srserve.serving.control.attempts import StageResult, StageTicket
-from srserve.serving.control.database import JobStoreConfig
 from srserve.serving.control.jobs import JobState
+from srserve.serving.control.store.database import JobStoreConfig
 from srserve.serving.pools import stages
 from srserve.serving.pools.render import RendersHandoffs
 

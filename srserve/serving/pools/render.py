@@ -10,7 +10,7 @@ from srserve.engine import HandoffState, ModelPairConfig, Role
 from srserve.engine.parallel import ParallelSpec
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStoreConfig
 from srserve.serving.control.attempts import StageResult, StageTicket
-from srserve.serving.control.database import JobStoreConfig
+from srserve.serving.control.store.database import JobStoreConfig
 from srserve.serving.ops.metrics import timed_handoff
 from srserve.serving.pools import stages
 from srserve.serving.pools.worker import PoolWorker

@@ -11,7 +11,7 @@ from srserve.engine.families import EncodedPrompt
 from srserve.engine.request import ResolvedRequest
 from srserve.serving.control.artifacts import ArtifactStoreConfig
 from srserve.serving.control.attempts import StageTicket
-from srserve.serving.control.database import JobStoreConfig
+from srserve.serving.control.store.database import JobStoreConfig
 from srserve.serving.pools import stages
 from srserve.serving.pools.worker import PoolWorker
 

@@ -40,10 +40,10 @@ from srserve.engine.request import ResolvedRequest
 from srserve.serving.config.single_node import check_replica_node
 from srserve.serving.control.artifacts import ArtifactStore, ArtifactStoreConfig
 from srserve.serving.control.attempts import StageResult, StageTicket
-from srserve.serving.control.database import JobStoreConfig, open_store
 from srserve.serving.control.edit_uploads import decode_stored, stored_parts
 from srserve.serving.control.progress import AttemptReporter, ProgressChannel
-from srserve.serving.control.replica_slots import ReplicaSlots, replica_slots
+from srserve.serving.control.queueing.replica_slots import ReplicaSlots, replica_slots
+from srserve.serving.control.store.database import JobStoreConfig, open_store
 from srserve.serving.ops.job_logging import bind_job, log_job_finished
 from srserve.serving.ops.metrics import record_adapter_counts, record_adapter_routing, record_job_finished
 from srserve.serving.ops.replica_operations import ReplicaOperations

@@ -25,9 +25,9 @@ from typing import Any
 
 import psycopg
 
-from srserve.serving.control.database_clock import NOW_SQL as _NOW
 from srserve.serving.control.errors import Overloaded, QuotaExceeded
 from srserve.serving.control.jobs import PHASE_STATES, PoolBacklog
+from srserve.serving.control.store.clock import NOW_SQL as _NOW
 from srserve.serving.control.tenants import Tenant
 
 

@@ -28,10 +28,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from srserve.serving.control.database_clock import NOW_SQL as _NOW
 from srserve.serving.control.jobs import Job
-from srserve.serving.control.pool_work import expected_sketch_steps
-from srserve.serving.control.request_limits import job_units
+from srserve.serving.control.pricing.pool_work import expected_sketch_steps
+from srserve.serving.control.pricing.request_limits import job_units
+from srserve.serving.control.store.clock import NOW_SQL as _NOW
 
 DISPATCH_CHANNEL = "srserve_dispatch"  # payloads: "granted:<job id>", "freed:<pool>", "waiting:<pool>"
 DISPATCH_LOCK = 7_265_303  # pg_advisory_xact_lock(key, hashtext(pool)): one granter per pool at a time

@@ -1,6 +1,6 @@
 """A pool replica's place in the queue's capacity: its row in `srserve_pool_replicas`, kept fresh while it lives.
 
-The queue (control/dispatch.py) hands a pool as many jobs at once as its live replicas take: each takes
+The queue (control/queueing/dispatch.py) hands a pool as many jobs at once as its live replicas take: each takes
 one running and one waiting inside it (`slots`, at most its max_ongoing_requests), so a replica's GPU
 never waits for the store between jobs and nothing else waits in Ray Serve's router. The row lasts
 `ttl_s` past each refresh: a replica that dies or is stopped stops counting within that, with no
@@ -14,7 +14,7 @@ import contextlib
 import logging
 
 from srserve.serving.control.errors import StoreUnavailable
-from srserve.serving.control.store import JobStore
+from srserve.serving.control.store.job_store import JobStore
 
 logger = logging.getLogger("ray.serve")
 

@@ -1,4 +1,4 @@
--- The work snapshot (srserve.serving.control.work_snapshot) and the per-tenant job counts, read without a
+-- The work snapshot (srserve.serving.control.store.work_snapshot) and the per-tenant job counts, read without a
 -- pass over every live job.
 --
 -- Unfinished jobs that carry a measured quantity (a running stage's progress, or stamps of an earlier stage:

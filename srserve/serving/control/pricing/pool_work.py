@@ -9,7 +9,7 @@ A pool's work is then, over the jobs waiting for or running in it,
 which is what its autoscaling policy scales on (srserve.serving.ops.autoscaling), not request counts:
 a 50-step 81-frame job and a 4-step preview are not the same load. Plain Python, no Ray.
 
-The pricing takes a list of jobs or the store's WorkSnapshot (control/work_snapshot.py: alike unfinished jobs
+The pricing takes a list of jobs or the store's WorkSnapshot (control/store/work_snapshot.py: alike unfinished jobs
 as one job and a count), which prices the same with rows that do not grow with the waiting jobs.
 """
 
@@ -22,7 +22,7 @@ from typing import Literal
 
 from srserve.engine.request import stored_switch
 from srserve.serving.control.jobs import Job, JobState
-from srserve.serving.control.work_snapshot import WorkSnapshot
+from srserve.serving.control.store.work_snapshot import WorkSnapshot
 from srserve.workload.timeline import Timeline
 
 Pool = Literal["text", "sketch", "render", "colocated"]

@@ -29,8 +29,8 @@ from srserve.engine.grammar import field_limits
 from srserve.engine.request import GenerationRequest, RequestDefaults, ResolvedRequest, SwitchPolicy, resolve_request
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.jobs import Job
-from srserve.serving.control.pool_work import StageTimes, measure_stage_times
-from srserve.serving.control.work_snapshot import WorkSnapshot
+from srserve.serving.control.pricing.pool_work import StageTimes, measure_stage_times
+from srserve.serving.control.store.work_snapshot import WorkSnapshot
 
 SIDE_MULTIPLE = 16  # GenerationRequest's height/width validator
 _SIDE = field_limits(GenerationRequest, "height")

@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from srserve.engine.request import SwitchPolicy
 from srserve.serving.control.jobs import Job
-from srserve.serving.control.pool_work import estimate_pool_work, measure_stage_times
-from srserve.serving.control.work_snapshot import WorkSnapshot
+from srserve.serving.control.pricing.pool_work import estimate_pool_work, measure_stage_times
+from srserve.serving.control.store.work_snapshot import WorkSnapshot
 
 REASONS = ("unmeasured", "adaptive", "balance", "slo", "floor")
 

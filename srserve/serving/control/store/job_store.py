@@ -33,19 +33,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from srserve.serving.control.admission import admission_sql, admit, refusal
 from srserve.serving.control.attempts import StopReason
-from srserve.serving.control.database_clock import NOW_SQL as _NOW
-from srserve.serving.control.database_clock import DatabaseClock, on_this_machine
-from srserve.serving.control.dispatch import (
-    DISPATCH_CHANNEL,
-    DISPATCH_LOCK,
-    GRANT_SQL,
-    IDLE_SQL,
-    DispatchPlan,
-    grant_params,
-    stage_charge,
-)
 from srserve.serving.control.errors import StoreUnavailable
 from srserve.serving.control.jobs import (
     TERMINAL,
@@ -55,10 +43,22 @@ from srserve.serving.control.jobs import (
     JobState,
     PoolBacklog,
 )
+from srserve.serving.control.queueing.dispatch import (
+    DISPATCH_CHANNEL,
+    DISPATCH_LOCK,
+    GRANT_SQL,
+    IDLE_SQL,
+    DispatchPlan,
+    grant_params,
+    stage_charge,
+)
 from srserve.serving.control.state_machine import RESUMABLE_FROM, RESUME_STATE, can_move, next_stage
-from srserve.serving.control.store_connection import ConnectionCheck, bounded, connection_kwargs
+from srserve.serving.control.store.admission import admission_sql, admit, refusal
+from srserve.serving.control.store.clock import NOW_SQL as _NOW
+from srserve.serving.control.store.clock import DatabaseClock, on_this_machine
+from srserve.serving.control.store.connection import ConnectionCheck, bounded, connection_kwargs
+from srserve.serving.control.store.work_snapshot import WorkSnapshot, read_work_snapshot
 from srserve.serving.control.tenants import DEFAULT, DEFAULT_TENANT, Tenant
-from srserve.serving.control.work_snapshot import WorkSnapshot, read_work_snapshot
 
 logger = logging.getLogger("ray.serve")
 
@@ -179,7 +179,7 @@ def _event(row: dict[str, Any]) -> JobEvent:
 
 def migrations() -> list[tuple[int, str]]:
     """The schema's migrations in order: (version, SQL), from the package's migrations/ folder."""
-    folder = resources.files("srserve.serving.control") / "migrations"
+    folder = resources.files("srserve.serving.control.store") / "migrations"
     out = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
@@ -202,7 +202,7 @@ class JobStore:
         self.timeout_s = timeout_s
         self.query_timeout_s = query_timeout_s
         # The database server's clock (this machine's when the server runs here) unless a test drives one
-        # by hand (see database_clock).
+        # by hand (see store.clock).
         if clock is None:
             clock = time.time if on_this_machine(dsn) else DatabaseClock()
         self.clock: Callable[[], float] = clock
@@ -244,7 +244,7 @@ class JobStore:
     ) -> AsyncIterator[psycopg.AsyncConnection]:
         """A connection in a transaction (`transaction=False`: each statement its own); connection trouble
         becomes StoreUnavailable. The wait for a connection is bounded by `timeout_s`, the transaction by
-        `bound_s` (default `query_timeout_s`), also when the server hangs (store_connection.bounded)."""
+        `bound_s` (default `query_timeout_s`), also when the server hangs (connection.bounded)."""
         await self.open()
         try:
             async with (
@@ -508,7 +508,7 @@ class JobStore:
 
     async def work_snapshot(self, recent: int = 32) -> WorkSnapshot:
         """What pricing queued work reads, in rows that do not grow with the waiting jobs: waiting jobs
-        grouped, running jobs, the newest `recent` finished ones (control/work_snapshot.py)."""
+        grouped, running jobs, the newest `recent` finished ones (control/store/work_snapshot.py)."""
         async with self._tx() as conn:
             return await read_work_snapshot(conn, recent, _job)
 
@@ -614,7 +614,7 @@ class JobStore:
                 )
             return cur.rowcount
 
-    # -- the queue (srserve.serving.control.dispatch) -------------------------------------
+    # -- the queue (srserve.serving.control.queueing.dispatch) -------------------------------------
     async def wait_for_slot(self, job_id: str, owner: str, plan: DispatchPlan) -> QueuePlace | None:
         """Put a job `owner` drives in line for the pool its next stage runs on (a job that already holds
         that pool's slot keeps it). None when the job ended or another orchestrator holds it."""

@@ -26,9 +26,9 @@ import psycopg.conninfo
 from pydantic import BaseModel, ConfigDict, Field
 
 from srserve.engine.config import srserve_home
-from srserve.serving.control import embedded_postgres_binaries as binaries
-from srserve.serving.control.embedded_postgres_binaries import EMBEDDED_USER
 from srserve.serving.control.errors import StoreUnavailable
+from srserve.serving.control.store import embedded_postgres_binaries as binaries
+from srserve.serving.control.store.embedded_postgres_binaries import EMBEDDED_USER
 
 logger = logging.getLogger("srserve")
 
@@ -232,7 +232,7 @@ class EmbeddedPostgres:
 
 def open_store(config: JobStoreConfig):
     """A JobStore for this process (opened lazily in the event loop that first uses it)."""
-    from srserve.serving.control.store import JobStore
+    from srserve.serving.control.store.job_store import JobStore
 
     dsn = resolve_dsn(config)
     return JobStore(dsn, pool_size=config.pool_size, timeout_s=config.timeout_s, query_timeout_s=config.query_timeout_s)

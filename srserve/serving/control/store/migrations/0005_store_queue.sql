@@ -1,4 +1,4 @@
--- The store is the queue (srserve.serving.control.dispatch): a job waits here for a slot on the pool its next
+-- The store is the queue (srserve.serving.control.queueing.dispatch): a job waits here for a slot on the pool its next
 -- stage runs on, and the next job for a free slot is chosen by one statement.
 --
 -- wait_pool:   the pool the job waits for (its driver set it), NULL when not waiting;

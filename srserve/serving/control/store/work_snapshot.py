@@ -1,6 +1,6 @@
 """What pricing queued work reads from the job store, in rows that do not grow with the unfinished jobs.
 
-Each pool's queue of work (srserve.serving.control.pool_work), the load-aware switch, a request's predicted
+Each pool's queue of work (srserve.serving.control.pricing.pool_work), the load-aware switch, a request's predicted
 cost and the per-tenant work gauges price every unfinished job and measure step times on the newest ones.
 Reading every live job made each of those reads cost O(live jobs) in rows and Python. The snapshot reads,
 in one REPEATABLE READ transaction (one consistent view):

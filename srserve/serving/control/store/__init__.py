@@ -1,0 +1,1 @@
+"""The job store: PostgreSQL, its connections, clock, migrations, and the statements that admit and price."""
