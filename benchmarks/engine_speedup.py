@@ -35,11 +35,11 @@ import torch
 from PIL import Image
 
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
-from srserve.engine.edit_inputs import EditInputs
 from srserve.engine.families import edits_video, takes_image
-from srserve.engine.image import describe_image, load_image
+from srserve.engine.inputs.edit_inputs import EditInputs
+from srserve.engine.inputs.image import describe_image, load_image
+from srserve.engine.inputs.video_input import describe_video, load_video
 from srserve.engine.video import encode_mp4
-from srserve.engine.video_input import describe_video, load_video
 
 PAIRS = ["tiny", "tiny-cogvideox", "tiny-wan2.1-i2v", "tiny-wan2.2-i2v", "tiny-wan2.1-vace"]
 

@@ -34,7 +34,7 @@ import torch
 
 from srserve.cli.generate import add_model_pair_arguments, model_pair_from_args
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
-from srserve.engine.adapter_spec import AdapterConfig
+from srserve.engine.adapters.spec import AdapterConfig
 from srserve.engine.tiny.lora import RENDER_LORA, SKETCH_LORA, write_tiny_loras
 
 PROMPT = "a red fox running through snow"

@@ -29,8 +29,8 @@ import torch
 
 from srserve.cli.generate import add_model_pair_arguments, model_pair_from_args
 from srserve.engine import GenerationRequest, SRDiffusionEngine
-from srserve.engine.cache import CacheSpec, with_ratios_file
-from srserve.engine.mag_calibration import calibrate, write_ratios
+from srserve.engine.denoising.cache import CacheSpec, with_ratios_file
+from srserve.engine.denoising.mag_calibration import calibrate, write_ratios
 
 CACHES = ("first_block:0.2", "taylorseer:3", "mag:0.3")
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from srserve.engine import GenerationRequest, ModelPairConfig, Role, SRDiffusionEngine
-from srserve.engine.attention import AttentionBackendUnavailable, attention_backend_of, check_attention_backend
 from srserve.engine.families import family_names, get_family
 from srserve.engine.families.base import ModelFamily
+from srserve.engine.models.attention import AttentionBackendUnavailable, attention_backend_of, check_attention_backend
 from srserve.serving.config import PoolConfig, ServingConfig
 
 WAN = get_family("wan2.1")

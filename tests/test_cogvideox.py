@@ -19,10 +19,11 @@ import torch
 from diffusers import CogVideoXPipeline
 
 from srserve.cli.main import main as cli_main
-from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine, components
+from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine
+from srserve.engine.denoising.scheduler_state import SchedulerSnapshot
 from srserve.engine.families import IncompatiblePairError
 from srserve.engine.families.cogvideox import HANDOFF_EXTRAS_KEY, OLD_X0, TIMESTEP_BACK, CogVideoXFamily
-from srserve.engine.scheduler_state import SchedulerSnapshot
+from srserve.engine.models import components
 from srserve.engine.tiny import TinyCogVideoXSpec, write_tiny_cogvideox_pair
 from srserve.engine.video import read_mp4
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine, components
+from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
+from srserve.engine.models import components
 
 COMPILE_ATOL = 1e-4
 

@@ -1,4 +1,4 @@
-"""Few-step schedules (srserve.engine.schedule): bit-for-bit parity with diffusers' WanPipeline running the
+"""Few-step schedules (srserve.engine.denoising.schedule): bit-for-bit parity with diffusers' WanPipeline running the
 same scheduler and sigmas, one transformer forward per step at guidance 1, the handoff of a few-step
 request through its bytes, `adaptive` at 4 steps, and the refusals that name their field."""
 
@@ -17,11 +17,12 @@ from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, 
 from pydantic import ValidationError
 
 from srserve.cli.main import main as cli_main
-from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine, components
+from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine
+from srserve.engine.denoising.schedule import ScheduleBounds
 from srserve.engine.families import IncompatiblePairError, check_pair_schedule, check_schedule, get_family
 from srserve.engine.handoff import FORMAT_NAME, FORMAT_VERSION, HandoffFormatError
+from srserve.engine.models import components
 from srserve.engine.request import RequestDefaults, describe_validation_error, resolve_request
-from srserve.engine.schedule import ScheduleBounds
 from srserve.planner.profile import Profile
 
 PROMPT = "a kite over a beach"

@@ -17,9 +17,9 @@ import pytest
 from srserve.cli import client as client_cli
 from srserve.client.grpc_client import make_request
 from srserve.engine import GenerationRequest, ModelPairConfig
-from srserve.engine.cache import CachePolicy, CacheSpec
+from srserve.engine.denoising.cache import CachePolicy, CacheSpec
+from srserve.engine.denoising.schedule import ScheduleBounds
 from srserve.engine.request import RequestDefaults, resolve_request
-from srserve.engine.schedule import ScheduleBounds
 from srserve.engine.tiny import write_tiny_wan22_pair
 from srserve.serving.api.grpc import generate_request, job_message
 from srserve.serving.api.http import openapi_document, video_object

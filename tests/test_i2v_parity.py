@@ -14,11 +14,12 @@ from diffusers import WanImageToVideoPipeline
 from PIL import Image
 from safetensors.torch import save as st_save
 
-from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine, components
+from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine
 from srserve.engine.families import IncompatiblePairError
 from srserve.engine.families.wan22 import Wan22Family
 from srserve.engine.handoff import FORMAT_NAME, FORMAT_VERSION, HandoffFormatError
-from srserve.engine.image import describe_image, load_image
+from srserve.engine.inputs.image import describe_image, load_image
+from srserve.engine.models import components
 
 STEPS = 4
 PROMPT = "a red fox running through snow"

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from srserve.engine.image import ImageInputError, describe_image, load_image
+from srserve.engine.inputs.image import ImageInputError, describe_image, load_image
 from srserve.engine.request import GenerationRequest, InputImage, RequestDefaults, resolve_request
 
 LIMIT_BYTES = 1 << 20

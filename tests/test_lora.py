@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine, components
-from srserve.engine.adapter_spec import LORA, AdapterConfig, LoraSpec, lora_pattern, resolve_lora
-from srserve.engine.adapters import AdapterMisfitError, check_adapters
+from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine
+from srserve.engine.adapters.loading import AdapterMisfitError, check_adapters
+from srserve.engine.adapters.spec import LORA, AdapterConfig, LoraSpec, lora_pattern, resolve_lora
+from srserve.engine.models import components
 from srserve.engine.request import RequestDefaults, describe_validation_error, error_field, resolve_request
 from srserve.engine.tiny import write_tiny_wan22_pair
 from srserve.engine.tiny.lora import RENDER_LORA, SKETCH_LORA, SKETCH_LORA_COMFY, write_tiny_loras

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from srserve.client.grpc_client import make_request
 from srserve.engine import ModelPairConfig
-from srserve.engine.adapter_spec import AdapterConfig, LoraSpec, lora_pattern
+from srserve.engine.adapters.spec import AdapterConfig, LoraSpec, lora_pattern
 from srserve.serving.api.grpc import generate_request, job_message
 from srserve.serving.api.http import openapi_document, video_object
 from srserve.serving.api.schemas import Video, create_request

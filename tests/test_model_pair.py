@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from srserve.engine import GenerationRequest, ModelPairConfig, Role, SRDiffusionEngine, components
+from srserve.engine import GenerationRequest, ModelPairConfig, Role, SRDiffusionEngine
 from srserve.engine.engine import MissingRoleError
 from srserve.engine.families import IncompatiblePairError, check_pair, get_family
+from srserve.engine.models import components
 
 
 def _copy_with(tiny_root: Path, tmp_path: Path, component: str, **changes) -> ModelPairConfig:

@@ -9,15 +9,9 @@ import pytest
 import torch
 from diffusers import WanPipeline
 
-from srserve.engine import (
-    GenerationRequest,
-    HandoffState,
-    Role,
-    SRDiffusionEngine,
-    SwitchPolicy,
-    components,
-)
-from srserve.engine.scheduler_state import capture
+from srserve.engine import GenerationRequest, HandoffState, Role, SRDiffusionEngine, SwitchPolicy
+from srserve.engine.denoising.scheduler_state import capture
+from srserve.engine.models import components
 
 STEPS = 8
 PROMPT = "a red fox running through snow"
@@ -130,7 +124,7 @@ def test_restarting_unipc_without_its_state_differs(engine: SRDiffusionEngine, w
 
 
 def _direct_adaptive_step(predictions: list[torch.Tensor], tau: float, lo: int, hi: int) -> int:
-    """The SRDiffusion rule written out from docs/algorithm.md, independent of srserve.engine.switch."""
+    """The SRDiffusion rule written out from docs/algorithm.md, independent of srserve.engine.denoising.switch."""
     d: dict[int, float] = {}
     for k in range(len(predictions)):
         if k >= 1:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from srserve.engine.cache import CACHE, CachePolicy, CacheSpec
+from srserve.engine.denoising.cache import CACHE, CachePolicy, CacheSpec
 from srserve.engine.request import (
     SWITCH,
     GenerationRequest,

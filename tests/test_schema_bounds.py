@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from srserve.engine import ModelPairConfig
-from srserve.engine.cache import CachePolicy
-from srserve.engine.schedule import SCHEDULE_FIELDS, ScheduleBounds
+from srserve.engine.denoising.cache import CachePolicy
+from srserve.engine.denoising.schedule import SCHEDULE_FIELDS, ScheduleBounds
 from srserve.serving.api import schemas
 from srserve.serving.api.http import openapi_document, served_document
 from srserve.serving.api.schemas import create_request, form_values

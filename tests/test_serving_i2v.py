@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
-from srserve.engine.image import describe_image, load_image
+from srserve.engine.inputs.image import describe_image, load_image
 from tests.serving_helpers import TERMINAL, get, post, wait_done, wait_state
 
 pytestmark = pytest.mark.slow

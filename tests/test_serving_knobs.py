@@ -6,8 +6,8 @@ import grpc
 import pytest
 
 from srserve.engine import GenerationRequest, SRDiffusionEngine
-from srserve.engine.cache import CachePolicy, CacheSpec
-from srserve.engine.mag_calibration import calibrate, write_ratios
+from srserve.engine.denoising.cache import CachePolicy, CacheSpec
+from srserve.engine.denoising.mag_calibration import calibrate, write_ratios
 from srserve.serving.control.pricing.load_switch import REASONS
 from tests.serving_helpers import get, post, wait_state
 

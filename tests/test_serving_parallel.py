@@ -283,7 +283,7 @@ def test_a_pool_degree_that_cannot_run_is_refused_before_any_replica_starts(tiny
 
 
 def test_a_first_block_cache_is_refused_where_ranks_split_the_tokens() -> None:
-    from srserve.engine.cache import CachePolicy
+    from srserve.engine.denoising.cache import CachePolicy
     from srserve.engine.parallel import ParallelSpec, ParallelUnsupported
     from srserve.serving.pools.ranks import refuse_data_dependent_cache
 

@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 
 from srserve.engine import GenerationRequest, ModelPairConfig, SRDiffusionEngine
-from srserve.engine.edit_inputs import EditInputs
-from srserve.engine.image import describe_image, load_image
+from srserve.engine.inputs.edit_inputs import EditInputs
+from srserve.engine.inputs.image import describe_image, load_image
+from srserve.engine.inputs.video_input import describe_video, load_video
 from srserve.engine.video import encode_mp4
-from srserve.engine.video_input import describe_video, load_video
 from tests.serving_helpers import TERMINAL, get, post, wait_done, wait_state
 
 pytestmark = pytest.mark.slow

@@ -11,9 +11,9 @@ import torch
 from pydantic import ValidationError
 
 from srserve.engine import GenerationRequest
-from srserve.engine.cache import CachePolicy, CacheSpec, mag_ratios_for, with_ratios_file
+from srserve.engine.denoising.cache import CachePolicy, CacheSpec, mag_ratios_for, with_ratios_file
+from srserve.engine.denoising.mag_calibration import calibrate, write_ratios
 from srserve.engine.handoff import HandoffState
-from srserve.engine.mag_calibration import calibrate, write_ratios
 from srserve.engine.request import describe_validation_error
 from srserve.serving.control.request_cache import (
     CacheLimits,

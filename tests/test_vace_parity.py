@@ -18,14 +18,15 @@ from diffusers.utils import load_video as diffusers_load_video
 from PIL import Image
 from safetensors.torch import save as st_save
 
-from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine, components
-from srserve.engine.edit_inputs import EditInputs
+from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine
 from srserve.engine.families import IncompatiblePairError, check_pair
 from srserve.engine.handoff import FORMAT_NAME, FORMAT_VERSION, HandoffFormatError
-from srserve.engine.image import ImageInputError, describe_image, load_image
+from srserve.engine.inputs.edit_inputs import EditInputs
+from srserve.engine.inputs.image import ImageInputError, describe_image, load_image
+from srserve.engine.inputs.video_input import VideoInputError, describe_video, load_video
+from srserve.engine.models import components
 from srserve.engine.request import MAX_REFERENCE_IMAGES, InputVideo
 from srserve.engine.video import encode_mp4
-from srserve.engine.video_input import VideoInputError, describe_video, load_video
 
 STEPS = 4
 FRAMES = 9

@@ -16,9 +16,10 @@ from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DMode
 from pydantic import ValidationError
 
 from srserve.cli.main import main as cli_main
-from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine, components
+from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine
 from srserve.engine.families import IncompatiblePairError, check_pair, get_family
 from srserve.engine.families.wan22 import HANDOFF_EXTRAS_KEY, Wan22Family
+from srserve.engine.models import components
 from srserve.engine.tiny import write_tiny_wan22_pair, write_tiny_wan22_ti2v
 from srserve.engine.tiny.wan22 import A14B_DIR, LOW_NOISE_SUBFOLDER
 from srserve.engine.video import read_mp4

@@ -24,9 +24,14 @@ from typing import Any
 
 import torch
 
-from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine, components
-from srserve.engine.attention import AttentionBackendUnavailable, apply_attention_backend, check_attention_backend
+from srserve.engine import GenerationRequest, HandoffState, ModelPairConfig, Role, SRDiffusionEngine
 from srserve.engine.families import EncodedPrompt, get_family
+from srserve.engine.models import components
+from srserve.engine.models.attention import (
+    AttentionBackendUnavailable,
+    apply_attention_backend,
+    check_attention_backend,
+)
 from srserve.engine.request import RequestDefaults
 from srserve.profiling.flops import device_peak_tflops, transformer_forward_flops, vace_extra_flops, video_tokens
 from srserve.profiling.gpu_stages import (

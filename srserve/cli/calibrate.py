@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     quiet_loading_bars()
     from srserve.engine import SRDiffusionEngine
-    from srserve.engine.mag_calibration import calibrate, write_ratios
+    from srserve.engine.denoising.mag_calibration import calibrate, write_ratios
 
     try:
         request = GenerationRequest(

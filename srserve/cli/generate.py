@@ -10,13 +10,13 @@ from pydantic import ValidationError
 
 from srserve.cli.progress import StageBars, quiet_loading_bars
 from srserve.cli.schedule_flags import add_schedule_arguments
-from srserve.engine.adapter_spec import AdapterConfig
-from srserve.engine.cache import with_ratios_file
+from srserve.engine.adapters.spec import AdapterConfig
 from srserve.engine.config import EXPERT_FAMILIES, TINY_ALIASES, TINY_PAIRS, ModelPairConfig
-from srserve.engine.edit_inputs import EditInputs
-from srserve.engine.image import describe_image, load_image
+from srserve.engine.denoising.cache import with_ratios_file
+from srserve.engine.inputs.edit_inputs import EditInputs
+from srserve.engine.inputs.image import describe_image, load_image
+from srserve.engine.inputs.video_input import describe_video, load_video
 from srserve.engine.request import MAX_FRAMES, GenerationRequest, describe_validation_error
-from srserve.engine.video_input import describe_video, load_video
 
 # torch, diffusers and the model families load only once the flags have been checked: a mistyped flag is
 # refused at once, not after ten seconds of imports.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from srserve.engine.schedule import SCHEDULER_NAMES
+from srserve.engine.denoising.schedule import SCHEDULER_NAMES
 
 
 def numbers(kind: type) -> Callable[[str], list]:
@@ -20,7 +20,7 @@ def numbers(kind: type) -> Callable[[str], list]:
 
 
 def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
-    """Each flag unset: the pair's default (srserve.engine.schedule)."""
+    """Each flag unset: the pair's default (srserve.engine.denoising.schedule)."""
     p.add_argument(
         "--scheduler", default=None, choices=list(SCHEDULER_NAMES), help="default: the model folder's (Wan: unipc)"
     )

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from srserve.engine.adapter_spec import AdapterConfig, AdapterName
-from srserve.engine.attention import AttentionBackend
+from srserve.engine.adapters.spec import AdapterConfig, AdapterName
+from srserve.engine.denoising.schedule import SCHEDULER_NAMES, ScheduleBounds
+from srserve.engine.models.attention import AttentionBackend
 from srserve.engine.request import RequestDefaults
-from srserve.engine.schedule import SCHEDULER_NAMES, ScheduleBounds
 
 if TYPE_CHECKING:  # torch is imported where a device or dtype is resolved, not to read or validate a pair
     import torch

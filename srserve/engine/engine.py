@@ -17,14 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from srserve.engine import components
-from srserve.engine.adapter_spec import ResolvedLora
-from srserve.engine.adapters import AdapterStats, EngineAdapters
-from srserve.engine.attention import apply_attention_backend, check_attention_backend
-from srserve.engine.cache import step_cache
-from srserve.engine.component_config import read_component_config
+from srserve.engine.adapters.loading import AdapterStats, EngineAdapters
+from srserve.engine.adapters.spec import ResolvedLora
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.edit_inputs import EditInputs
+from srserve.engine.denoising.cache import step_cache
+from srserve.engine.denoising.schedule import build_scheduler
+from srserve.engine.denoising.scheduler_state import capture, restore
+from srserve.engine.denoising.switch import SwitchDecider
 from srserve.engine.families import (
     EncodedPrompt,
     check_edit_inputs,
@@ -34,12 +33,13 @@ from srserve.engine.families import (
     get_family,
 )
 from srserve.engine.handoff import HandoffState
+from srserve.engine.inputs.edit_inputs import EditInputs
+from srserve.engine.models import components
+from srserve.engine.models.attention import apply_attention_backend, check_attention_backend
+from srserve.engine.models.component_config import read_component_config
 from srserve.engine.parallel.config import attention_heads, check_parallel
 from srserve.engine.parallel.group import ParallelRuntime
 from srserve.engine.request import GenerationRequest, ResolvedRequest, resolve_request
-from srserve.engine.schedule import build_scheduler
-from srserve.engine.scheduler_state import capture, restore
-from srserve.engine.switch import SwitchDecider
 from srserve.engine.video import encode_mp4, to_uint8
 
 ProgressFn = Callable[[str, int, int], None]
@@ -203,7 +203,7 @@ class SRDiffusionEngine:
             raise MissingRoleError(f"this engine was loaded without the {role.value!r} role")
 
     def _new_scheduler(self, request: ResolvedRequest, template: Any = None) -> Any:
-        """The request's scheduler (srserve.engine.schedule), timesteps set: the folder's unless it names another."""
+        """The request's scheduler (denoising.schedule), timesteps set: the folder's unless it names another."""
         template = self._scheduler_template if template is None else template
         return build_scheduler(template, request, self.device)
 
@@ -266,12 +266,12 @@ class SRDiffusionEngine:
         """Run the large model from pure noise until the switch policy hands over.
 
         Image-to-video pairs take the request's decoded input image (`image`, RGB; see
-        srserve.engine.image.load_image); it is encoded here, once, and its conditioning crosses in the handoff.
+        srserve.engine.inputs.image.load_image); it is encoded here, once, and its conditioning crosses in the handoff.
         Video-editing (VACE) pairs take the decoded video, mask and reference images (`edit`; see
-        srserve.engine.video_input.load_video), which the request describes; None: the request gives none, and
+        srserve.engine.inputs.video_input.load_video), which the request describes; None: the request gives none, and
         the VACE context is the pipeline's for no video (black frames, all regenerated). Their `image`, where
         the request gives `input_reference` and no video, is the first frame to keep
-        (srserve.engine.edit_inputs.EditInputs.with_first_frame).
+        (srserve.engine.inputs.edit_inputs.EditInputs.with_first_frame).
         """
         self.check_image(request, image)
         self.check_edit(request, edit)

@@ -10,7 +10,7 @@ Version 2 adds the image conditioning of image-to-video pairs, as optional tenso
 had neither and still parses: its state simply has none.
 
 Version 3 adds the request's schedule fields (`scheduler`, `timesteps`, `sigmas`, `shift`; see
-srserve.engine.schedule), which the render side needs to rebuild the sketch's scheduler, and its
+srserve.engine.denoising.schedule), which the render side needs to rebuild the sketch's scheduler, and its
 resolved `guidance_scale` as before. Versions 1 and 2 still parse: their requests name no schedule
 (the folder's), and one that does is refused (an older writer could not have made it).
 
@@ -33,9 +33,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from srserve.engine.denoising.schedule import SCHEDULE_FIELDS
+from srserve.engine.denoising.scheduler_state import SchedulerSnapshot
 from srserve.engine.request import EDIT_FIELDS, ResolvedRequest
-from srserve.engine.schedule import SCHEDULE_FIELDS
-from srserve.engine.scheduler_state import SchedulerSnapshot
 
 FORMAT_NAME = "srserve.handoff"
 FORMAT_VERSION = 4

@@ -1,5 +1,5 @@
 """The one request model shared by the CLI, the engine and the gRPC and HTTP APIs (each edge converts
-into it once), with the grammar of its `switch` text (the `cache` text's is srserve.engine.cache's)."""
+into it once), with the grammar of its `switch` text (the `cache` text's is srserve.engine.denoising.cache's)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from srserve.engine.adapter_spec import AdapterConfig, LoraSpec, ResolvedLora, resolve_lora
-from srserve.engine.cache import CachePolicy, CacheSpec
+from srserve.engine.adapters.spec import AdapterConfig, LoraSpec, ResolvedLora, resolve_lora
+from srserve.engine.denoising.cache import CachePolicy, CacheSpec
+from srserve.engine.denoising.schedule import MAX_SHIFT, SchedulerName, Shift, Sigma, Timestep, check_decreasing
 from srserve.engine.grammar import Grammar, Spelling, number
-from srserve.engine.schedule import MAX_SHIFT, SchedulerName, Shift, Sigma, Timestep, check_decreasing
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
@@ -130,7 +130,7 @@ class InputImage(BaseModel):
     """What a request says about its input image (image-to-video); never the pixels.
 
     The bytes travel beside the request: the serving layer stores them under `key` and hands the
-    decoded image to the engine's sketch stage (`srserve.engine.image.load_image`), so a request
+    decoded image to the engine's sketch stage (`srserve.engine.inputs.image.load_image`), so a request
     stays small enough to validate, log and store as JSON.
     """
 
@@ -146,7 +146,7 @@ class InputImage(BaseModel):
 class InputVideo(BaseModel):
     """What a request says about an input video (video editing: the video or its mask); never the pixels.
 
-    As with InputImage, the frames travel beside the request (decoded by `srserve.engine.video_input`) and
+    As with InputImage, the frames travel beside the request (decoded by `srserve.engine.inputs.video_input`) and
     reach the sketch stage only; the description is what the request, its checks and the handoff carry.
     """
 
@@ -179,15 +179,15 @@ class GenerationRequest(BaseModel):
     # CFG scale; at most 1 means one transformer forward per step (no unconditional branch). Unset: the pair's.
     guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] | None = None
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
-    # The schedule (srserve.engine.schedule); each unset: the pair's default, else its folder's scheduler.
+    # The schedule (srserve.engine.denoising.schedule); each unset: the pair's default, else its folder's scheduler.
     scheduler: SchedulerName | None = None
     timesteps: Annotated[list[Timestep], Field(min_length=1, max_length=MAX_STEPS)] | None = None
     sigmas: Annotated[list[Sigma], Field(min_length=1, max_length=MAX_STEPS)] | None = None
     shift: Shift | None = None
-    # A LoRA adapter the model pair configures (srserve.engine.adapter_spec): `NAME` or `NAME:SCALE`.
+    # A LoRA adapter the model pair configures (srserve.engine.adapters.spec): `NAME` or `NAME:SCALE`.
     lora: LoraSpec | None = None
     switch: SwitchPolicy = SwitchPolicy()
-    # Step caches per stage (srserve.engine.cache); unset: none in the engine, the pools' in serving.
+    # Step caches per stage (srserve.engine.denoising.cache); unset: none in the engine, the pools' in serving.
     cache: CacheSpec | None = None
     fps: Annotated[int, Field(ge=1, le=120)] = 16
     # The input image of an image-to-video request (its description; the pixels go to the sketch stage).

@@ -19,7 +19,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from srserve.engine.adapters import check_adapters
+from srserve.engine.adapters.loading import check_adapters
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.families import check_pair
 from srserve.serving.api.grpc import GrpcApi

@@ -17,9 +17,10 @@ import ray
 from pydantic import ValidationError
 from ray.serve.handle import DeploymentHandle
 
-from srserve.engine.adapter_spec import AdapterConfig, LoraSpec, ResolvedLora, lora_pattern, resolve_lora
-from srserve.engine.cache import CacheSpec
+from srserve.engine.adapters.spec import AdapterConfig, LoraSpec, ResolvedLora, lora_pattern, resolve_lora
 from srserve.engine.config import ModelPairConfig
+from srserve.engine.denoising.cache import CacheSpec
+from srserve.engine.denoising.schedule import ScheduleLimits
 from srserve.engine.families import (
     check_edit_inputs,
     check_input_image,
@@ -30,7 +31,7 @@ from srserve.engine.families import (
 )
 from srserve.engine.families.base import IncompatiblePairError
 from srserve.engine.handoff import HandoffFormatError, HandoffState
-from srserve.engine.image import ImageInputError, describe_image, load_image
+from srserve.engine.inputs.image import ImageInputError, describe_image, load_image
 from srserve.engine.request import (
     GenerationRequest,
     InputImage,
@@ -41,7 +42,6 @@ from srserve.engine.request import (
     error_field,
     resolve_request,
 )
-from srserve.engine.schedule import ScheduleLimits
 from srserve.serving.config import AdapterRouting, ServingConfig
 from srserve.serving.control.artifacts import ArtifactNotFound, ArtifactStore
 from srserve.serving.control.attempts import StageResult, StageTicket

@@ -101,7 +101,7 @@ def check_model(serving: ServingConfig, path: str | Path, local: bool = True) ->
             except IncompatiblePairError as exc:
                 raise ConfigError(f"{path}: model: {exc}") from None
             if pair.adapters:  # each LoRA file against its model, from the headers (no weights)
-                from srserve.engine.adapters import AdapterMisfitError, check_adapters
+                from srserve.engine.adapters.loading import AdapterMisfitError, check_adapters
 
                 try:
                     check_adapters(pair)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from PIL import Image
 
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.edit_inputs import EditInputs
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily
 from srserve.engine.families.cogvideox import CogVideoXFamily
 from srserve.engine.families.wan import WanFamily
 from srserve.engine.families.wan22 import Wan22Family
 from srserve.engine.families.wan_i2v import Wan22I2VFamily, WanI2VFamily
 from srserve.engine.families.wan_vace import Wan22VACEFamily, WanVACEFamily
+from srserve.engine.inputs.edit_inputs import EditInputs
 from srserve.engine.request import EDIT_FIELDS, GenerationRequest
 
 _FAMILIES: dict[str, type[ModelFamily]] = {

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from srserve.engine.component_config import read_component_config
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.edit_inputs import EditInputs
 from srserve.engine.handoff import HandoffState
+from srserve.engine.inputs.edit_inputs import EditInputs
+from srserve.engine.models.component_config import read_component_config
 from srserve.engine.parallel.cfg import CfgSplit
 from srserve.engine.request import ResolvedRequest
 
@@ -64,12 +64,12 @@ class ModelFamily(ABC):
 
     name: str
     # The diffusers pipeline class whose `lora_state_dict` / `load_lora_into_transformer` read this family's
-    # LoRA files (srserve.engine.adapters); None: the family takes no adapters.
+    # LoRA files (srserve.engine.adapters.loading); None: the family takes no adapters.
     lora_pipeline: type | None = None
-    # Attention backends (srserve.engine.attention) this family's processors can run. Only `native`
+    # Attention backends (srserve.engine.models.attention) this family's processors can run. Only `native`
     # unless a family's attention goes through diffusers' dispatcher and was checked with the others.
     attention_backends: frozenset[str] = frozenset({"native"})
-    # Block submodules whose outputs a TaylorSeer step cache extrapolates (srserve.engine.cache).
+    # Block submodules whose outputs a TaylorSeer step cache extrapolates (srserve.engine.denoising.cache).
     cached_modules: tuple[str, ...] = ()
     # Whether requests may run step caches on this family's models (False: refused, naming `cache`).
     step_caches: bool = True
@@ -80,7 +80,7 @@ class ModelFamily(ABC):
     # Video editing: a request may give an input image (`input_reference`) instead of a video, as the first
     # frame to keep (the family builds the conditioning video and mask from it).
     first_frame_image: bool = False
-    # Schedulers a request may name (srserve.engine.schedule); empty: the folder's schedule only.
+    # Schedulers a request may name (srserve.engine.denoising.schedule); empty: the folder's schedule only.
     schedulers: frozenset[str] = frozenset()
 
     @abstractmethod

@@ -4,7 +4,7 @@ The two checkpoints share the T5 encoder and the VAE weights, but not the latent
 `scaling_factor` 0.7 vs 1.15258426), the noise schedule (`snr_shift_scale` 1.0 vs 3.0), the
 positional encoding (RoPE vs sin-cos) or the preferred dtype (bf16 vs fp16). So the handoff is
 not the identity: the latent is rescaled and moved to the render timestep of equal
-signal-to-noise ratio (`srserve.engine.snr_match`), and the render continues from there with the
+signal-to-noise ratio (`srserve.engine.denoising.snr_match`), and the render continues from there with the
 remaining steps (see docs/engine.md, "CogVideoX").
 
 Conditioning, the denoising step and decoding mirror diffusers' CogVideoXPipeline operation for
@@ -42,13 +42,13 @@ from diffusers.video_processor import VideoProcessor
 from transformers import AutoTokenizer, T5EncoderModel
 
 from srserve.engine.config import ModelPairConfig
+from srserve.engine.denoising.scheduler_state import SchedulerSnapshot
+from srserve.engine.denoising.snr_match import SnrMatch
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily, require_component_config
 from srserve.engine.handoff import HandoffState
 from srserve.engine.parallel.cfg import CfgSplit
 from srserve.engine.parallel.config import ParallelUnsupported
 from srserve.engine.request import ResolvedRequest
-from srserve.engine.scheduler_state import SchedulerSnapshot
-from srserve.engine.snr_match import SnrMatch
 
 SCHEDULERS: dict[str, type] = {
     "CogVideoXDDIMScheduler": CogVideoXDDIMScheduler,

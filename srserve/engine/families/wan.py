@@ -17,13 +17,13 @@ from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from diffusers.video_processor import VideoProcessor
 from transformers import AutoTokenizer, UMT5EncoderModel
 
-from srserve.engine.attention import AttentionBackend
-from srserve.engine.component_config import read_component_config
 from srserve.engine.config import ModelPairConfig
+from srserve.engine.denoising.schedule import SCHEDULER_NAMES
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, ModelFamily, require_component_config
+from srserve.engine.models.attention import AttentionBackend
+from srserve.engine.models.component_config import read_component_config
 from srserve.engine.parallel.cfg import CfgSplit
 from srserve.engine.request import ResolvedRequest
-from srserve.engine.schedule import SCHEDULER_NAMES
 
 # Transformer fields that must agree for a latent to cross from one model to the other.
 _TRANSFORMER_KEYS = ("in_channels", "out_channels", "patch_size", "text_dim")

@@ -37,14 +37,14 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 from transformers import UMT5Config
 
-from srserve.engine.component_config import read_component_config, read_model_index
 from srserve.engine.config import ModelPairConfig
+from srserve.engine.denoising.schedule import build_scheduler
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, refuse_misfit, require_component_config
 from srserve.engine.families.wan import WanFamily
 from srserve.engine.handoff import HandoffState
+from srserve.engine.models.component_config import read_component_config, read_model_index
 from srserve.engine.parallel.cfg import CfgSplit
 from srserve.engine.request import ResolvedRequest, SwitchPolicy
-from srserve.engine.schedule import build_scheduler
 
 HIGH_NOISE = "transformer"
 LOW_NOISE = "transformer_2"
@@ -299,7 +299,7 @@ class Wan22Family(WanFamily):
 
     def boundary_step(self, num_steps: int, request: ResolvedRequest | None = None) -> int:
         """Sketch steps WanPipeline gives the high-noise expert: the timesteps t >= boundary_ratio * T
-        (of the request's schedule when it names one, srserve.engine.schedule)."""
+        (of the request's schedule when it names one, srserve.engine.denoising.schedule)."""
         self._bound()
         if request is not None:
             sched = build_scheduler(self._sketch_scheduler, request, None)

@@ -27,12 +27,12 @@ import torch
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from srserve.engine.component_config import read_component_config, read_model_index
 from srserve.engine.config import ModelPairConfig
 from srserve.engine.families.base import IncompatiblePairError, refuse_misfit, require_component_config
 from srserve.engine.families.wan import WanFamily
 from srserve.engine.families.wan22 import Wan22Family, locate, pipeline_folder
 from srserve.engine.handoff import HandoffState
+from srserve.engine.models.component_config import read_component_config, read_model_index
 from srserve.engine.request import ResolvedRequest
 
 if TYPE_CHECKING:

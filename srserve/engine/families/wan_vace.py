@@ -32,13 +32,13 @@ from typing import Any
 import torch
 from diffusers import WanVACEPipeline, WanVACETransformer3DModel
 
-from srserve.engine.component_config import read_model_index
 from srserve.engine.config import ModelPairConfig
-from srserve.engine.edit_inputs import EditInputs
 from srserve.engine.families.base import EncodedPrompt, IncompatiblePairError, refuse_misfit, require_component_config
 from srserve.engine.families.wan import WanFamily
 from srserve.engine.families.wan22 import Wan22Family, _with_defaults, locate, pipeline_folder
 from srserve.engine.handoff import HandoffState
+from srserve.engine.inputs.edit_inputs import EditInputs
+from srserve.engine.models.component_config import read_model_index
 from srserve.engine.request import ResolvedRequest
 
 VACE_CLASS = "WanVACETransformer3DModel"

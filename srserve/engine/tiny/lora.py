@@ -19,7 +19,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from srserve.engine.component_config import read_component_config
+from srserve.engine.models.component_config import read_component_config
 
 SKETCH_LORA = "sketch_lora.safetensors"
 RENDER_LORA = "render_lora.safetensors"

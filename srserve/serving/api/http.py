@@ -25,8 +25,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from srserve.engine.cache import CacheSpec
-from srserve.engine.schedule import SCHEDULE_FIELDS, ScheduleLimits
+from srserve.engine.denoising.cache import CacheSpec
+from srserve.engine.denoising.schedule import SCHEDULE_FIELDS, ScheduleLimits
 from srserve.serving.api.errors import (
     HttpStatusError,
     InvalidRequest,

@@ -33,11 +33,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from srserve.engine.adapter_spec import LORA
-from srserve.engine.cache import CACHE, CACHE_KINDS
-from srserve.engine.grammar import field_limits
-from srserve.engine.request import MAX_STEPS, SWITCH, GenerationRequest, describe_validation_error, error_field
-from srserve.engine.schedule import (
+from srserve.engine.adapters.spec import LORA
+from srserve.engine.denoising.cache import CACHE, CACHE_KINDS
+from srserve.engine.denoising.schedule import (
     SCHEDULE_FIELDS,
     SCHEDULER_NAMES,
     ScheduleLimits,
@@ -46,6 +44,8 @@ from srserve.engine.schedule import (
     Sigma,
     Timestep,
 )
+from srserve.engine.grammar import field_limits
+from srserve.engine.request import MAX_STEPS, SWITCH, GenerationRequest, describe_validation_error, error_field
 from srserve.serving.control.errors import InvalidRequest
 from srserve.serving.control.jobs import JobState
 from srserve.serving.control.pricing.request_limits import RequestLimits

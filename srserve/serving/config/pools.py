@@ -6,9 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from srserve.engine.attention import AttentionBackend
-from srserve.engine.cache import CachePolicy
 from srserve.engine.config import ModelPairConfig
+from srserve.engine.denoising.cache import CachePolicy
+from srserve.engine.models.attention import AttentionBackend
 from srserve.engine.parallel import ParallelSpec
 from srserve.serving.config.autoscaling import QueueWorkAutoscaling
 from srserve.serving.config.telemetry import GpuTelemetryConfig

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from srserve.engine.adapter_spec import resolve_lora
+from srserve.engine.adapters.spec import resolve_lora
 
 
 class StopReason(StrEnum):

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from srserve.engine.edit_inputs import EditInputs
-from srserve.engine.image import ImageInputError, describe_image, load_image
+from srserve.engine.inputs.edit_inputs import EditInputs
+from srserve.engine.inputs.image import ImageInputError, describe_image, load_image
+from srserve.engine.inputs.video_input import VideoInputError, describe_video, load_video
 from srserve.engine.request import GenerationRequest, InputImage, InputVideo
-from srserve.engine.video_input import VideoInputError, describe_video, load_video
 from srserve.serving.control.errors import InvalidRequest
 
 VIDEO_FIELDS = ("video", "mask")

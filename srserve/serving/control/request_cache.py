@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from srserve.engine.cache import CACHE, CACHE_KINDS, CacheKind, CachePolicy, CacheSpec
+from srserve.engine.denoising.cache import CACHE, CACHE_KINDS, CacheKind, CachePolicy, CacheSpec
 from srserve.engine.request import ResolvedRequest, cache_refusal
 
 

@@ -320,7 +320,7 @@ def timed_handoff(op: str, fn: Callable[[], T]) -> T:
 
 
 def record_adapter_counts(pool: str, loads: int, hits: int, evictions: int) -> None:
-    """A replica's adapter loads, hits and evictions since its last report (srserve.engine.adapters)."""
+    """A replica's adapter loads, hits and evictions since its last report (srserve.engine.adapters.loading)."""
     m = _metrics()
     for event, n in (("loads", loads), ("hits", hits), ("evictions", evictions)):
         if n > 0:

@@ -31,7 +31,7 @@ from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from srserve.engine import HandoffState, ModelPairConfig, Role, SRDiffusionEngine
-from srserve.engine.cache import CachePolicy
+from srserve.engine.denoising.cache import CachePolicy
 from srserve.engine.engine import Cancelled
 from srserve.engine.families import EncodedPrompt, get_family
 from srserve.engine.parallel import ParallelRuntime, ParallelSpec, ParallelUnsupported, check_parallel, init_runtime

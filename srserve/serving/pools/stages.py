@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from srserve.engine import HandoffState, SRDiffusionEngine
-from srserve.engine.edit_inputs import EditInputs
 from srserve.engine.engine import Cancelled
 from srserve.engine.families import EncodedPrompt
+from srserve.engine.inputs.edit_inputs import EditInputs
 from srserve.engine.request import ResolvedRequest
 from srserve.serving.control.jobs import JobState
 from srserve.serving.control.progress import AttemptReporter

@@ -33,8 +33,8 @@ from PIL import Image
 from ray import serve
 
 from srserve.engine import ModelPairConfig, Role, SRDiffusionEngine
-from srserve.engine.edit_inputs import EditInputs
-from srserve.engine.image import load_image
+from srserve.engine.inputs.edit_inputs import EditInputs
+from srserve.engine.inputs.image import load_image
 from srserve.engine.parallel import ParallelSpec
 from srserve.engine.request import ResolvedRequest
 from srserve.serving.config.single_node import check_replica_node

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from srserve.engine.adapter_spec import AdapterConfig, ResolvedLora
+from srserve.engine.adapters.spec import AdapterConfig, ResolvedLora
 from srserve.engine.config import ModelPairConfig
 
 SIDES = ("sketch", "render")

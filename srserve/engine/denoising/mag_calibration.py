@@ -18,7 +18,7 @@ import torch
 from diffusers.hooks import HookRegistry, MagCacheConfig
 from diffusers.hooks.mag_cache import _MAG_CACHE_LEADER_BLOCK_HOOK
 
-from srserve.engine.cache import MAG_RATIOS_FORMAT
+from srserve.engine.denoising.cache import MAG_RATIOS_FORMAT
 from srserve.engine.engine import SRDiffusionEngine
 from srserve.engine.request import GenerationRequest, SwitchPolicy
 

@@ -1,6 +1,6 @@
 """LoRA adapters as configured and as requested: the pair's named adapters, a request's `lora` text, the
 resolved adapter a job runs with. Pydantic only (no torch), so a request parse and a config check stay light;
-loading and activating are srserve.engine.adapters'.
+loading and activating are srserve.engine.adapters.loading'.
 
 A pair names its adapters (`ModelPairConfig.adapters`); a request names one of them (`lora: NAME` or
 `NAME:SCALE`), never a file. Resolving against the pair's adapters gives a `ResolvedLora`: the name, the
