@@ -9,9 +9,10 @@ in turn, each in well under a millisecond of lock time.
 
 The admitting transaction commits asynchronously (`synchronous_commit = off`), so neither the admission
 lock nor PostgreSQL's own lock that serialises every NOTIFY-ing commit is held through a WAL flush; a
-second transaction in the same round trip then commits synchronously, which flushes the WAL up to and past
-the admission's commit record. So a job is durable before it is acknowledged, exactly as with a synchronous
-commit, while concurrent admissions share their flushes instead of taking turns at them (see `admit`).
+second transaction in the same round trip then writes one WAL record and commits synchronously, which
+flushes the WAL up to and past the admission's commit record. So a job is durable before it is
+acknowledged, exactly as with a synchronous commit, while concurrent admissions share their flushes
+instead of taking turns at them (see `admit`).
 
 The backlog limit and the quotas are exact among admissions (each sees every admission committed before
 it). As before, a job moving between phases in a transaction not yet committed (a sketch handing off) is
