@@ -162,7 +162,7 @@ class Orchestrator:
             raise
         return await self._settle(job_id, stage, ticket, result)
 
-    # -- the queue (control/queueing/dispatch.py) ------------------------------------------------------
+    # -- the queue (control/queueing/dispatch.py) ----------------------------------------------
     async def _await_slot(self, job_id: str) -> str | None:
         """Put the job in line for its next stage's pool and wait until it holds a slot there: the stage, or
         None when the job ended meanwhile or is no longer this orchestrator's."""

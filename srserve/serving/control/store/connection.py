@@ -79,9 +79,9 @@ async def bounded(conn: psycopg.AsyncConnection, seconds: float, what: str) -> A
 
 
 # A connection handed back to the pool this recently answered its last call: it is handed out again
-# unchecked. A busy store so saves a round trip per call (about a quarter of an admission here); a server lost in
-# that window fails the call itself, as one lost during the call does (StoreUnavailable), and the pool
-# replaces the broken connection.
+# unchecked. A busy store so saves a round trip per call (about a quarter of an admission here); a
+# server lost in that window fails the call itself, as one lost during the call does (StoreUnavailable),
+# and the pool replaces the broken connection.
 FRESH_S = 1.0
 
 

@@ -614,7 +614,7 @@ class JobStore:
                 )
             return cur.rowcount
 
-    # -- the queue (srserve.serving.control.queueing.dispatch) -------------------------------------
+    # -- the queue (srserve.serving.control.queueing.dispatch) ----------------------------
     async def wait_for_slot(self, job_id: str, owner: str, plan: DispatchPlan) -> QueuePlace | None:
         """Put a job `owner` drives in line for the pool its next stage runs on (a job that already holds
         that pool's slot keeps it). None when the job ended or another orchestrator holds it."""
